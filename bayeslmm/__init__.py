@@ -1,0 +1,30 @@
+"""bayeslmm: Gaussian linear mixed models, frequentist (ML/REML) and Bayesian side by side.
+
+Notation (one name per quantity, used throughout the code and docs)
+-------------------------------------------------------------------
+y       (n,) response
+X       (n, p) fixed-effects design; beta (p,) fixed effects
+Z       (n, q) random-effects design, ``[Z_1 ... Z_K]`` one block per term, columns level by level
+b       (q,) random effects, ``b ~ N(0, D)``; ``D = blockdiag(I_{l_k} (x) D_k)``
+u       (q,) spherical random effects, ``b = Lambda u``, ``u ~ N(0, sigma^2 I)``
+theta   covariance parameters: the lower triangles of the relative factors ``T_k``,
+        ``D_k = sigma^2 T_k T_k'``, ``Lambda = blockdiag(I_{l_k} (x) T_k)`` (lme4's parameterisation)
+sigma   residual standard deviation; ``R = sigma^2 I`` for independent errors
+V       marginal covariance ``Z D Z' + R``
+
+The lecture writes the prior of the fixed effects as ``beta ~ N(0, theta I)``; to avoid
+a clash with the covariance parameters the library calls that prior variance
+``beta_prior_var``.
+"""
+
+from __future__ import annotations
+
+from . import datasets
+from ._errors import BayesLMMError, DataError, FormulaError, OptionError
+from .freq import LMMFit, lmm
+from .spec import ALLOWED_FUNCTIONS, ModelSpec, build_spec as model_spec, parse_formula
+
+__version__ = "0.1.0"
+
+__all__ = ["ALLOWED_FUNCTIONS", "BayesLMMError", "DataError", "FormulaError", "LMMFit", "ModelSpec",
+           "OptionError", "datasets", "lmm", "model_spec", "parse_formula"]

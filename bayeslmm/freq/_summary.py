@@ -1,0 +1,212 @@
+"""lme4-style printed summary, HTML for notebooks, and the JSON form of a fit."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ._fit import LMMFit
+
+
+def abbreviate(name: str, minlength: int) -> str:
+    """R's ``abbreviate``: drop lower-case vowels, then lower-case letters, from the right."""
+    s = list(name)
+    for pool in ("aeiou", "abcdefghijklmnopqrstuvwxyz"):
+        i = len(s) - 1
+        while len(s) > minlength and i > 0:
+            if s[i] in pool:
+                del s[i]
+            i -= 1
+    return "".join(s[:max(minlength, 1)]) if len(s) > minlength else "".join(s)
+
+
+def _fmt(x: float, digits: int = 5) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "NA"
+    return f"{x:.{digits}g}"
+
+
+def _table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    def line(cells: list[str]) -> str:
+        out = []
+        for c, w, a in zip(cells, widths, align):
+            out.append(c.ljust(w) if a == "l" else c.rjust(w))
+        return " ".join(out).rstrip()
+    return [line(header), *(line(r) for r in rows)]
+
+
+def _fixed_decimals(vals: np.ndarray, digits: int = 5) -> list[str]:
+    """Format a column with a common number of decimals (as R's printCoefmat)."""
+    finite = np.abs(vals[np.isfinite(vals)])
+    if finite.size == 0:
+        return ["NA"] * len(vals)
+    smallest = max(np.min(finite[finite > 0]) if np.any(finite > 0) else 1.0, 1e-300)
+    dec = int(max(0, min(10, digits - 1 - math.floor(math.log10(smallest)))))
+    return [f"{v:.{dec}f}" if np.isfinite(v) else "NA" for v in vals]
+
+
+class Summary:
+    """The printed summary of an :class:`LMMFit` in lme4's layout."""
+
+    def __init__(self, fit: "LMMFit") -> None:
+        self.fit = fit
+
+    # -- pieces -------------------------------------------------------------
+    def header(self) -> list[str]:
+        f = self.fit
+        how = "REML" if f.reml else "maximum likelihood "
+        out = [f"Linear mixed model fit by {how} ['lmerMod']", f"Formula: {f.spec.formula}"]
+        if f.spec.n_dropped:
+            out.append(f"  ({f.spec.n_dropped} observation(s) deleted due to missingness)")
+        out.append("")
+        if f.reml:
+            out.append(f"REML criterion at convergence: {f.criterion:.1f}")
+        else:
+            df_resid = f.nobs - f.npar
+            out += _table(
+                ["AIC", "BIC", "logLik", "-2*log(L)", "df.resid"],
+                [[f"{f.aic:.1f}", f"{f.bic:.1f}", f"{f.loglik:.1f}", f"{f.criterion:.1f}", str(df_resid)]],
+                ["r"] * 5,
+            )
+        return out
+
+    def residual_quantiles(self) -> list[str]:
+        q = np.quantile(self.fit.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1])
+        return ["Scaled residuals: ", *_table(["Min", "1Q", "Median", "3Q", "Max"], [[f"{v:.4f}" for v in q]], ["r"] * 5)]
+
+    def random_effects(self) -> list[str]:
+        f = self.fit
+        vc = f.varcorr()
+        has_corr = any(t.q > 1 for t in f.spec.terms)
+        rows = []
+        for t, D in zip(f.spec.terms, f.cov_matrices().values()):
+            sd = np.sqrt(np.diag(D))
+            for i in range(t.q):
+                corr = []
+                for j in range(i):
+                    c = D[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else float("nan")
+                    corr.append(f"{c:.2f}" if math.isfinite(c) else "NaN")
+                row = [t.name if i == 0 else "", t.coef_names[i], _fmt(D[i, i]), _fmt(sd[i], 4)]
+                if has_corr:
+                    row.append(" ".join(corr))
+                rows.append(row)
+        res = vc.iloc[-1]
+        rows.append(["Residual", "", _fmt(res.vcov), _fmt(res.sdcor, 4)] + ([""] if has_corr else []))
+        header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] if has_corr else [])
+        lines = _table(header, rows, ["l", "l", "r", "r"] + (["l"] if has_corr else []))
+        groups = ", ".join(f"{g}, {n}" for g, n in f.ngroups.items())
+        return ["Random effects:", *[" " + s for s in lines], f"Number of obs: {f.nobs}, groups:  {groups}"]
+
+    def fixed_effects(self) -> list[str]:
+        f = self.fit
+        if f.spec.p == 0:
+            return ["No fixed effect coefficients"]
+        est = f.fixef.to_numpy()
+        se = f.se.to_numpy()
+        t = est / se
+        e_s, s_s = _fixed_decimals(est), _fixed_decimals(se)
+        rows = [[n, a, b, f"{v:.2f}"] for n, a, b, v in zip(f.spec.fixef_names, e_s, s_s, t)]
+        out = ["Fixed effects:", *_table(["", "Estimate", "Std. Error", "t value"], rows, ["l", "r", "r", "r"])]
+        if f.spec.dropped_columns:
+            out.append(f"fixed-effect model matrix is rank deficient so dropping {len(f.spec.dropped_columns)} "
+                       f"column(s): {', '.join(f.spec.dropped_columns)}")
+        return out
+
+    def correlation(self) -> list[str]:
+        f = self.fit
+        p = f.spec.p
+        if p < 2:
+            return []
+        V = f.vcov.to_numpy()
+        s = np.sqrt(np.diag(V))
+        C = V / np.outer(s, s)
+        names = list(f.spec.fixef_names)
+        rows = []
+        for i in range(1, p):
+            rows.append([abbreviate(names[i], 11)] + [f"{C[i, j]:.3f}" for j in range(i)])
+        header = [""] + [abbreviate(n, 6) for n in names[: p - 1]]
+        return ["Correlation of Fixed Effects:", *_table(header, rows, ["l"] + ["r"] * (p - 1))]
+
+    def messages(self) -> list[str]:
+        return [f"optimizer ({self.fit.optimizer.optimizer}) convergence note: {m}" for m in self.fit.optimizer.messages]
+
+    # -- outputs ------------------------------------------------------------
+    def __str__(self) -> str:
+        parts = [self.header(), [""], self.residual_quantiles(), [""], self.random_effects(), [""],
+                 self.fixed_effects()]
+        corr = self.correlation()
+        if corr:
+            parts += [[""], corr]
+        msgs = self.messages()
+        if msgs:
+            parts += [msgs]
+        return "\n".join(line for part in parts for line in part)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        f = self.fit
+        vc = f.varcorr()
+        coef = f.coef_table()
+        head = "".join(f"<div>{html.escape(s)}</div>" for s in self.header() if s)
+        msgs = "".join(f"<div style='color:#a00'>{html.escape(m)}</div>" for m in self.messages())
+        return (
+            f"<div class='bayeslmm-summary'>{head}"
+            f"<h4>Random effects</h4>{vc.to_html(index=False, na_rep='', float_format=lambda v: f'{v:.5g}')}"
+            f"<div>Number of obs: {f.nobs}; groups: {html.escape(str(f.ngroups))}</div>"
+            f"<h4>Fixed effects</h4>{coef.to_html(float_format=lambda v: f'{v:.5g}')}{msgs}</div>"
+        )
+
+
+def _num(x: Any) -> Any:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _name(x: Any) -> str | None:
+    return x if isinstance(x, str) else None
+
+
+def fit_to_dict(fit: "LMMFit") -> dict[str, Any]:
+    """The JSON object of ``bayeslmm fit --json`` (see the README for the fields)."""
+    vc = fit.varcorr()
+    re = fit.ranef(cond_var=True)
+    out: dict[str, Any] = {
+        "formula": fit.spec.formula,
+        "method": fit.method,
+        "nobs": fit.nobs,
+        "n_dropped": fit.spec.n_dropped,
+        "ngroups": fit.ngroups,
+        "converged": fit.converged,
+        "singular": fit.singular,
+        "fit_seconds": fit.fit_seconds,
+        "fixef": {k: _num(v) for k, v in fit.fixef.items()},
+        "se": {k: _num(v) for k, v in fit.se.items()},
+        "vcov": fit.vcov.to_numpy().tolist(),
+        "dropped_columns": list(fit.spec.dropped_columns),
+        "varcorr": [
+            {"grp": r.grp, "var1": _name(r.var1), "var2": _name(r.var2), "vcov": _num(r.vcov), "sdcor": _num(r.sdcor)}
+            for r in vc.itertuples(index=False)
+        ],
+        "sigma": fit.sigma,
+        "theta": fit.theta.tolist(),
+        "loglik": fit.loglik,
+        "aic": fit.aic,
+        "bic": fit.bic,
+        "npar": fit.npar,
+        "ranef": [
+            {"grpvar": r.grpvar, "term": r.term, "grp": r.grp, "condval": _num(r.condval), "condsd": _num(r.condsd)}
+            for r in re.itertuples(index=False)
+        ],
+        "optimizer": fit.optimizer.as_dict(),
+    }
+    out["reml_criterion" if fit.reml else "deviance"] = fit.criterion
+    return out

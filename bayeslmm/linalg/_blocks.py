@@ -1,0 +1,126 @@
+"""Cross-product blocks of ``[Z X y]``, formed once per model.
+
+One evaluation of the ML/REML criterion needs the data only through these
+blocks (MixedModels.jl's ``A = [Z X y]'[Z X y]``). The first random-effect
+term (the one with most levels, as lme4 orders them) is kept block diagonal
+by level; the other terms ("rest") are stored sparse.
+
+With ``m = p + 1`` columns ``[X y]`` and ``Q1 = l1 q1`` columns in the first term:
+
+=====  =================  ==========================================
+block  shape              content
+=====  =================  ==========================================
+A11    (l1, q1, q1)       ``Z_1'Z_1``, one ``q1 x q1`` block per level
+B1     (l1, q1, m)        ``Z_1'[X y]`` per level
+C      sparse (Qr, Q1)    ``Z_r'Z_1`` (rest terms against the first)
+D      sparse (Qr, Qr)    ``Z_r'Z_r``
+E      (Qr, m)            ``Z_r'[X y]``
+F      (m, m)             ``[X y]'[X y]``
+=====  =================  ==========================================
+
+Blocks computed from disjoint sets of rows add up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..spec._spec import ModelSpec, ReTerm
+
+
+def term_matrix(term: ReTerm) -> sp.csr_matrix:
+    """The sparse ``(n, nlevels * q)`` matrix ``Z_k`` of one term, columns level by level."""
+    n, q = term.Zraw.shape
+    rows = np.repeat(np.arange(n), q)
+    cols = (term.codes[:, None] * q + np.arange(q)[None, :]).reshape(-1)
+    return sp.csr_matrix((term.Zraw.reshape(-1), (rows, cols)), shape=(n, term.ncols))
+
+
+def _by_level(codes: np.ndarray, nlev: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``(nlev, a, b)`` sums over rows of each level of ``left[r, :, None] * right[r, None, :]``."""
+    a, b = left.shape[1], right.shape[1]
+    out = np.empty((nlev, a, b))
+    for i in range(a):
+        for j in range(b):
+            out[:, i, j] = np.bincount(codes, weights=left[:, i] * right[:, j], minlength=nlev)
+    return out
+
+
+@dataclass(frozen=True)
+class CrossProducts:
+    """The blocks of ``[Z X y]'[Z X y]`` (see the module docstring for shapes)."""
+
+    A11: np.ndarray
+    B1: np.ndarray
+    C: sp.csr_matrix | None
+    D: sp.csr_matrix | None
+    E: np.ndarray | None
+    F: np.ndarray
+    n: int
+    p: int
+    qs: tuple[int, ...]
+    nlevels: tuple[int, ...]
+
+    @property
+    def Q1(self) -> int:
+        """Columns of the first term."""
+        return self.qs[0] * self.nlevels[0]
+
+    @property
+    def Qr(self) -> int:
+        """Columns of the other terms together."""
+        return sum(q * l for q, l in zip(self.qs[1:], self.nlevels[1:]))
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> "CrossProducts":
+        """Form the blocks from the rows of a model specification (one pass)."""
+        if not spec.terms:
+            raise ValueError("a linear mixed model needs at least one random-effect term")
+        Xy = np.column_stack([spec.X, spec.y])
+        t1 = spec.terms[0]
+        A11 = _by_level(t1.codes, t1.nlevels, t1.Zraw, t1.Zraw)
+        B1 = _by_level(t1.codes, t1.nlevels, t1.Zraw, Xy)
+        F = Xy.T @ Xy
+        if len(spec.terms) == 1:
+            C = D = E = None
+        else:
+            Z1 = term_matrix(t1)
+            Zr = sp.hstack([term_matrix(t) for t in spec.terms[1:]], format="csr")
+            ZrT = Zr.T.tocsr()
+            C = (ZrT @ Z1).tocsr()
+            D = (ZrT @ Zr).tocsr()
+            E = np.asarray(ZrT @ Xy)
+        return cls(
+            A11=A11,
+            B1=B1,
+            C=C,
+            D=D,
+            E=E,
+            F=F,
+            n=spec.n,
+            p=spec.p,
+            qs=tuple(t.q for t in spec.terms),
+            nlevels=tuple(t.nlevels for t in spec.terms),
+        )
+
+    def with_response(self, spec: ModelSpec, y: np.ndarray) -> "CrossProducts":
+        """Blocks for a new response on the same design: only the ``y`` columns change."""
+        from dataclasses import replace
+
+        t1 = spec.terms[0]
+        B1 = self.B1.copy()
+        B1[:, :, -1] = _by_level(t1.codes, t1.nlevels, t1.Zraw, y[:, None])[:, :, 0]
+        F = self.F.copy()
+        Xty = spec.X.T @ y
+        F[-1, :-1] = Xty
+        F[:-1, -1] = Xty
+        F[-1, -1] = y @ y
+        E = None
+        if self.E is not None:
+            Zr = sp.hstack([term_matrix(t) for t in spec.terms[1:]], format="csr")
+            E = self.E.copy()
+            E[:, -1] = Zr.T @ y
+        return replace(self, B1=B1, F=F, E=E)

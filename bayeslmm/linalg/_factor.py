@@ -1,0 +1,183 @@
+"""Blocked Cholesky factor of the penalised system at a value of theta.
+
+The matrix factored is (lme4's, with ``Lambda = blockdiag(I_{l_k} (x) T_k)``)::
+
+    Omega(theta) = [ Lambda'Z'Z Lambda + I    Lambda'Z'[X y] ]  =  L L'
+                   [ [X y]'Z Lambda           [X y]'[X y]    ]
+
+partitioned into the first term (block diagonal, factored level by level with
+the batched kernels) and the rest (other terms, then ``X``, then ``y``), whose
+Schur complement is dense and factored with LAPACK::
+
+    L11 = chol(T1' A11_j T1 + I)                (per level)
+    L21 = Omega21 L11^{-T}                      (sparse for rest terms, per level for [X y])
+    L22 = chol(Omega22 - L21 L21')
+
+Everything the profiled criteria need is read off ``L``: ``log|L_theta|^2``,
+``log|R_X|^2`` and the penalised residual sum of squares ``r^2 = L[-1, -1]^2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from ._batched import chol_batched, logdet_chol_batched, solve_lower_batched, solve_upper_batched
+from ._blocks import CrossProducts
+
+
+def lambda_blocks(theta: np.ndarray, qs: tuple[int, ...]) -> list[np.ndarray]:
+    """Split theta into the lower-triangular ``q_k x q_k`` factors ``T_k``.
+
+    Within a term theta lists the lower triangle column by column, as lme4 does
+    (``[T11, T21, T22]`` for ``q = 2``).
+    """
+    out, i = [], 0
+    for q in qs:
+        T = np.zeros((q, q))
+        rows, cols = np.tril_indices(q)
+        order = np.lexsort((rows, cols))  # column-major order of the lower triangle
+        k = q * (q + 1) // 2
+        T[rows[order], cols[order]] = theta[i : i + k]
+        out.append(T)
+        i += k
+    return out
+
+
+def _lambda_rest(Ts: list[np.ndarray], nlevels: tuple[int, ...]) -> sp.csr_matrix:
+    """Sparse ``blockdiag_k(I_{l_k} (x) T_k)`` for the rest terms."""
+    return sp.block_diag([sp.kron(sp.eye(l), T) for T, l in zip(Ts, nlevels)], format="csr")
+
+
+def _blockdiag(blocks: np.ndarray) -> sp.bsr_matrix:
+    """Sparse block-diagonal matrix from ``(m, q, q)`` blocks."""
+    m, q, _ = blocks.shape
+    return sp.bsr_matrix((blocks, np.arange(m), np.arange(m + 1)), shape=(m * q, m * q))
+
+
+@dataclass
+class BlockedFactor:
+    """``L`` at one theta; see the module docstring. Read-only after construction."""
+
+    Ts: list[np.ndarray]
+    L11: np.ndarray
+    W: np.ndarray
+    L21r: sp.csr_matrix | None
+    L22: np.ndarray
+    Qr: int
+    p: int
+
+    @property
+    def logdet_L(self) -> float:
+        """``log|L_theta|^2``: log-determinant of ``Lambda'Z'Z Lambda + I``."""
+        d = np.diag(self.L22)[: self.Qr]
+        return logdet_chol_batched(self.L11) + 2.0 * float(np.sum(np.log(d)))
+
+    @property
+    def RX(self) -> np.ndarray:
+        """``(p, p)`` lower-triangular ``R_X'`` with ``R_X'R_X = X'V^-1X sigma^2`` (Schur complement)."""
+        s = slice(self.Qr, self.Qr + self.p)
+        return self.L22[s, s]
+
+    @property
+    def logdet_RX(self) -> float:
+        """``log|R_X|^2``."""
+        return 2.0 * float(np.sum(np.log(np.diag(self.RX))))
+
+    @property
+    def pwrss(self) -> float:
+        """Penalised weighted residual sum of squares ``r^2(theta)`` at the conditional modes."""
+        return float(self.L22[-1, -1] ** 2)
+
+    def solve_modes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Conditional modes ``u`` (spherical, all terms stacked) and ``beta`` at this theta.
+
+        Returns
+        -------
+        u : ``(Q1 + Qr,)`` with the first term's levels first.
+        beta : ``(p,)``.
+        """
+        l1, q1, m = self.W.shape
+        c = self.L22[-1, :-1]
+        rest = scipy.linalg.solve_triangular(self.L22[:-1, :-1], c, lower=True, trans="T")
+        u_r, beta = rest[: self.Qr], rest[self.Qr :]
+        # L21a' [u_r; beta]: contribution of the rest unknowns to the first block's equations
+        t = self.W[:, :, :-1] @ beta  # (l1, q1)
+        if self.L21r is not None:
+            t = t + (self.L21r.T @ u_r).reshape(l1, q1)
+        rhs = (self.W[:, :, -1] - t)[:, :, None]
+        u1 = solve_upper_batched(self.L11, rhs)[:, :, 0].reshape(-1)
+        return np.concatenate([u1, u_r]), beta
+
+    def cond_cov_blocks(self, nlevels: tuple[int, ...]) -> list[np.ndarray]:
+        """Diagonal blocks of ``Lambda (L_theta L_theta')^{-1} Lambda'`` per term and level.
+
+        Multiply by ``sigma^2`` to get lme4's conditional covariances of the random
+        effects (``ranef(condVar = TRUE)``), which hold beta at its estimate.
+
+        Returns
+        -------
+        A list over terms of ``(nlevels_k, q_k, q_k)`` arrays.
+        """
+        l1, q1, _ = self.L11.shape
+        eye = np.broadcast_to(np.eye(q1), self.L11.shape)
+        Linv = solve_lower_batched(self.L11, eye)  # (l1, q1, q1) = L11_j^{-1}
+        M11 = np.swapaxes(Linv, 1, 2) @ Linv  # L11^{-T} L11^{-1} per level
+        out = []
+        if self.L21r is not None and self.Qr > 0:
+            L22r = self.L22[: self.Qr, : self.Qr]
+            G = (self.L21r @ _blockdiag(Linv)).toarray()  # (Qr, Q1) = L21r L11^{-1}
+            H = scipy.linalg.solve_triangular(L22r, G, lower=True)  # (Qr, Q1)
+            Hb = H.reshape(self.Qr, l1, q1)
+            M11 = M11 + np.einsum("rla,rlb->lab", Hb, Hb)
+            Ginv = scipy.linalg.solve_triangular(L22r, np.eye(self.Qr), lower=True)
+            M22 = Ginv.T @ Ginv  # (Qr, Qr) = L22r^{-T} L22r^{-1}
+        T1 = self.Ts[0]
+        out.append(T1 @ M11 @ T1.T)
+        start = 0
+        for T, nl in zip(self.Ts[1:], nlevels[1:]):
+            q = T.shape[0]
+            idx = start + np.arange(nl)[:, None] * q + np.arange(q)[None, :]  # (nl, q)
+            blocks = M22[idx[:, :, None], idx[:, None, :]]  # (nl, q, q)
+            out.append(T @ blocks @ T.T)
+            start += nl * q
+        return out
+
+
+def factorize(cp: CrossProducts, theta: np.ndarray) -> BlockedFactor:
+    """Factor ``Omega(theta)`` from the cross-product blocks (no pass over the rows).
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If a block is numerically not positive definite.
+    """
+    Ts = lambda_blocks(np.asarray(theta, dtype=float), cp.qs)
+    T1 = Ts[0]
+    q1 = T1.shape[0]
+    O11 = T1.T @ cp.A11 @ T1
+    O11[:, np.arange(q1), np.arange(q1)] += 1.0
+    L11 = chol_batched(O11)
+    W = solve_lower_batched(L11, T1.T @ cp.B1)  # (l1, q1, m): L11^{-1} T1' Z1'[X y]
+    Wf = W.reshape(-1, W.shape[2])  # (Q1, m)
+    S_xx = cp.F - Wf.T @ Wf
+    if cp.C is None:
+        S = S_xx
+        L21r = None
+        Qr = 0
+    else:
+        Qr = cp.Qr
+        Lr = _lambda_rest(Ts[1:], cp.nlevels[1:])
+        Linv = solve_lower_batched(L11, np.broadcast_to(np.eye(q1), L11.shape))
+        # L21r = Lr' C T1 L11^{-T}, per level of the first term
+        right = _blockdiag(T1 @ np.swapaxes(Linv, 1, 2))
+        L21r = (Lr.T @ cp.C @ right).tocsr()
+        S_rr = (Lr.T @ cp.D @ Lr).toarray() - (L21r @ L21r.T).toarray()
+        S_rr[np.diag_indices(Qr)] += 1.0
+        S_rx = Lr.T @ cp.E - L21r @ Wf
+        S = np.block([[S_rr, S_rx], [S_rx.T, S_xx]])
+    L22 = np.linalg.cholesky(S)
+    return BlockedFactor(Ts=Ts, L11=L11, W=W, L21r=L21r, L22=L22, Qr=Qr, p=cp.p)

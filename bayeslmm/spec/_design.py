@@ -1,0 +1,283 @@
+"""Build a :class:`ModelSpec` from formula text and a data frame.
+
+Design matrices come from formulaic (treatment contrasts, interactions,
+transforms); the random-effect bars are parsed in :mod:`._formula`. Every
+expression is validated by :mod:`._safe` before formulaic sees it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+
+from .._errors import DataError, FormulaError
+from ._formula import ParsedFormula, parse_formula
+from ._safe import evaluation_context, validate_expression
+from ._spec import ModelSpec, ReTerm
+
+#: Relative tolerance of the pivoted QR that detects a rank-deficient X (as lme4).
+RANK_TOL = 1e-7
+
+
+def as_pandas(data: Any) -> pd.DataFrame:
+    """Accept a pandas or polars data frame (or anything with ``to_pandas``)."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if hasattr(data, "to_pandas"):
+        return data.to_pandas()
+    raise DataError(
+        f"data must be a pandas or polars DataFrame, got {type(data).__name__}; "
+        "read a file with pandas.read_csv or pass a bundled dataset name to the CLI"
+    )
+
+
+def _formula_columns(expr_formula: str, columns: list[str], where: str) -> set[str]:
+    """Validate every factor of a Wilkinson formula and return the data columns it uses."""
+    from formulaic import Formula
+    from formulaic.parser.types import Factor
+
+    try:
+        terms = list(Formula(expr_formula))
+    except Exception as e:  # formulaic raises several types for malformed formulas
+        raise FormulaError(f"cannot parse the {where} {expr_formula!r}: {e}") from None
+    used: set[str] = set()
+    for term in terms:
+        for f in term.factors:
+            if f.eval_method == Factor.EvalMethod.LITERAL:
+                continue
+            if f.eval_method == Factor.EvalMethod.LOOKUP:
+                if f.expr not in columns:
+                    raise DataError(_unknown_column(f.expr, columns))
+                used.add(f.expr)
+            else:
+                used |= _checked_expression(f.expr, columns)
+    return used
+
+
+def _checked_expression(expr: str, columns: list[str]) -> set[str]:
+    try:
+        return validate_expression(expr, columns)
+    except FormulaError as e:
+        names = [c for c in columns if c in expr]
+        if "no such column" in str(e) and not names:
+            raise DataError(f"{e}; available columns: {', '.join(map(str, columns))}") from None
+        raise
+
+
+def _unknown_column(name: str, columns: list[str]) -> str:
+    return (
+        f"column {name!r} not found in the data; available columns: "
+        f"{', '.join(map(str, columns))}"
+    )
+
+
+def _model_matrix(formula: str, df: pd.DataFrame, where: str) -> Any:
+    from formulaic import model_matrix
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return model_matrix(formula, df, context=evaluation_context(), na_action="ignore")
+    except Exception as e:  # formulaic/numpy errors while evaluating allowed expressions
+        raise DataError(f"cannot evaluate the {where} {formula!r}: {e}") from None
+
+
+def _rename(names: list[str]) -> list[str]:
+    return ["(Intercept)" if n == "Intercept" else str(n) for n in names]
+
+
+def _level_labels(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Codes and labels of a grouping column, levels sorted as R's factor() sorts them."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.remove_unused_categories()
+        labels = [str(c) for c in cats.cat.categories]
+        return cats.cat.codes.to_numpy().astype(np.int64), labels
+    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+        uniq = np.sort(col.unique())
+        codes = np.searchsorted(uniq, col.to_numpy())
+        labels = [_num_label(v) for v in uniq]
+        return codes.astype(np.int64), labels
+    s = col.astype(str)
+    uniq = np.sort(s.unique())
+    return np.searchsorted(uniq, s.to_numpy()).astype(np.int64), [str(u) for u in uniq]
+
+
+def _num_label(v: Any) -> str:
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Codes and level labels of the interaction of ``factors`` (observed combinations only)."""
+    parts = [_level_labels(df[f]) for f in factors]
+    if len(parts) == 1:
+        return parts[0]
+    mat = np.stack([p[0] for p in parts], axis=1)
+    combos, codes = np.unique(mat, axis=0, return_inverse=True)  # lexicographic, first factor slowest
+    labels = [":".join(parts[k][1][c] for k, c in enumerate(row)) for row in combos]
+    return codes.reshape(-1).astype(np.int64), labels
+
+
+def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    if X.shape[1] == 0:
+        return X, names, []
+    _, R, piv = scipy.linalg.qr(X, mode="economic", pivoting=True)
+    d = np.abs(np.diag(R))
+    rank = int(np.sum(d > RANK_TOL * d[0])) if d.size and d[0] > 0 else 0
+    if rank == X.shape[1]:
+        return X, names, []
+    keep = np.sort(piv[:rank])
+    drop = [names[i] for i in sorted(piv[rank:])]
+    return X[:, keep], [names[i] for i in keep], drop
+
+
+def _response(parsed: ParsedFormula, df: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, set[str]]:
+    r = parsed.response
+    if r in columns:
+        col = df[r]
+        if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
+            raise DataError(
+                f"response {r!r} is not numeric (dtype {col.dtype}); a linear mixed model needs a "
+                "numeric response: convert the column or choose another"
+            )
+        return col.to_numpy(dtype=float), {r}
+    used = _checked_expression(r, columns)
+    mm = _model_matrix(f"0 + {r}", df, "response")
+    arr = np.asarray(mm, dtype=float)
+    if arr.ndim != 2 or arr.shape[1] != 1:
+        raise DataError(f"response {r!r} must be one numeric column")
+    return arr[:, 0], used
+
+
+def build_spec(formula: str, data: Any) -> ModelSpec:
+    """Parse ``formula`` against ``data`` and build the model specification.
+
+    Rows with missing values in any used column are dropped (as lme4's
+    ``na.omit``) and counted in ``ModelSpec.n_dropped``; the input frame is not
+    modified. A rank-deficient fixed-effects matrix loses its redundant columns,
+    with a warning naming them, as lme4 does.
+
+    Raises
+    ------
+    FormulaError, DataError
+        With a message that says what to change.
+    """
+    parsed = parse_formula(formula)
+    df0 = as_pandas(data)
+    columns = [str(c) for c in df0.columns]
+    if df0.shape[0] == 0:
+        raise DataError("the data has no rows (header only?); a model needs observations")
+    # which columns does the formula use? (validates every expression on the way)
+    if parsed.response in columns:
+        used = {parsed.response}
+    else:
+        used = _checked_expression(parsed.response, columns)
+    used |= _formula_columns(parsed.fixed, columns, "fixed-effects formula")
+    for bar in parsed.bars:
+        used |= _formula_columns(bar.lhs, columns, f"random-effect term ({bar.lhs} | {bar.group})")
+        for f in bar.factors:
+            if f not in columns:
+                raise DataError(_unknown_column(f, columns))
+            used.add(f)
+    ordered = [c for c in columns if c in used]
+    df = df0.loc[:, ordered].copy()
+    for c in ordered:
+        col = df[c]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            vals = col.to_numpy(dtype=float, na_value=np.nan)
+            if np.isinf(vals).any():
+                raise DataError(
+                    f"column {c!r} has {int(np.isinf(vals).sum())} infinite value(s); "
+                    "remove or replace them before fitting"
+                )
+    if parsed.response in columns and df[parsed.response].isna().all():
+        raise DataError(f"the response {parsed.response!r} is missing (NA) in every row")
+    complete = df.notna().all(axis=1).to_numpy()
+    n_dropped = int((~complete).sum())
+    df = df.loc[complete]
+    if df.shape[0] == 0:
+        raise DataError("no row is complete: every row has a missing value in a column the formula uses")
+    y, _ = _response(parsed, df, columns)
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"the response {parsed.response!r} evaluates to non-finite values in some rows")
+    fx = _model_matrix(parsed.fixed, df, "fixed-effects formula")
+    X = np.asarray(fx, dtype=float)
+    names = _rename(list(fx.columns))
+    bad = ~np.isfinite(X).all(axis=0)
+    if bad.any():
+        raise DataError(
+            f"fixed-effect column(s) {', '.join(n for n, b in zip(names, bad) if b)} have non-finite "
+            "values (log of a non-positive number?)"
+        )
+    X, names, dropped = _drop_rank_deficient(X, names)
+    if dropped:
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+            f"column(s): {', '.join(dropped)}",
+            stacklevel=3,
+        )
+    n = y.shape[0]
+    terms = []
+    for bar in parsed.bars:
+        zx = _model_matrix(bar.lhs, df, f"random-effect term ({bar.lhs} | {bar.group})")
+        Zraw = np.asarray(zx, dtype=float)
+        if Zraw.shape[1] == 0:
+            raise FormulaError(f"random-effect term ({bar.lhs} | {bar.group}) has no columns")
+        if not np.isfinite(Zraw).all():
+            raise DataError(f"random-effect term ({bar.lhs} | {bar.group}) has non-finite values")
+        codes, levels = grouping_codes(df, bar.factors)
+        nlev = len(levels)
+        if nlev < 2:
+            raise DataError(
+                f"grouping factor {bar.group!r} has {nlev} level; a random effect needs at least 2"
+            )
+        if nlev >= n:
+            raise DataError(
+                f"grouping factor {bar.group!r} has {nlev} levels for {n} observations; the number of "
+                "levels must be smaller than the number of observations, or the random effect and "
+                "the residual cannot be told apart"
+            )
+        if nlev * Zraw.shape[1] >= n:
+            raise DataError(
+                f"term ({bar.lhs} | {bar.group}) has {nlev * Zraw.shape[1]} random effects for {n} "
+                "observations; the random effects and the residual variance are unidentifiable: "
+                "simplify the random-effect term"
+            )
+        terms.append((bar, codes, levels, Zraw, _rename(list(zx.columns)), zx.model_spec))
+    # lme4 orders terms by decreasing number of levels (stable)
+    terms.sort(key=lambda t: -len(t[2]))
+    seen: dict[str, int] = {}
+    re_terms = []
+    for bar, codes, levels, Zraw, cnames, zspec in terms:
+        k = seen.get(bar.group, 0)
+        seen[bar.group] = k + 1
+        re_terms.append(
+            ReTerm(
+                group=bar.group,
+                name=bar.group if k == 0 else f"{bar.group}.{k}",
+                factors=bar.factors,
+                lhs=bar.lhs,
+                coef_names=tuple(cnames),
+                levels=tuple(levels),
+                codes=codes,
+                Zraw=Zraw,
+                design=zspec,
+            )
+        )
+    return ModelSpec(
+        formula=parsed.text,
+        response=parsed.response,
+        y=y,
+        X=X,
+        fixef_names=tuple(names),
+        terms=tuple(re_terms),
+        row_index=df.index.to_numpy(),
+        n_dropped=n_dropped,
+        dropped_columns=tuple(dropped),
+        fixed_design=(fx.model_spec, parsed, tuple(names)),
+    )
