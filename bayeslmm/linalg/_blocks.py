@@ -24,15 +24,20 @@ Blocks computed from disjoint sets of rows add up.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..spec._spec import ModelSpec, ReTerm
+
+if TYPE_CHECKING:  # scipy.sparse is imported only for models with several terms (fast start-up)
+    import scipy.sparse as sp
 
 
 def term_matrix(term: ReTerm) -> sp.csr_matrix:
     """The sparse ``(n, nlevels * q)`` matrix ``Z_k`` of one term, columns level by level."""
+    import scipy.sparse as sp
+
     n, q = term.Zraw.shape
     rows = np.repeat(np.arange(n), q)
     cols = (term.codes[:, None] * q + np.arange(q)[None, :]).reshape(-1)
@@ -87,6 +92,8 @@ class CrossProducts:
         if len(spec.terms) == 1:
             C = D = E = None
         else:
+            import scipy.sparse as sp
+
             Z1 = term_matrix(t1)
             Zr = sp.hstack([term_matrix(t) for t in spec.terms[1:]], format="csr")
             ZrT = Zr.T.tocsr()
@@ -120,6 +127,8 @@ class CrossProducts:
         F[-1, -1] = y @ y
         E = None
         if self.E is not None:
+            import scipy.sparse as sp
+
             Zr = sp.hstack([term_matrix(t) for t in spec.terms[1:]], format="csr")
             E = self.E.copy()
             E[:, -1] = Zr.T @ y

@@ -20,13 +20,15 @@ Everything the profiled criteria need is read off ``L``: ``log|L_theta|^2``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse as sp
 
 from ._batched import chol_batched, logdet_chol_batched, solve_lower_batched, solve_upper_batched
 from ._blocks import CrossProducts
+
+if TYPE_CHECKING:  # scipy.sparse is imported only for models with several terms (fast start-up)
+    import scipy.sparse as sp
 
 
 def lambda_blocks(theta: np.ndarray, qs: tuple[int, ...]) -> list[np.ndarray]:
@@ -49,11 +51,15 @@ def lambda_blocks(theta: np.ndarray, qs: tuple[int, ...]) -> list[np.ndarray]:
 
 def _lambda_rest(Ts: list[np.ndarray], nlevels: tuple[int, ...]) -> sp.csr_matrix:
     """Sparse ``blockdiag_k(I_{l_k} (x) T_k)`` for the rest terms."""
+    import scipy.sparse as sp
+
     return sp.block_diag([sp.kron(sp.eye(l), T) for T, l in zip(Ts, nlevels)], format="csr")
 
 
 def _blockdiag(blocks: np.ndarray) -> sp.bsr_matrix:
     """Sparse block-diagonal matrix from ``(m, q, q)`` blocks."""
+    import scipy.sparse as sp
+
     m, q, _ = blocks.shape
     return sp.bsr_matrix((blocks, np.arange(m), np.arange(m + 1)), shape=(m * q, m * q))
 
@@ -102,7 +108,7 @@ class BlockedFactor:
         """
         l1, q1, m = self.W.shape
         c = self.L22[-1, :-1]
-        rest = scipy.linalg.solve_triangular(self.L22[:-1, :-1], c, lower=True, trans="T")
+        rest = np.linalg.solve(self.L22[:-1, :-1].T, c)  # once per fit: LU on a triangle is fine
         u_r, beta = rest[: self.Qr], rest[self.Qr :]
         # L21a' [u_r; beta]: contribution of the rest unknowns to the first block's equations
         t = self.W[:, :, :-1] @ beta  # (l1, q1)
@@ -130,10 +136,10 @@ class BlockedFactor:
         if self.L21r is not None and self.Qr > 0:
             L22r = self.L22[: self.Qr, : self.Qr]
             G = (self.L21r @ _blockdiag(Linv)).toarray()  # (Qr, Q1) = L21r L11^{-1}
-            H = scipy.linalg.solve_triangular(L22r, G, lower=True)  # (Qr, Q1)
+            Ginv = np.linalg.inv(L22r)  # (Qr, Qr) = L22r^{-1}
+            H = Ginv @ G  # (Qr, Q1)
             Hb = H.reshape(self.Qr, l1, q1)
             M11 = M11 + np.einsum("rla,rlb->lab", Hb, Hb)
-            Ginv = scipy.linalg.solve_triangular(L22r, np.eye(self.Qr), lower=True)
             M22 = Ginv.T @ Ginv  # (Qr, Qr) = L22r^{-T} L22r^{-1}
         T1 = self.Ts[0]
         out.append(T1 @ M11 @ T1.T)

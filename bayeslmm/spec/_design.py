@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 
 from .._errors import DataError, FormulaError
 from ._formula import ParsedFormula, parse_formula
@@ -124,15 +123,24 @@ def grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarr
 
 
 def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Drop columns that are (numerically) linear combinations of earlier ones.
+
+    As R's ``qr(X, tol = 1e-7)`` (LINPACK dqrdc2, used by lme4): a column whose
+    residual after projection on the earlier kept columns is below ``RANK_TOL``
+    times its norm is dropped; the order of the others is kept.
+    """
     if X.shape[1] == 0:
         return X, names, []
-    _, R, piv = scipy.linalg.qr(X, mode="economic", pivoting=True)
-    d = np.abs(np.diag(R))
-    rank = int(np.sum(d > RANK_TOL * d[0])) if d.size and d[0] > 0 else 0
-    if rank == X.shape[1]:
-        return X, names, []
-    keep = np.sort(piv[:rank])
-    drop = [names[i] for i in sorted(piv[rank:])]
+    norms = np.linalg.norm(X, axis=0)
+    keep = list(range(X.shape[1]))
+    for _ in range(X.shape[1]):  # repeat until the kept columns are of full rank
+        R = np.linalg.qr(X[:, keep], mode="r")
+        d = np.abs(np.diag(R))
+        bad = [k for k, dk in zip(keep, d) if not dk > RANK_TOL * max(norms[k], 1e-300)]
+        if not bad:
+            break
+        keep.remove(bad[0])
+    drop = [names[i] for i in range(X.shape[1]) if i not in keep]
     return X[:, keep], [names[i] for i in keep], drop
 
 
