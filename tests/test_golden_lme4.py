@@ -95,8 +95,16 @@ def residual_variance(case: dict[str, Any]) -> float:
 
 
 def keyed(keys: list[Any], values: list[Any], what: str) -> dict[Any, Any]:
-    """``dict(zip(keys, values))``, failing when two names normalise to the same key."""
-    out = dict(zip(keys, values))
+    """``dict(zip(keys, values))``, failing when two names normalise to the same key.
+
+    Parameters
+    ----------
+    keys, values
+        Normalised names and the values they label, of equal length.
+    what
+        What the names are, for the failure message.
+    """
+    out = dict(zip(keys, values, strict=True))
     assert len(out) == len(keys), f"{what}: names collide after normalisation: {keys}"
     return out
 
@@ -174,20 +182,29 @@ def test_singular(fitted):
     assert fit.singular == case["singular"]
 
 
+def blup_table(grpvar: Any, term: Any, grp: Any, condval: Any, condsd: Any, what: str) -> dict[Any, Any]:
+    """``{(grouping factor, term, level): (condval, condsd)}`` with normalised names.
+
+    Parameters
+    ----------
+    grpvar, term, grp, condval, condsd
+        The columns of ``as.data.frame(ranef(m, condVar = TRUE))`` or of ``LMMFit.ranef()``.
+    what
+        Whose BLUPs these are, for the failure message.
+    """
+    keys = [(group_key(v), norm(t), grpnorm(g)) for v, t, g in zip(grpvar, term, grp, strict=True)]
+    return keyed(keys, list(zip(condval, condsd, strict=True)), what)
+
+
 def test_ranef(fitted):
     """Every conditional mode and conditional sd to 1e-4 * sigma absolute, rows matched by name."""
     case, fit = fitted
     b = case["blups"]
-    ref_keys = [(group_key(v), norm(t), grpnorm(g)) for v, t, g in zip(b["grpvar"], b["term"], b["grp"])]
-    ref = keyed(ref_keys, list(zip(b["condval"], b["condsd"])), "R ranef")
-    re_ = fit.ranef()
-    got_keys = [(group_key(v), norm(t), grpnorm(g)) for v, t, g in zip(re_.grpvar, re_.term, re_.grp)]
-    got = keyed(got_keys, list(zip(re_.condval, re_.condsd)), "ranef")
+    ref = blup_table(b["grpvar"], b["term"], b["grp"], b["condval"], b["condsd"], "R ranef")
+    ours = fit.ranef()
+    got = blup_table(ours.grpvar, ours.term, ours.grp, ours.condval, ours.condsd, "ranef")
     assert sorted(got) == sorted(ref)
     tol = 1e-4 * case["sigma"]
-    bad = {
-        k: (got[k], v)
-        for k, v in ref.items()
-        if not (abs(got[k][0] - v[0]) <= tol and abs(got[k][1] - v[1]) <= tol)
-    }
-    assert not bad, f"{len(bad)} of {len(ref)} BLUPs differ, (condval, condsd) ours vs lme4: {dict(list(bad.items())[:5])}"
+    bad = {k: (got[k], v) for k, v in ref.items() if not all(abs(g - r) <= tol for g, r in zip(got[k], v, strict=True))}
+    first = dict(list(bad.items())[:5])
+    assert not bad, f"{len(bad)} of {len(ref)} BLUPs differ; (condval, condsd) ours vs lme4, first 5: {first}"

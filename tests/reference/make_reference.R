@@ -8,6 +8,10 @@
 # The models are fitted to the data as read back from the CSV files, so that R sees exactly what
 # Python sees: character columns become factors with levels sorted by code point (C collation), the
 # first level being the reference of the treatment contrasts, as in bayeslmm.
+# The estimates come from lme4's default optimizer (nloptwrap, BOBYQA) run to tight tolerances
+# (`tight` below): with its default tolerances it stops short of the optimum on flat likelihoods
+# (e.g. orthodont_slope_ml: logLik 2.7e-7 below the optimum, variances off by 5e-4 relative), which is
+# too coarse for golden values. `seconds` is the median time of a fit with lme4's default settings.
 # public/ holds verbatim copies of ../shared/reference/{lme4_public.json,make_reference.R}
 # (the public cases, whose data are bundled in bayeslmm.datasets).
 #
@@ -48,20 +52,24 @@ vc_list <- function(m) {
                                              var2 = ifelse(is.na(vc$var2[i]), "", vc$var2[i]),
                                              vcov = vc$vcov[i], sdcor = vc$sdcor[i]))
 }
+tight_opt <- list(ftol_abs = 1e-15, ftol_rel = 1e-15, xtol_abs = 1e-14, xtol_rel = 1e-14, maxeval = 1e5)
+tight <- lmerControl(optimizer = "nloptwrap", optCtrl = tight_opt)
 # Fit one case with lme4 (estimates, BLUPs, timing) and lmerTest (Satterthwaite df).
 # lmer turns the grouping variables into factors itself; fixed-effect columns keep their CSV type.
 lmer_case <- function(id, dname, f, REML = TRUE, py_formula = f, reps = 3) {
   d <- rd(dname)
-  fit <- function() lme4::lmer(as.formula(f), data = d, REML = REML)
-  m <- fit(); t <- timeit(fit, reps)
+  t <- timeit(function() lme4::lmer(as.formula(f), data = d, REML = REML), reps)
+  m <- lme4::lmer(as.formula(f), data = d, REML = REML, control = tight)
   fe <- fixef(m); se <- sqrt(diag(as.matrix(vcov(m))))
   re <- as.data.frame(ranef(m, condVar = TRUE))
   blups <- list(grpvar = as.character(re$grpvar), term = as.character(re$term), grp = as.character(re$grp),
                 condval = re$condval, condsd = re$condsd)
-  m2 <- lmerTest::lmer(as.formula(f), data = d, REML = REML)
+  m2 <- lmerTest::lmer(as.formula(f), data = d, REML = REML, control = tight)
   co <- summary(m2)$coefficients
   list(id = id, data = dname, formula = f, py_formula = py_formula, method = ifelse(REML, "REML", "ML"),
-       engine = "lme4", fixef = as.list(fe), se = as.list(se), varcorr = vc_list(m), sigma = sigma(m),
+       engine = "lme4", lme4_version = as.character(packageVersion("lme4")),
+       lmer_control = paste0("nloptwrap ", paste(names(tight_opt), unlist(tight_opt), sep = "=", collapse = " ")),
+       fixef = as.list(fe), se = as.list(se), varcorr = vc_list(m), sigma = sigma(m),
        loglik = as.numeric(logLik(m)), deviance_or_reml = ifelse(REML, REMLcrit(m), deviance(m)),
        aic = AIC(m), bic = BIC(m), nobs = nobs(m), singular = isSingular(m),
        satterthwaite_df = as.list(setNames(co[, "df"], rownames(co))),
