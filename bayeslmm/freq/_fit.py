@@ -179,7 +179,14 @@ class LMMFit:
                     corr = D[i, j] / denom if denom > 0 else np.nan
                     rows.append((t.name, t.coef_names[j], t.coef_names[i], D[i, j], corr))
         rows.append(("Residual", None, None, self.sigma2, self.sigma))
-        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+        cols = list(zip(*rows))
+        return pd.DataFrame({
+            "grp": pd.Series(cols[0], dtype=object),
+            "var1": pd.Series(cols[1], dtype=object),  # None where R has NA
+            "var2": pd.Series(cols[2], dtype=object),
+            "vcov": np.array(cols[3], dtype=float),
+            "sdcor": np.array(cols[4], dtype=float),
+        })
 
     # ------------------------------------------------------ random effects
     @cached_property
@@ -194,7 +201,7 @@ class LMMFit:
 
     @cached_property
     def _condcov(self) -> list[np.ndarray]:
-        return [self.sigma2 * c for c in self._factor.cond_cov_blocks(tuple(t.nlevels for t in self.spec.terms))]
+        return [self.sigma2 * c for c in self._factor.cond_cov_blocks()]
 
     def ranef(self, cond_var: bool = True) -> pd.DataFrame:
         """BLUPs (conditional modes) as R's ``as.data.frame(ranef(fit, condVar = TRUE))``.

@@ -13,12 +13,13 @@ block  shape              content
 A11    (l1, q1, q1)       ``Z_1'Z_1``, one ``q1 x q1`` block per level
 B1     (l1, q1, m)        ``Z_1'[X y]`` per level
 C      sparse (Qr, Q1)    ``Z_r'Z_1`` (rest terms against the first)
-D      sparse (Qr, Qr)    ``Z_r'Z_r``
+D      (Qr, Qr)           ``Z_r'Z_r`` (dense: the Schur complement it enters is dense)
 E      (Qr, m)            ``Z_r'[X y]``
 F      (m, m)             ``[X y]'[X y]``
 =====  =================  ==========================================
 
-Blocks computed from disjoint sets of rows add up.
+Blocks computed from disjoint sets of rows add up. ``pairs`` holds the
+coefficients of ``C G C'`` (see :mod:`._pairs`), derived from ``C``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..spec._spec import ModelSpec, ReTerm
+from ._pairs import PairOperator
 
 if TYPE_CHECKING:  # scipy.sparse is imported only for models with several terms (fast start-up)
     import scipy.sparse as sp
@@ -60,14 +62,15 @@ class CrossProducts:
 
     A11: np.ndarray
     B1: np.ndarray
-    C: sp.csr_matrix | None
-    D: sp.csr_matrix | None
+    C: "sp.csr_matrix | None"
+    D: np.ndarray | None
     E: np.ndarray | None
     F: np.ndarray
     n: int
     p: int
     qs: tuple[int, ...]
     nlevels: tuple[int, ...]
+    pairs: PairOperator | None = None
 
     @property
     def Q1(self) -> int:
@@ -89,6 +92,7 @@ class CrossProducts:
         A11 = _by_level(t1.codes, t1.nlevels, t1.Zraw, t1.Zraw)
         B1 = _by_level(t1.codes, t1.nlevels, t1.Zraw, Xy)
         F = Xy.T @ Xy
+        pairs = None
         if len(spec.terms) == 1:
             C = D = E = None
         else:
@@ -98,8 +102,9 @@ class CrossProducts:
             Zr = sp.hstack([term_matrix(t) for t in spec.terms[1:]], format="csr")
             ZrT = Zr.T.tocsr()
             C = (ZrT @ Z1).tocsr()
-            D = (ZrT @ Zr).tocsr()
+            D = (ZrT @ Zr).toarray()
             E = np.asarray(ZrT @ Xy)
+            pairs = PairOperator.from_sparse(C, t1.q)
         return cls(
             A11=A11,
             B1=B1,
@@ -111,6 +116,7 @@ class CrossProducts:
             p=spec.p,
             qs=tuple(t.q for t in spec.terms),
             nlevels=tuple(t.nlevels for t in spec.terms),
+            pairs=pairs,
         )
 
     def with_response(self, spec: ModelSpec, y: np.ndarray) -> "CrossProducts":

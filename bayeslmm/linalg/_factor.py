@@ -13,13 +13,17 @@ Schur complement is dense and factored with LAPACK::
     L21 = Omega21 L11^{-T}                      (sparse for rest terms, per level for [X y])
     L22 = chol(Omega22 - L21 L21')
 
+``L21`` of the rest terms is never formed during optimisation: with
+``G_j = T1 (T1' A11_j T1 + I)^{-1} T1'`` the Schur complement is
+``Lr'(D - C G C')Lr + I`` next to ``Lr'(E - C G B1)`` (see :mod:`._pairs`).
+
 Everything the profiled criteria need is read off ``L``: ``log|L_theta|^2``,
 ``log|R_X|^2`` and the penalised residual sum of squares ``r^2 = L[-1, -1]^2``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,17 +68,50 @@ def _blockdiag(blocks: np.ndarray) -> sp.bsr_matrix:
     return sp.bsr_matrix((blocks, np.arange(m), np.arange(m + 1)), shape=(m * q, m * q))
 
 
-@dataclass
-class BlockedFactor:
-    """``L`` at one theta; see the module docstring. Read-only after construction."""
+def _left_scale(M: np.ndarray, Ts: list[np.ndarray], nlevels: tuple[int, ...]) -> np.ndarray:
+    """``Lr' M`` for ``Lr = blockdiag_k(I_{l_k} (x) T_k)`` applied to the rows of dense ``M``."""
+    out = np.empty_like(M)
+    start = 0
+    for T, nl in zip(Ts, nlevels):
+        q = T.shape[0]
+        sl = slice(start, start + nl * q)
+        if q == 1:
+            out[sl] = T[0, 0] * M[sl]
+        else:  # (nl, q, N) blocks, T' applied to each
+            out[sl] = np.einsum("ab,lan->lbn", T, M[sl].reshape(nl, q, -1)).reshape(nl * q, -1)
+        start += nl * q
+    return out
 
-    Ts: list[np.ndarray]
-    L11: np.ndarray
-    W: np.ndarray
-    L21r: sp.csr_matrix | None
-    L22: np.ndarray
-    Qr: int
-    p: int
+
+def _sym_scale(M: np.ndarray, Ts: list[np.ndarray], nlevels: tuple[int, ...]) -> np.ndarray:
+    """``Lr' M Lr`` for symmetric ``M``; when every ``q_k`` is 1 only the lower triangle is used and set."""
+    if all(T.shape[0] == 1 for T in Ts):
+        lam = np.repeat([T[0, 0] for T in Ts], nlevels)
+        M *= lam[:, None]
+        M *= lam[None, :]
+        return M
+    M = np.tril(M) + np.tril(M, -1).T  # the general path mixes the two triangles
+    return _left_scale(_left_scale(M, Ts, nlevels).T, Ts, nlevels).T
+
+
+class BlockedFactor:
+    """``L`` at one theta; see the module docstring.
+
+    Attributes
+    ----------
+    Ts : the ``T_k`` factors; L11 : ``(l1, q1, q1)``; W : ``(l1, q1, m)`` the ``[X y]`` part of
+    ``L21`` (``L11^{-1} T1' Z1'[X y]``); L22 : ``(Qr + m, Qr + m)`` dense lower factor.
+    """
+
+    def __init__(self, cp: CrossProducts, Ts: list[np.ndarray], L11: np.ndarray, W: np.ndarray,
+                 L22: np.ndarray) -> None:
+        self.cp = cp
+        self.Ts = Ts
+        self.L11 = L11
+        self.W = W
+        self.L22 = L22
+        self.Qr = cp.Qr
+        self.p = cp.p
 
     @property
     def logdet_L(self) -> float:
@@ -84,7 +121,7 @@ class BlockedFactor:
 
     @property
     def RX(self) -> np.ndarray:
-        """``(p, p)`` lower-triangular ``R_X'`` with ``R_X'R_X = X'V^-1X sigma^2`` (Schur complement)."""
+        """``(p, p)`` lower-triangular ``R_X'`` with ``R_X'R_X = X'V_theta^-1 X`` (``V_theta = V / sigma^2``)."""
         s = slice(self.Qr, self.Qr + self.p)
         return self.L22[s, s]
 
@@ -97,6 +134,19 @@ class BlockedFactor:
     def pwrss(self) -> float:
         """Penalised weighted residual sum of squares ``r^2(theta)`` at the conditional modes."""
         return float(self.L22[-1, -1] ** 2)
+
+    @cached_property
+    def _L11inv(self) -> np.ndarray:
+        return solve_lower_batched(self.L11, np.broadcast_to(np.eye(self.L11.shape[1]), self.L11.shape))
+
+    @cached_property
+    def L21r(self) -> "sp.csr_matrix | None":
+        """Sparse ``(Qr, Q1)`` block ``Lr' C T1 L11^{-T}`` of ``L`` (formed only after optimisation)."""
+        if self.cp.C is None:
+            return None
+        Lr = _lambda_rest(self.Ts[1:], self.cp.nlevels[1:])
+        right = _blockdiag(self.Ts[0] @ np.swapaxes(self._L11inv, 1, 2))
+        return (Lr.T @ self.cp.C @ right).tocsr()
 
     def solve_modes(self) -> tuple[np.ndarray, np.ndarray]:
         """Conditional modes ``u`` (spherical, all terms stacked) and ``beta`` at this theta.
@@ -118,7 +168,7 @@ class BlockedFactor:
         u1 = solve_upper_batched(self.L11, rhs)[:, :, 0].reshape(-1)
         return np.concatenate([u1, u_r]), beta
 
-    def cond_cov_blocks(self, nlevels: tuple[int, ...]) -> list[np.ndarray]:
+    def cond_cov_blocks(self) -> list[np.ndarray]:
         """Diagonal blocks of ``Lambda (L_theta L_theta')^{-1} Lambda'`` per term and level.
 
         Multiply by ``sigma^2`` to get lme4's conditional covariances of the random
@@ -129,22 +179,21 @@ class BlockedFactor:
         A list over terms of ``(nlevels_k, q_k, q_k)`` arrays.
         """
         l1, q1, _ = self.L11.shape
-        eye = np.broadcast_to(np.eye(q1), self.L11.shape)
-        Linv = solve_lower_batched(self.L11, eye)  # (l1, q1, q1) = L11_j^{-1}
+        Linv = self._L11inv  # (l1, q1, q1) = L11_j^{-1}
         M11 = np.swapaxes(Linv, 1, 2) @ Linv  # L11^{-T} L11^{-1} per level
         out = []
         if self.L21r is not None and self.Qr > 0:
             L22r = self.L22[: self.Qr, : self.Qr]
-            G = (self.L21r @ _blockdiag(Linv)).toarray()  # (Qr, Q1) = L21r L11^{-1}
             Ginv = np.linalg.inv(L22r)  # (Qr, Qr) = L22r^{-1}
-            H = Ginv @ G  # (Qr, Q1)
+            B = (self.L21r @ _blockdiag(Linv)).tocsc()  # sparse (Qr, Q1) = L21r L11^{-1}
+            H = np.asarray((B.T @ Ginv.T).T)  # (Qr, Q1) = L22r^{-1} B, sparse-times-dense
             Hb = H.reshape(self.Qr, l1, q1)
             M11 = M11 + np.einsum("rla,rlb->lab", Hb, Hb)
             M22 = Ginv.T @ Ginv  # (Qr, Qr) = L22r^{-T} L22r^{-1}
         T1 = self.Ts[0]
         out.append(T1 @ M11 @ T1.T)
         start = 0
-        for T, nl in zip(self.Ts[1:], nlevels[1:]):
+        for T, nl in zip(self.Ts[1:], self.cp.nlevels[1:]):
             q = T.shape[0]
             idx = start + np.arange(nl)[:, None] * q + np.arange(q)[None, :]  # (nl, q)
             blocks = M22[idx[:, :, None], idx[:, None, :]]  # (nl, q, q)
@@ -171,19 +220,24 @@ def factorize(cp: CrossProducts, theta: np.ndarray) -> BlockedFactor:
     Wf = W.reshape(-1, W.shape[2])  # (Q1, m)
     S_xx = cp.F - Wf.T @ Wf
     if cp.C is None:
-        S = S_xx
-        L21r = None
-        Qr = 0
-    else:
-        Qr = cp.Qr
-        Lr = _lambda_rest(Ts[1:], cp.nlevels[1:])
-        Linv = solve_lower_batched(L11, np.broadcast_to(np.eye(q1), L11.shape))
-        # L21r = Lr' C T1 L11^{-T}, per level of the first term
-        right = _blockdiag(T1 @ np.swapaxes(Linv, 1, 2))
-        L21r = (Lr.T @ cp.C @ right).tocsr()
-        S_rr = (Lr.T @ cp.D @ Lr).toarray() - (L21r @ L21r.T).toarray()
-        S_rr[np.diag_indices(Qr)] += 1.0
-        S_rx = Lr.T @ cp.E - L21r @ Wf
-        S = np.block([[S_rr, S_rx], [S_rx.T, S_xx]])
-    L22 = np.linalg.cholesky(S)
-    return BlockedFactor(Ts=Ts, L11=L11, W=W, L21r=L21r, L22=L22, Qr=Qr, p=cp.p)
+        return BlockedFactor(cp, Ts, L11, W, np.linalg.cholesky(S_xx))
+    import scipy.linalg
+
+    Qr, m = cp.Qr, S_xx.shape[0]
+    Linv = solve_lower_batched(L11, np.broadcast_to(np.eye(q1), L11.shape))
+    TL = T1 @ np.swapaxes(Linv, 1, 2)  # T1 L11^{-T}
+    G = TL @ np.swapaxes(TL, 1, 2)  # (l1, q1, q1): T1 (T1'A11 T1 + I)^{-1} T1'
+    S = np.empty((Qr + m, Qr + m))
+    rest_T, rest_l = Ts[1:], cp.nlevels[1:]
+    S_rr = S[:Qr, :Qr]
+    np.subtract(cp.D, cp.pairs.lower(G), out=S_rr)
+    S_rr[...] = _sym_scale(S_rr, rest_T, rest_l)  # lower triangle of Lr'(D - C G C')Lr (in place for q = 1)
+    S_rr[np.diag_indices(Qr)] += 1.0
+    S_rx = _left_scale(cp.E - cp.C @ (G @ cp.B1).reshape(-1, m), rest_T, rest_l)
+    S[:Qr, Qr:] = S_rx
+    S[Qr:, :Qr] = S_rx.T
+    S[Qr:, Qr:] = S_xx
+    L22, info = scipy.linalg.lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("Schur complement not positive definite")
+    return BlockedFactor(cp, Ts, L11, W, L22)

@@ -4,7 +4,8 @@
 #   ../data/<name>.csv   every data set used below, exported from the R packages lme4 and nlme
 #                        (factors written as plain character columns, numeric columns kept numeric)
 #   lme4_extra.json      one entry per case, in the format of public/lme4_public.json, plus
-#                        `py_formula` (the same model in bayeslmm's formula syntax)
+#                        `py_formula` (the same model in bayeslmm's formula syntax), `lme4_version`
+#                        and `lmer_control` (the optimizer settings of the fit)
 # The models are fitted to the data as read back from the CSV files, so that R sees exactly what
 # Python sees: character columns become factors with levels sorted by code point (C collation), the
 # first level being the reference of the treatment contrasts, as in bayeslmm.
