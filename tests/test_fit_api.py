@@ -142,3 +142,13 @@ def test_singular_fit_is_detected() -> None:
     assert fit.singular and fit.theta[0] == pytest.approx(0, abs=1e-4)
     assert any("singular" in m for m in fit.optimizer.messages)
     assert "singular" in str(fit.summary())
+
+
+def test_summary_of_a_model_with_a_3x3_covariance_and_three_coefficients() -> None:
+    from pathlib import Path
+
+    df = pd.read_csv(Path(__file__).parent / "data" / "machines.csv")
+    s = str(bayeslmm.lmm("score ~ Machine + (0 + Machine | Worker)", df).summary())
+    assert "Corr" in s and s.count("Machine[") >= 3
+    corr_block = s.split("Correlation of Fixed Effects:")[1].strip().splitlines()
+    assert len(corr_block) == 3  # header + two rows of the lower triangle

@@ -41,7 +41,13 @@ _NLOPT_STATUS = {
 
 @dataclass(frozen=True)
 class OptimizerRecord:
-    """What the optimiser did: start, end, evaluations, status and checks."""
+    """What the optimiser did: start, end, evaluations, status and checks.
+
+    ``gradient`` and ``hessian`` are the finite-difference derivatives over the free
+    coordinates at the point BOBYQA returned; the convergence checks use them.
+    ``polished`` says whether one Newton step from there lowered the criterion
+    (then ``theta`` is that point). ``n_evals`` counts every evaluation.
+    """
 
     optimizer: str
     theta_start: np.ndarray
@@ -55,6 +61,7 @@ class OptimizerRecord:
     hessian: np.ndarray
     messages: tuple[str, ...] = ()
     seconds: float = 0.0
+    polished: bool = False
     history: np.ndarray = field(default_factory=lambda: np.empty((0, 0)), repr=False)
 
     def as_dict(self) -> dict:
@@ -70,6 +77,7 @@ class OptimizerRecord:
             "singular": self.singular,
             "gradient": self.gradient.tolist(),
             "messages": list(self.messages),
+            "polished": self.polished,
             "seconds": self.seconds,
         }
 
@@ -126,16 +134,6 @@ def _newton_size(g: np.ndarray, H: np.ndarray) -> float:
         return np.inf
 
 
-def _gradient(fun: Callable[[np.ndarray], float], x: np.ndarray, idx: np.ndarray, h: float = 1e-4) -> np.ndarray:
-    """Central-difference gradient over coordinates ``idx``."""
-    g = np.zeros(len(idx))
-    for a, i in enumerate(idx):
-        e = np.zeros_like(x)
-        e[i] = h
-        g[a] = (fun(x + e) - fun(x - e)) / (2 * h)
-    return g
-
-
 def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, lower: np.ndarray,
                   idx: np.ndarray, g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, float, bool]:
     """One Newton step on the free coordinates, kept only if it lowers the criterion.
@@ -162,6 +160,7 @@ def minimize_bobyqa(
     start: np.ndarray | None = None,
     *,
     ftol_abs: float = 1e-8,
+    ftol_rel: float = 1e-12,
     xtol_abs: float = 1e-8,
     maxeval: int = 100_000,
     check: bool = True,
@@ -206,6 +205,7 @@ def minimize_bobyqa(
     opt.set_upper_bounds(np.full(k, np.inf))
     opt.set_min_objective(wrapped)
     opt.set_ftol_abs(ftol_abs)
+    opt.set_ftol_rel(ftol_rel)  # the criterion itself is only that precise when it is large
     opt.set_xtol_abs(np.full(k, xtol_abs))
     opt.set_maxeval(maxeval)
     opt.set_initial_step(np.where(np.abs(x0) > 0.1, 0.2 * np.abs(x0), 0.1))
@@ -232,12 +232,11 @@ def minimize_bobyqa(
     idx = np.flatnonzero(free)
     g = np.zeros(0)
     H = np.zeros((0, 0))
+    polished = False
     if check and idx.size:
         g, H = derivatives(fun, x, idx, f0=fx)
         if np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and _newton_size(g, H) > POLISH_TOL:
-            x, fx, moved = newton_polish(fun, x, fx, lower, idx, g, H)
-            if moved:  # gradient at the new point (the Hessian barely changes over one step)
-                g = _gradient(fun, x, idx)
+            x, fx, polished = newton_polish(fun, x, fx, lower, idx, g, H)
         if not np.all(np.isfinite(H)):
             messages.append("Hessian could not be evaluated at the optimum")
             ok = False
@@ -269,5 +268,6 @@ def minimize_bobyqa(
         hessian=H,
         messages=tuple(messages),
         seconds=time.perf_counter() - t0,
+        polished=polished,
         history=np.array(hist),
     )

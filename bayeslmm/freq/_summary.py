@@ -31,6 +31,7 @@ def _fmt(x: float, digits: int = 5) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
+    rows = [r + [""] * (len(header) - len(r)) for r in rows]  # lower-triangular tables are ragged
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     def line(cells: list[str]) -> str:
         out = []
