@@ -22,7 +22,8 @@ from __future__ import annotations
 from . import datasets
 from ._errors import BayesLMMError, DataError, FormulaError, OptionError
 from .freq import LMMFit, lmm
-from .spec import ALLOWED_FUNCTIONS, ModelSpec, build_spec as model_spec, parse_formula
+from .spec import ALLOWED_FUNCTIONS, ModelSpec, parse_formula
+from .spec import build_spec as model_spec
 
 __version__ = "0.1.0"
 

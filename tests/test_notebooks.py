@@ -14,7 +14,9 @@ def test_notebook_runs_and_writes_figures(path: Path, tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
     figures = list(tmp_path.glob("*.png"))
     expected = sum(src.count(".savefig(") for src in (c.source for c in nb.cells if c.cell_type == "code"))
     assert len(figures) == expected

@@ -22,7 +22,7 @@ from ._objective import Objective, check_method, criterion_from_factor
 from ._optimize import OptimizerRecord, minimize_bobyqa
 
 
-def lmm(formula: str, data: Any, *, method: str = "REML", start: np.ndarray | None = None) -> "LMMFit":
+def lmm(formula: str, data: Any, *, method: str = "REML", start: np.ndarray | None = None) -> LMMFit:
     """Fit a linear mixed model by REML (default) or ML.
 
     Parameters
@@ -47,7 +47,7 @@ def lmm(formula: str, data: Any, *, method: str = "REML", start: np.ndarray | No
 
 
 def fit_spec(spec: ModelSpec, *, method: str = "REML", start: np.ndarray | None = None,
-             blocks: CrossProducts | None = None) -> "LMMFit":
+             blocks: CrossProducts | None = None) -> LMMFit:
     """Fit a model given its :class:`ModelSpec` (the engine behind :func:`lmm`)."""
     method = check_method(method)
     if not spec.terms:
@@ -244,7 +244,9 @@ class LMMFit:
         """
         terms = self.spec.terms
         if len(terms) != 1 or terms[0].coef_names != ("(Intercept)",):
-            raise DataError("the closed-form shrinkage factor applies to a model with one random intercept (1 | g) only")
+            raise DataError(
+                "the closed-form shrinkage factor applies to a model with one random intercept (1 | g) only"
+            )
         t = terms[0]
         n_i = t.counts()
         s_u2 = float(self.cov_matrices()[t.name][0, 0])
@@ -300,7 +302,7 @@ class LMMFit:
         return self.criterion + np.log(self.spec.n) * self.npar
 
     # ------------------------------------------------------------ others
-    def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> "LMMFit":
+    def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> LMMFit:
         """Refit the same model to a new response (same rows and design)."""
         y = np.asarray(y, dtype=float)
         spec = self.spec.with_response(y)
@@ -320,7 +322,7 @@ class LMMFit:
 
         return simulate(self, nsim=nsim, seed=seed)
 
-    def summary(self) -> "Any":
+    def summary(self) -> Any:
         """lme4-style summary (printable; renders as HTML in notebooks)."""
         from ._summary import Summary
 

@@ -246,7 +246,9 @@ def minimize_bobyqa(
                 sg = np.linalg.solve(H, g)
                 if np.max(np.abs(sg)) > GRAD_TOL:
                     ok = False
-                    messages.append(f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})")
+                    messages.append(
+                        f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})"
+                    )
             except np.linalg.LinAlgError:
                 ok = False
                 messages.append("Model is nearly unidentifiable: the Hessian is not positive definite")

@@ -39,7 +39,7 @@ def _codes_for(df: pd.DataFrame, factors: tuple[str, ...], levels: tuple[str, ..
     return np.array([lookup.get(k, -1) for k in key], dtype=np.int64)
 
 
-def predict(fit: "LMMFit", newdata: Any = None, *, re_form: bool = True, allow_new_levels: bool = False,
+def predict(fit: LMMFit, newdata: Any = None, *, re_form: bool = True, allow_new_levels: bool = False,
             se_fit: bool = False) -> Any:
     """Population-level or conditional predictions.
 
@@ -76,7 +76,8 @@ def predict(fit: "LMMFit", newdata: Any = None, *, re_form: bool = True, allow_n
         pred = X @ fit.fixef.to_numpy()
         if re_form:
             for t, b in zip(spec.terms, fit._b):
-                Zn = _apply_design(t.design, df, f"random-effect columns of ({t.lhs} | {t.group})").to_numpy(dtype=float)
+                what = f"random-effect columns of ({t.lhs} | {t.group})"
+                Zn = _apply_design(t.design, df, what).to_numpy(dtype=float)
                 codes = _codes_for(df, t.factors, t.levels)
                 unseen = codes < 0
                 if unseen.any() and not allow_new_levels:
@@ -95,7 +96,7 @@ def predict(fit: "LMMFit", newdata: Any = None, *, re_form: bool = True, allow_n
     return pd.DataFrame({"fit": pred, "se_fixed": se})
 
 
-def simulate(fit: "LMMFit", nsim: int = 1, seed: int | np.random.Generator | None = None) -> np.ndarray:
+def simulate(fit: LMMFit, nsim: int = 1, seed: int | np.random.Generator | None = None) -> np.ndarray:
     """Simulate responses from the fitted model (new random effects and errors).
 
     ``y* = X beta_hat + Z Lambda(theta_hat) u* + e*`` with ``u* ~ N(0, sigma^2 I)``

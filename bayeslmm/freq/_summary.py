@@ -54,7 +54,7 @@ def _fixed_decimals(vals: np.ndarray, digits: int = 5) -> list[str]:
 class Summary:
     """The printed summary of an :class:`LMMFit` in lme4's layout."""
 
-    def __init__(self, fit: "LMMFit") -> None:
+    def __init__(self, fit: LMMFit) -> None:
         self.fit = fit
 
     # -- pieces -------------------------------------------------------------
@@ -78,7 +78,8 @@ class Summary:
 
     def residual_quantiles(self) -> list[str]:
         q = np.quantile(self.fit.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1])
-        return ["Scaled residuals: ", *_table(["Min", "1Q", "Median", "3Q", "Max"], [[f"{v:.4f}" for v in q]], ["r"] * 5)]
+        table = _table(["Min", "1Q", "Median", "3Q", "Max"], [[f"{v:.4f}" for v in q]], ["r"] * 5)
+        return ["Scaled residuals: ", *table]
 
     def random_effects(self) -> list[str]:
         f = self.fit
@@ -134,7 +135,8 @@ class Summary:
         return ["Correlation of Fixed Effects:", *_table(header, rows, ["l"] + ["r"] * (p - 1))]
 
     def messages(self) -> list[str]:
-        return [f"optimizer ({self.fit.optimizer.optimizer}) convergence note: {m}" for m in self.fit.optimizer.messages]
+        rec = self.fit.optimizer
+        return [f"optimizer ({rec.optimizer}) convergence note: {m}" for m in rec.messages]
 
     # -- outputs ------------------------------------------------------------
     def __str__(self) -> str:
@@ -176,7 +178,7 @@ def _name(x: Any) -> str | None:
     return x if isinstance(x, str) else None
 
 
-def fit_to_dict(fit: "LMMFit") -> dict[str, Any]:
+def fit_to_dict(fit: LMMFit) -> dict[str, Any]:
     """The JSON object of ``bayeslmm fit --json`` (see the README for the fields)."""
     vc = fit.varcorr()
     re = fit.ranef(cond_var=True)

@@ -62,7 +62,7 @@ class CrossProducts:
 
     A11: np.ndarray
     B1: np.ndarray
-    C: "sp.csr_matrix | None"
+    C: sp.csr_matrix | None
     D: np.ndarray | None
     E: np.ndarray | None
     F: np.ndarray
@@ -80,10 +80,10 @@ class CrossProducts:
     @property
     def Qr(self) -> int:
         """Columns of the other terms together."""
-        return sum(q * l for q, l in zip(self.qs[1:], self.nlevels[1:]))
+        return sum(q * nl for q, nl in zip(self.qs[1:], self.nlevels[1:]))
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec) -> "CrossProducts":
+    def from_spec(cls, spec: ModelSpec) -> CrossProducts:
         """Form the blocks from the rows of a model specification (one pass)."""
         if not spec.terms:
             raise ValueError("a linear mixed model needs at least one random-effect term")
@@ -119,7 +119,7 @@ class CrossProducts:
             pairs=pairs,
         )
 
-    def with_response(self, spec: ModelSpec, y: np.ndarray) -> "CrossProducts":
+    def with_response(self, spec: ModelSpec, y: np.ndarray) -> CrossProducts:
         """Blocks for a new response on the same design: only the ``y`` columns change."""
         from dataclasses import replace
 

@@ -57,7 +57,7 @@ def _lambda_rest(Ts: list[np.ndarray], nlevels: tuple[int, ...]) -> sp.csr_matri
     """Sparse ``blockdiag_k(I_{l_k} (x) T_k)`` for the rest terms."""
     import scipy.sparse as sp
 
-    return sp.block_diag([sp.kron(sp.eye(l), T) for T, l in zip(Ts, nlevels)], format="csr")
+    return sp.block_diag([sp.kron(sp.eye(nl), T) for T, nl in zip(Ts, nlevels)], format="csr")
 
 
 def _blockdiag(blocks: np.ndarray) -> sp.bsr_matrix:
@@ -140,7 +140,7 @@ class BlockedFactor:
         return solve_lower_batched(self.L11, np.broadcast_to(np.eye(self.L11.shape[1]), self.L11.shape))
 
     @cached_property
-    def L21r(self) -> "sp.csr_matrix | None":
+    def L21r(self) -> sp.csr_matrix | None:
         """Sparse ``(Qr, Q1)`` block ``Lr' C T1 L11^{-T}`` of ``L`` (formed only after optimisation)."""
         if self.cp.C is None:
             return None

@@ -33,11 +33,11 @@ class PairOperator:
         Order of the result.
     """
 
-    M: "sp.csr_matrix"
+    M: sp.csr_matrix
     Qr: int
 
     @classmethod
-    def from_sparse(cls, C: "sp.spmatrix", q1: int) -> "PairOperator":
+    def from_sparse(cls, C: sp.spmatrix, q1: int) -> PairOperator:
         """Gather the coefficients of ``C G C'`` (``C`` of shape ``(Qr, l1 * q1)``)."""
         import scipy.sparse as sp
 

@@ -152,7 +152,7 @@ class ModelSpec:
                         out.append(f"{t.name}.{t.coef_names[i]}.{t.coef_names[j]}")
         return out
 
-    def with_response(self, y: np.ndarray) -> "ModelSpec":
+    def with_response(self, y: np.ndarray) -> ModelSpec:
         """A copy with another response vector (same design), e.g. for simulation refits."""
         from dataclasses import replace
 
