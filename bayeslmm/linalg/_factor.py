@@ -85,10 +85,11 @@ def _left_scale(M: np.ndarray, Ts: list[np.ndarray], nlevels: tuple[int, ...]) -
 
 def _sym_scale(M: np.ndarray, Ts: list[np.ndarray], nlevels: tuple[int, ...]) -> np.ndarray:
     """``Lr' M Lr`` for symmetric ``M``; when every ``q_k`` is 1 only the lower triangle is used and set."""
-    if all(T.shape[0] == 1 for T in Ts):
-        lam = np.repeat([T[0, 0] for T in Ts], nlevels)
-        M *= lam[:, None]
-        M *= lam[None, :]
+    if all(T.shape[0] == 1 for T in Ts):  # Lr is diagonal, constant within a term: scale each block once
+        edges = np.concatenate([[0], np.cumsum(nlevels)])
+        for k, Tk in enumerate(Ts):
+            for j in range(k + 1):
+                M[edges[k] : edges[k + 1], edges[j] : edges[j + 1]] *= Tk[0, 0] * Ts[j][0, 0]
         return M
     M = np.tril(M) + np.tril(M, -1).T  # the general path mixes the two triangles
     return _left_scale(_left_scale(M, Ts, nlevels).T, Ts, nlevels).T
@@ -237,7 +238,9 @@ def factorize(cp: CrossProducts, theta: np.ndarray) -> BlockedFactor:
     S[:Qr, Qr:] = S_rx
     S[Qr:, :Qr] = S_rx.T
     S[Qr:, Qr:] = S_xx
-    L22, info = scipy.linalg.lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
+    # S.T is Fortran-ordered and its upper triangle is S's lower one: LAPACK factors it in place
+    U, info = scipy.linalg.lapack.dpotrf(S.T, lower=0, clean=1, overwrite_a=1)
+    L22 = U.T
     if info != 0:
         raise np.linalg.LinAlgError("Schur complement not positive definite")
     return BlockedFactor(cp, Ts, L11, W, L22)
