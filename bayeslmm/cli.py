@@ -68,7 +68,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .freq import lmm
 
     data = read_data(args.data)
-    fit = lmm(args.formula, data, method=args.method)
+    fit = lmm(args.formula, data, method=args.method, residual=args.residual)
     if args.json:
         print(to_json(fit.to_dict()))
     else:
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("data", help="CSV or Parquet file, or a bundled dataset name (pig_weights, sleepstudy, dyestuff)")
     f.add_argument("--formula", "-f", required=True, help="lme4 formula, e.g. 'y ~ x + (1 | g)'")
     f.add_argument("--method", default="REML", help="REML (default) or ML")
+    f.add_argument("--residual", default=None,
+                   help="residual process: 'iid' (default), 'ou(t | g)' (Ornstein-Uhlenbeck in time t within g "
+                        "plus a nugget) or 'ar1(t | g)' (AR(1) by order of t within g)")
     f.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     f.set_defaults(func=_cmd_fit)
     d = sub.add_parser("demo", help="the pig-weights example end to end")

@@ -23,7 +23,8 @@ from ._objective import Objective, check_method, criterion_from_factor
 from ._optimize import OptimizerRecord, minimize_bobyqa
 
 
-def lmm(formula: str, data: Any, *, method: str = "REML", start: np.ndarray | None = None) -> LMMFit:
+def lmm(formula: str, data: Any, *, method: str = "REML", residual: str | None = None,
+        start: np.ndarray | None = None) -> LMMFit:
     """Fit a linear mixed model by REML (default) or ML.
 
     Parameters
@@ -35,6 +36,9 @@ def lmm(formula: str, data: Any, *, method: str = "REML", start: np.ndarray | No
         A pandas or polars data frame. It is not modified.
     method
         ``"REML"`` or ``"ML"``.
+    residual
+        ``None``/``"iid"`` (independent errors), ``"ou(t | g)"`` (Ornstein-Uhlenbeck process in
+        time ``t`` within ``g`` plus a nugget) or ``"ar1(t | g)"`` (AR(1) by order of ``t``).
     start
         Starting value of theta (default: the best of a few scalings of lme4's start).
 
@@ -43,7 +47,7 @@ def lmm(formula: str, data: Any, *, method: str = "REML", start: np.ndarray | No
     LMMFit
     """
     method = check_method(method)
-    spec = build_spec(formula, data)
+    spec = build_spec(formula, data, residual=residual)
     return fit_spec(spec, method=method, start=start)
 
 
@@ -51,18 +55,22 @@ def fit_spec(spec: ModelSpec, *, method: str = "REML", start: np.ndarray | None 
              blocks: CrossProducts | None = None) -> LMMFit:
     """Fit a model given its :class:`ModelSpec` (the engine behind :func:`lmm`)."""
     method = check_method(method)
-    if not spec.terms:
+    if not spec.terms and spec.residual is None:
         raise DataError(
-            "the formula has no random-effect term such as (1 | group); "
+            "the formula has no random-effect term such as (1 | group) and no residual process; "
             "a linear mixed model needs at least one"
         )
     if spec.n <= spec.p:
         raise DataError(f"{spec.n} observations cannot estimate {spec.p} fixed effects and a variance")
+    if spec.residual is not None:
+        from ._serial import fit_serial
+
+        return fit_serial(spec, method, start=start)
     t0 = time.perf_counter()
     with _one_blas_thread(len(spec.terms) > 1):
         blocks = CrossProducts.from_spec(spec) if blocks is None else blocks
         obj = Objective(blocks, reml=(method == "REML"))
-        rec = minimize_bobyqa(obj, spec.theta_lower(), start)
+        rec = minimize_bobyqa(obj, spec.theta_lower(), start, names=spec.theta_names())
         fit = LMMFit(spec, method, obj, rec, 0.0)
     fit.fit_seconds = time.perf_counter() - t0
     return fit
@@ -235,6 +243,8 @@ class LMMFit:
                 if cond_var:
                     d["condsd"] = np.sqrt(self._condcov[k][:, i, i])
                 frames.append(pd.DataFrame(d))
+        if not frames:  # a model with a serial process only
+            return pd.DataFrame(columns=["grpvar", "term", "grp", "condval"] + (["condsd"] if cond_var else []))
         return pd.concat(frames, ignore_index=True)
 
     def ranef_dict(self) -> dict[str, pd.DataFrame]:
@@ -319,6 +329,10 @@ class LMMFit:
     def bic(self) -> float:
         """``-2 loglik + log(n) npar``."""
         return self.criterion + np.log(self.spec.n) * self.npar
+
+    def residual_params(self) -> dict[str, Any]:
+        """The residual process: ``{"kind": "iid", "sigma2": sigma^2}`` for independent errors."""
+        return {"kind": "iid", "sigma2": self.sigma2}
 
     # ------------------------------------------------------------ others
     def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> LMMFit:

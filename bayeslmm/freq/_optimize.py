@@ -95,8 +95,11 @@ def choose_start(fun: Callable[[np.ndarray], float], lower: np.ndarray) -> np.nd
     return cands[int(np.argmin(vals))]
 
 
-def _free(theta: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    return ~(np.isfinite(lower) & (theta - lower < SINGULAR_TOL))
+def _free(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Coordinates not on (within SINGULAR_TOL of) a finite bound."""
+    at_lower = np.isfinite(lower) & (theta - lower < SINGULAR_TOL)
+    at_upper = np.isfinite(upper) & (upper - theta < SINGULAR_TOL)
+    return ~(at_lower | at_upper)
 
 
 def derivatives(fun: Callable[[np.ndarray], float], x: np.ndarray, idx: np.ndarray, h: float = 1e-4,
@@ -135,7 +138,8 @@ def _newton_size(g: np.ndarray, H: np.ndarray) -> float:
 
 
 def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, lower: np.ndarray,
-                  idx: np.ndarray, g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, float, bool]:
+                  upper: np.ndarray, idx: np.ndarray, g: np.ndarray, H: np.ndarray
+                  ) -> tuple[np.ndarray, float, bool]:
     """One Newton step on the free coordinates, kept only if it lowers the criterion.
 
     BOBYQA stops on a small change of the criterion; on flat likelihoods that can
@@ -147,7 +151,7 @@ def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, 
     except np.linalg.LinAlgError:
         return x, fx, False
     xn = x.copy()
-    xn[idx] = np.maximum(x[idx] + step, lower[idx])
+    xn[idx] = np.clip(x[idx] + step, lower[idx], upper[idx])
     fn = fun(xn)
     if fn < fx:
         return xn, fn, True
@@ -159,6 +163,8 @@ def minimize_bobyqa(
     lower: np.ndarray,
     start: np.ndarray | None = None,
     *,
+    upper: np.ndarray | None = None,
+    names: list[str] | None = None,
     ftol_abs: float = 1e-8,
     ftol_rel: float = 1e-10,
     xtol_abs: float = 1e-8,
@@ -171,8 +177,10 @@ def minimize_bobyqa(
     ----------
     fun
         The criterion (returns ``inf`` where it cannot be evaluated).
-    lower
-        ``(k,)`` lower bounds (``-inf`` for unbounded coordinates).
+    lower, upper
+        ``(k,)`` bounds (``-inf``/``inf`` or None for unbounded coordinates).
+    names
+        Parameter names for messages.
     start
         Starting theta; default :func:`choose_start`.
     check
@@ -190,8 +198,9 @@ def minimize_bobyqa(
 
     lower = np.asarray(lower, dtype=float)
     k = lower.size
+    upper = np.full(k, np.inf) if upper is None else np.asarray(upper, dtype=float)
     x0 = choose_start(fun, lower) if start is None else np.asarray(start, dtype=float)
-    x0 = np.maximum(x0, lower)
+    x0 = np.clip(x0, lower, upper)
     hist: list[tuple[float, ...]] = []
     big = 1e300
 
@@ -202,7 +211,7 @@ def minimize_bobyqa(
 
     opt = nlopt.opt(nlopt.LN_BOBYQA, k)
     opt.set_lower_bounds(np.where(np.isfinite(lower), lower, -np.inf))
-    opt.set_upper_bounds(np.full(k, np.inf))
+    opt.set_upper_bounds(upper)
     opt.set_min_objective(wrapped)
     opt.set_ftol_abs(ftol_abs)
     opt.set_ftol_rel(ftol_rel)  # the criterion itself is only that precise when it is large
@@ -227,7 +236,7 @@ def minimize_bobyqa(
     ok = code > 0 and code != 5
     if code == 5:
         messages.append(f"maximum number of evaluations ({maxeval}) reached")
-    free = _free(x, lower)
+    free = _free(x, lower, upper)
     singular = bool((~free).any())
     idx = np.flatnonzero(free)
     g = np.zeros(0)
@@ -236,7 +245,7 @@ def minimize_bobyqa(
     if check and idx.size:
         g, H = derivatives(fun, x, idx, f0=fx)
         if np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and _newton_size(g, H) > POLISH_TOL:
-            x, fx, polished = newton_polish(fun, x, fx, lower, idx, g, H)
+            x, fx, polished = newton_polish(fun, x, fx, lower, upper, idx, g, H)
         if not np.all(np.isfinite(H)):
             messages.append("Hessian could not be evaluated at the optimum")
             ok = False
@@ -253,9 +262,10 @@ def minimize_bobyqa(
                 ok = False
                 messages.append("Model is nearly unidentifiable: the Hessian is not positive definite")
     if singular:
+        at = [names[i] if names else f"theta[{i}]" for i in np.flatnonzero(~free)]
         messages.append(
-            "boundary (singular) fit: a variance is estimated as 0 or a correlation as +-1; "
-            "consider simplifying the random-effect structure"
+            f"boundary (singular) fit: {', '.join(at)} at the boundary of its range (a variance 0, a "
+            "correlation +-1, or a serial-correlation parameter at 0 or 1); consider a simpler model"
         )
     return OptimizerRecord(
         optimizer="NLopt BOBYQA",

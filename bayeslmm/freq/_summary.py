@@ -61,7 +61,11 @@ class Summary:
     def header(self) -> list[str]:
         f = self.fit
         how = "REML" if f.reml else "maximum likelihood "
-        out = [f"Linear mixed model fit by {how} ['lmerMod']", f"Formula: {f.spec.formula}"]
+        res = f.spec.residual
+        cls = "lmerMod" if res is None else f"{res.kind} residuals"
+        out = [f"Linear mixed model fit by {how} ['{cls}']", f"Formula: {f.spec.formula}"]
+        if res is not None:
+            out.append(f"Residual process: {res.kind}({res.time} | {res.group})")
         if f.spec.n_dropped:
             out.append(f"  ({f.spec.n_dropped} observation(s) deleted due to missingness)")
         out.append("")
@@ -79,7 +83,8 @@ class Summary:
     def residual_quantiles(self) -> list[str]:
         q = np.quantile(self.fit.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1])
         table = _table(["Min", "1Q", "Median", "3Q", "Max"], [[f"{v:.4f}" for v in q]], ["r"] * 5)
-        return ["Scaled residuals: ", *table]
+        title = "Scaled residuals: " if self.fit.spec.residual is None else "Normalized residuals: "
+        return [title, *table]
 
     def random_effects(self) -> list[str]:
         f = self.fit
@@ -102,7 +107,18 @@ class Summary:
         header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] if has_corr else [])
         lines = _table(header, rows, ["l", "l", "r", "r"] + (["l"] if has_corr else []))
         groups = ", ".join(f"{g}, {n}" for g, n in f.ngroups.items())
-        return ["Random effects:", *[" " + s for s in lines], f"Number of obs: {f.nobs}, groups:  {groups}"]
+        out = ["Random effects:", *[" " + s for s in lines], f"Number of obs: {f.nobs}, groups:  {groups}"]
+        rp = f.residual_params()
+        res = f.spec.residual
+        if rp["kind"] == "ou":
+            out += ["", f"Serial process: Ornstein-Uhlenbeck in {res.time} within {res.group}, plus a nugget "
+                    "(the Residual row above is the nugget)",
+                    f" process variance {_fmt(rp['process_var'])}, rho {_fmt(rp['rho'])} per unit of "
+                    f"{res.time}, nugget {_fmt(rp['nugget'])}"]
+        elif rp["kind"] == "ar1":
+            out += ["", f"Serial process: AR(1) by order of {res.time} within {res.group} (the Residual row "
+                    f"above is its variance): phi {_fmt(rp['phi'])}"]
+        return out
 
     def fixed_effects(self) -> list[str]:
         f = self.fit
@@ -212,4 +228,5 @@ def fit_to_dict(fit: LMMFit) -> dict[str, Any]:
         "optimizer": fit.optimizer.as_dict(),
     }
     out["reml_criterion" if fit.reml else "deviance"] = fit.criterion
+    out["residual"] = {k: (v if isinstance(v, str) else _num(v)) for k, v in fit.residual_params().items()}
     return out

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .._errors import DataError, FormulaError
 from ._formula import ParsedFormula, parse_formula
+from ._residual import ResidualSpec, bind_residual, parse_residual
 from ._safe import evaluation_context, validate_expression
 from ._spec import ModelSpec, ReTerm
 
@@ -162,8 +163,11 @@ def _response(parsed: ParsedFormula, df: pd.DataFrame, columns: list[str]) -> tu
     return arr[:, 0], used
 
 
-def build_spec(formula: str, data: Any) -> ModelSpec:
+def build_spec(formula: str, data: Any, residual: str | ResidualSpec | None = None) -> ModelSpec:
     """Parse ``formula`` against ``data`` and build the model specification.
+
+    ``residual`` is ``None``/``"iid"`` (independent errors), ``"ou(t | g)"`` or
+    ``"ar1(t | g)"`` (see :mod:`bayeslmm.spec._residual`).
 
     Rows with missing values in any used column are dropped (as lme4's
     ``na.omit``) and counted in ``ModelSpec.n_dropped``; the input frame is not
@@ -176,6 +180,7 @@ def build_spec(formula: str, data: Any) -> ModelSpec:
         With a message that says what to change.
     """
     parsed = parse_formula(formula)
+    res = residual if isinstance(residual, ResidualSpec) else parse_residual(residual)
     df0 = as_pandas(data)
     columns = [str(c) for c in df0.columns]
     if df0.shape[0] == 0:
@@ -192,6 +197,11 @@ def build_spec(formula: str, data: Any) -> ModelSpec:
             if f not in columns:
                 raise DataError(_unknown_column(f, columns))
             used.add(f)
+    if res is not None:
+        for c in (res.time, *res.factors):
+            if c not in columns:
+                raise DataError(_unknown_column(c, columns))
+            used.add(c)
     ordered = [c for c in columns if c in used]
     df = df0.loc[:, ordered].copy()
     for c in ordered:
@@ -285,6 +295,7 @@ def build_spec(formula: str, data: Any) -> ModelSpec:
         fixef_names=tuple(names),
         terms=tuple(re_terms),
         row_index=df.index.to_numpy(),
+        residual=None if res is None else bind_residual(res, df),
         n_dropped=n_dropped,
         dropped_columns=tuple(dropped),
         fixed_design=(fx.model_spec, parsed, tuple(names)),

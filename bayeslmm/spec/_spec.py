@@ -89,7 +89,8 @@ class ModelSpec:
     """Everything both engines need: response, design matrices, terms and names.
 
     Built by :func:`bayeslmm.model_spec` from a formula and a data frame; never
-    modified afterwards (its arrays are read-only).
+    modified afterwards (its arrays are read-only). ``residual`` is ``None`` for
+    independent errors or a :class:`~bayeslmm.spec._residual.ResidualProcess`.
     """
 
     formula: str
@@ -99,6 +100,7 @@ class ModelSpec:
     fixef_names: tuple[str, ...]
     terms: tuple[ReTerm, ...]
     row_index: np.ndarray
+    residual: Any = None
     n_dropped: int = 0
     dropped_columns: tuple[str, ...] = ()
     fixed_design: Any = field(repr=False, compare=False, default=None)
@@ -129,6 +131,8 @@ class ModelSpec:
         out: dict[str, int] = {}
         for t in self.terms:
             out.setdefault(t.group, t.nlevels)
+        if self.residual is not None:
+            out.setdefault(self.residual.group, len(self.residual.levels))
         return out
 
     def theta_lower(self) -> np.ndarray:

@@ -1,0 +1,278 @@
+"""ML/REML with a serial residual process: OU plus nugget, or AR(1).
+
+Marginal model within group ``i`` (all random-effect terms on the process's factor)::
+
+    V_i = s^2 (Z_i D_rel Z_i' + var_w P_i + kappa I)
+
+* ``ou``:  ``P_i[j, k] = rho^|t_ij - t_ik|``, ``var_w = 1 - nu``, ``kappa = nu``: ``s^2`` is the
+  within-group variance, split into the process (``process_var = s^2 (1 - nu)``) and the
+  nugget (``nugget = s^2 nu``); nlme's ``corExp(nugget = TRUE)`` with
+  ``rho = exp(-1 / range)`` and ``nu`` its nugget.
+* ``ar1``: ``P_i[j, k] = phi^|j - k|`` by order of time, ``var_w = 1``, ``kappa = 0``:
+  ``s^2`` is nlme's ``sigma^2`` with ``corAR1``.
+
+``theta`` = (lower triangles of the relative factors ``T_k``, ``D_rel = blockdiag(T_k T_k')``;
+then ``rho, nu`` or ``phi``). ``beta`` and ``s^2`` are profiled out exactly as in the
+iid engine; ``V_rel^{-1/2}[X y]`` and ``log|V_rel|`` come from the group-vectorised Kalman
+filter (:mod:`bayeslmm.linalg._kalman`), linear in the group sizes.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._errors import DataError
+from ..linalg import lambda_blocks
+from ..linalg._kalman import FilterResult, SerialLayout, kalman_whiten
+from ..spec import ModelSpec
+from ._fit import LMMFit
+from ._optimize import OptimizerRecord, minimize_bobyqa
+
+#: AR(1) correlation is kept inside (-PHI_MAX, PHI_MAX).
+PHI_MAX = 1 - 1e-8
+
+
+class SerialObjective:
+    """``theta -> d(theta)``, minus twice the profiled (restricted) log-likelihood."""
+
+    def __init__(self, spec: ModelSpec, reml: bool, y: np.ndarray | None = None) -> None:
+        res = spec.residual
+        for t in spec.terms:
+            if t.factors != res.factors:
+                raise DataError(
+                    f"random-effect term ({t.lhs} | {t.group}) with residual process {res.kind}({res.time} | "
+                    f"{res.group}): a serial process combines with random-effect terms of its own grouping "
+                    f"factor {res.group!r} only (crossed or nested terms are not supported with it yet)"
+                )
+        self.spec = spec
+        self.reml = reml
+        self.kind = res.kind
+        self.qs = tuple(t.q for t in spec.terms)
+        self.nre = spec.ntheta
+        self.Z = np.hstack([t.Zraw for t in spec.terms]) if spec.terms else None
+        self.Y = np.column_stack([spec.X, spec.y if y is None else y])
+        self.layout = SerialLayout.build(res.codes, res.t, len(res.levels), by_order=(res.kind == "ar1"))
+
+    # -- parameters ---------------------------------------------------------
+    def names(self) -> list[str]:
+        """Names of theta."""
+        return self.spec.theta_names() + (["rho", "nu"] if self.kind == "ou" else ["phi"])
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of theta."""
+        lo = self.spec.theta_lower()
+        if self.kind == "ou":
+            return np.r_[lo, 0.0, 0.0], np.r_[np.full(self.nre, np.inf), 1.0, 1.0]
+        return np.r_[lo, -PHI_MAX], np.r_[np.full(self.nre, np.inf), PHI_MAX]
+
+    def unpack(self, theta: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None, float, float, float]:
+        """``(T_k list, D_rel, decay, var_w, kappa)`` at theta."""
+        theta = np.asarray(theta, dtype=float)
+        Ts = lambda_blocks(theta[: self.nre], self.qs)
+        D = None
+        if Ts:
+            q = sum(self.qs)
+            D = np.zeros((q, q))
+            i = 0
+            for T in Ts:
+                D[i : i + T.shape[0], i : i + T.shape[0]] = T @ T.T
+                i += T.shape[0]
+        if self.kind == "ou":
+            rho, nu = theta[self.nre :]
+            return Ts, D, float(rho), 1.0 - float(nu), float(nu)
+        return Ts, D, float(theta[self.nre]), 1.0, 0.0
+
+    def start_candidates(self) -> list[np.ndarray]:
+        """A few starting points: RE factors 1, correlation at the median gap 0.3 or 0.7."""
+        re0 = np.where(np.isfinite(self.spec.theta_lower()), 1.0, 0.0)
+        if self.kind == "ou":
+            gaps = np.concatenate(self.layout.gaps[1:]) if len(self.layout.gaps) > 1 else np.ones(1)
+            pos = gaps[gaps > 0]
+            med = float(np.median(pos)) if pos.size else 1.0
+            return [np.r_[re0, c ** (1.0 / med), nu] for c in (0.3, 0.7) for nu in (0.2, 0.5)]
+        return [np.r_[re0, phi] for phi in (0.0, 0.4, 0.8)]
+
+    # -- evaluation ---------------------------------------------------------
+    def filter(self, theta: np.ndarray) -> FilterResult:
+        """Whitened ``[X y]`` and ``log|V_rel|`` at theta."""
+        _, D, decay, var_w, kappa = self.unpack(theta)
+        return kalman_whiten(self.layout, self.Y, self.Z, D, decay, var_w, kappa)
+
+    def profile(self, fr: FilterResult) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """GLS at the filter's whitening: ``beta``, ``X'V_rel^-1 X``, ``r^2`` and the criterion."""
+        n, p = self.spec.n, self.spec.p
+        Xs, ys = fr.white[:, :p], fr.white[:, p]
+        XtX = Xs.T @ Xs
+        R = np.linalg.cholesky(XtX) if p else np.zeros((0, 0))
+        beta = np.linalg.solve(XtX, Xs.T @ ys) if p else np.zeros(0)
+        r = ys - Xs @ beta
+        r2 = float(r @ r)
+        if self.reml:
+            nmp = n - p
+            crit = fr.logdet + 2.0 * np.sum(np.log(np.diag(R))) + nmp * (1.0 + np.log(2.0 * np.pi * r2 / nmp))
+        else:
+            crit = fr.logdet + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
+        return beta, XtX, r2, float(crit)
+
+    def __call__(self, theta: np.ndarray) -> float:
+        fr = self.filter(theta)
+        if not np.isfinite(fr.logdet):
+            return np.inf
+        try:
+            val = self.profile(fr)[3]
+        except np.linalg.LinAlgError:
+            return np.inf
+        return val if np.isfinite(val) else np.inf
+
+
+def fit_serial(spec: ModelSpec, method: str, start: np.ndarray | None = None, y: np.ndarray | None = None
+               ) -> "SerialFit":
+    """Fit a model whose ``spec.residual`` is a serial process."""
+    t0 = time.perf_counter()
+    obj = SerialObjective(spec, reml=(method == "REML"), y=y)
+    lo, hi = obj.bounds()
+    if start is None:
+        cands = obj.start_candidates()
+        start = cands[int(np.argmin([obj(c) for c in cands]))]
+    rec = minimize_bobyqa(obj, lo, start, upper=hi, names=obj.names())
+    return SerialFit(spec if y is None else spec.with_response(y), method, obj, rec, time.perf_counter() - t0)
+
+
+class SerialFit(LMMFit):
+    """A fitted LMM with a serial residual process (same accessors as :class:`LMMFit`).
+
+    In :meth:`varcorr` the "Residual" row is the measurement error: the nugget for
+    ``ou``, the AR(1) error variance for ``ar1``; the process parameters are in
+    :meth:`residual_params`.
+    """
+
+    def __init__(self, spec: ModelSpec, method: str, objective: SerialObjective,  # noqa: D107
+                 record: OptimizerRecord, fit_seconds: float) -> None:
+        self.spec = spec
+        self.method = method
+        self.objective = objective
+        self.optimizer = record
+        self.fit_seconds = fit_seconds
+        self.theta = record.theta.copy()
+        self.theta.setflags(write=False)
+        fr = objective.filter(self.theta)
+        beta, XtX, r2, crit = objective.profile(fr)
+        self._filter = fr
+        self._beta = beta
+        self._XtX = XtX
+        n, p = spec.n, spec.p
+        self.scale2 = r2 / (n - p if method == "REML" else n)  # s^2
+        self.criterion = crit
+        self._Ts, _, self._decay, self._var_w, self._kappa = objective.unpack(self.theta)
+        self.sigma2 = self.scale2 * (self._kappa if objective.kind == "ou" else 1.0)
+
+    @property
+    def npar(self) -> int:
+        """Fixed effects, theta (random effects and process) and the scale ``s^2``."""
+        return self.spec.p + self.theta.size + 1
+
+    def residual_params(self) -> dict[str, Any]:
+        """The process: ``{"kind": "ou", "process_var", "rho", "nugget"}`` or ``{"kind": "ar1", "phi", "sigma2"}``."""
+        if self.objective.kind == "ou":
+            return {"kind": "ou", "process_var": self.scale2 * self._var_w, "rho": self._decay,
+                    "nugget": self.scale2 * self._kappa}
+        return {"kind": "ar1", "phi": self._decay, "sigma2": self.scale2}
+
+    @cached_property
+    def vcov(self) -> pd.DataFrame:
+        """``cov(beta_hat) = s^2 (X'V_rel^{-1}X)^{-1}``."""
+        names = list(self.spec.fixef_names)
+        V = self.scale2 * np.linalg.inv(self._XtX) if names else np.zeros((0, 0))
+        return pd.DataFrame(V, index=names, columns=names)
+
+    def cov_matrices(self) -> dict[str, np.ndarray]:
+        """Covariance ``s^2 T_k T_k'`` of each term's random effects."""
+        return {t.name: self.scale2 * (T @ T.T) for t, T in zip(self.spec.terms, self._Ts)}
+
+    @cached_property
+    def _group_slot(self) -> np.ndarray:
+        """Position of each level (level order) in the filter's group order."""
+        slot = np.empty(len(self.spec.residual.levels), dtype=np.int64)
+        slot[self.objective.layout.group_order] = np.arange(self.objective.layout.group_order.size)
+        return slot
+
+    @cached_property
+    def _b(self) -> list[np.ndarray]:
+        """BLUPs per term: the filtered state of ``b`` after a group's last observation."""
+        if not self.spec.terms:
+            return []
+        a_b = self._filter.a_b[self._group_slot]  # (G, q, c) in level order
+        p = self.spec.p
+        b = a_b[:, :, p] - a_b[:, :, :p] @ self._beta  # (G, q)
+        out, i = [], 0
+        for t in self.spec.terms:
+            out.append(b[:, i : i + t.q])
+            i += t.q
+        return out
+
+    @cached_property
+    def _condcov(self) -> list[np.ndarray]:
+        if not self.spec.terms:
+            return []
+        P = self.scale2 * self._filter.P_b[self._group_slot]
+        out, i = [], 0
+        for t in self.spec.terms:
+            out.append(P[:, i : i + t.q, i : i + t.q])
+            i += t.q
+        return out
+
+    def residuals(self, scaled: bool = False) -> np.ndarray:
+        """Raw residuals ``y - X beta_hat - Z b_hat``; with ``scaled``, the normalized residuals.
+
+        The normalized residuals (nlme's ``type = "normalized"``) are the standardised
+        innovations ``V^{-1/2}(y - X beta_hat)``: independent N(0, 1) under the model,
+        unlike raw residuals divided by a standard deviation, which keep the serial
+        correlation.
+        """
+        if not scaled:
+            return self.spec.y - self.fitted
+        p = self.spec.p
+        w = self._filter.white
+        return (w[:, p] - w[:, :p] @ self._beta) / np.sqrt(self.scale2)
+
+    def shrinkage(self) -> pd.DataFrame:
+        """Not defined here: the closed form holds for independent errors only."""
+        raise DataError("the closed-form shrinkage factor holds for a random intercept with independent errors only")
+
+    def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> "SerialFit":
+        """Refit the same model to a new response."""
+        return fit_serial(self.spec, self.method, start=self.theta if start is None else start,
+                          y=np.asarray(y, dtype=float))
+
+    def simulate(self, nsim: int = 1, seed: int | np.random.Generator | None = None) -> np.ndarray:
+        """Simulate responses: new random effects, process paths and measurement errors."""
+        if int(nsim) < 1:
+            raise DataError("nsim must be a positive integer")
+        rng = np.random.default_rng(seed)
+        spec = self.spec
+        mu = spec.X @ self._beta
+        s = np.sqrt(self.scale2)
+        out = np.empty((spec.n, int(nsim)))
+        lay = self.objective.layout
+        for k in range(int(nsim)):
+            y = mu + s * np.sqrt(self._kappa) * rng.standard_normal(spec.n)
+            for t, T in zip(spec.terms, self._Ts):
+                b = s * rng.standard_normal((t.nlevels, t.q)) @ T.T
+                y += np.einsum("nq,nq->n", t.Zraw, b[t.codes])
+            w_prev = None
+            for rows, gap in zip(lay.rows, lay.gaps):
+                e = rng.standard_normal(rows.size)
+                if w_prev is None:
+                    w = np.sqrt(self._var_w) * e
+                else:
+                    r = np.power(self._decay, gap)
+                    w = r * w_prev[: rows.size] + np.sqrt(self._var_w * (1 - r * r)) * e
+                y[rows] += s * w
+                w_prev = w
+            out[:, k] = y
+        return out

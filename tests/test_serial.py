@@ -1,0 +1,178 @@
+"""Serial residual processes (OU plus nugget, AR(1)): the Kalman engine against dense formulas."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeslmm
+from bayeslmm import DataError, FormulaError
+from bayeslmm.freq._serial import SerialObjective
+from bayeslmm.spec import parse_formula
+from bayeslmm.spec._residual import parse_residual
+
+
+def irregular_frame(seed: int, m: int = 25) -> pd.DataFrame:
+    """Subjects with 1-7 visits at irregular times, some repeated times, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(m):
+        k = 1 + rng.integers(0, 7)
+        t = np.cumsum(rng.exponential(1.0, k))
+        if k >= 3 and i % 4 == 0:
+            t[2] = t[1]  # a repeated time
+        b0 = 0.8 * rng.normal()
+        w = np.zeros(k)
+        for j in range(k):
+            r = 0.6 ** (t[j] - t[j - 1]) if j else 0.0
+            w[j] = r * w[j - 1] + np.sqrt(1.5 * (1 - r * r)) * rng.normal() if j else np.sqrt(1.5) * rng.normal()
+        y = 2 + 0.5 * t + b0 + w + np.sqrt(0.5) * rng.normal(size=k)
+        for j in range(k):
+            rows.append({"id": f"s{i:02d}", "t": t[j], "x": rng.normal(), "y": y[j]})
+    df = pd.DataFrame(rows)
+    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def dense_serial_criterion(obj: SerialObjective, theta: np.ndarray, reml: bool) -> float:
+    """``-2 l`` from the per-group dense covariance ``Z D Z' + var_w P + kappa I`` (profiled scale)."""
+    spec = obj.spec
+    res = spec.residual
+    _, D, decay, var_w, kappa = obj.unpack(theta)
+    n, p = spec.X.shape
+    Vinv_blocks, logdet = {}, 0.0
+    XtVX = np.zeros((p, p))
+    XtVy = np.zeros(p)
+    for g in range(len(res.levels)):
+        idx = np.flatnonzero(res.codes == g)
+        t = res.t[idx]
+        if res.kind == "ou":
+            P = decay ** np.abs(t[:, None] - t[None, :])
+        else:
+            order = np.argsort(t, kind="stable")
+            rank = np.empty(idx.size)
+            rank[order] = np.arange(idx.size)
+            P = decay ** np.abs(rank[:, None] - rank[None, :])
+        V = var_w * P + kappa * np.eye(idx.size)
+        if D is not None:
+            Z = obj.Z[idx]
+            V = V + Z @ D @ Z.T
+        Vi = np.linalg.inv(V)
+        logdet += np.linalg.slogdet(V)[1]
+        Vinv_blocks[g] = (idx, Vi)
+        XtVX += spec.X[idx].T @ Vi @ spec.X[idx]
+        XtVy += spec.X[idx].T @ Vi @ spec.y[idx]
+    beta = np.linalg.solve(XtVX, XtVy)
+    r2 = 0.0
+    for idx, Vi in Vinv_blocks.values():
+        r = spec.y[idx] - spec.X[idx] @ beta
+        r2 += r @ Vi @ r
+    if reml:
+        return logdet + np.linalg.slogdet(XtVX)[1] + (n - p) * (1 + np.log(2 * np.pi * r2 / (n - p)))
+    return logdet + n * (1 + np.log(2 * np.pi * r2 / n))
+
+
+@pytest.mark.parametrize("residual", ["ou(t | id)", "ar1(t | id)"])
+@pytest.mark.parametrize("formula", ["y ~ t", "y ~ t + x + (1 | id)", "y ~ t + (1 + t | id)"])
+@pytest.mark.parametrize("reml", [True, False])
+def test_kalman_criterion_equals_dense_formula(residual: str, formula: str, reml: bool) -> None:
+    spec = bayeslmm.model_spec(formula, irregular_frame(1), residual=residual)
+    obj = SerialObjective(spec, reml=reml)
+    rng = np.random.default_rng(2)
+    lo, hi = obj.bounds()
+    for _ in range(3):
+        th = np.where(np.isfinite(lo), 0, -1) + rng.uniform(0.1, 0.9, lo.size) * np.where(np.isfinite(lo), 1, 2)
+        if residual.startswith("ou"):
+            th[-2:] = rng.uniform(0.1, 0.9, 2)
+        assert obj(th) == pytest.approx(dense_serial_criterion(obj, th, reml), abs=1e-8, rel=1e-11)
+
+
+def test_ou_fit_recovers_a_known_process_and_reports_it() -> None:
+    frames = [irregular_frame(s, m=60) for s in range(3)]
+    df = pd.concat([f.assign(id=f.id + f"_{k}") for k, f in enumerate(frames)], ignore_index=True)
+    fit = bayeslmm.lmm("y ~ t + (1 | id)", df, residual="ou(t | id)")
+    rp = fit.residual_params()
+    assert rp["kind"] == "ou" and fit.converged
+    assert rp["rho"] == pytest.approx(0.6, abs=0.2)
+    assert rp["process_var"] + rp["nugget"] == pytest.approx(2.0, rel=0.35)
+    assert fit.fixef["t"] == pytest.approx(0.5, abs=0.1)
+    d = fit.to_dict()
+    assert set(d["residual"]) == {"kind", "process_var", "rho", "nugget"}
+    assert d["varcorr"][-1]["vcov"] == pytest.approx(rp["nugget"])
+    json.dumps(d)
+    s = str(fit.summary())
+    assert "Residual process: ou(t | id)" in s and "Serial process: Ornstein-Uhlenbeck" in s and "Normalized residuals" in s
+
+
+def test_blups_and_conditional_variances_equal_dense_formulas() -> None:
+    df = irregular_frame(4)
+    fit = bayeslmm.lmm("y ~ t + (1 + t | id)", df, residual="ou(t | id)")
+    obj = fit.objective
+    spec = fit.spec
+    res = spec.residual
+    _, D, decay, var_w, kappa = obj.unpack(fit.theta)
+    s2 = fit.scale2
+    b = fit.ranef_dict()["id"].to_numpy()
+    cond = fit.cond_cov()["id"]
+    beta = fit.fixef.to_numpy()
+    for g in range(len(res.levels)):
+        idx = np.flatnonzero(res.codes == g)
+        t = res.t[idx]
+        Z = obj.Z[idx]
+        V = s2 * (Z @ D @ Z.T + var_w * decay ** np.abs(t[:, None] - t[None, :]) + kappa * np.eye(idx.size))
+        Dg = s2 * D
+        Vi = np.linalg.inv(V)
+        np.testing.assert_allclose(b[g], Dg @ Z.T @ Vi @ (spec.y[idx] - spec.X[idx] @ beta), atol=1e-8)
+        np.testing.assert_allclose(cond[g], Dg - Dg @ Z.T @ Vi @ Z @ Dg, atol=1e-8)
+
+
+def test_models_with_only_a_serial_process_and_single_observation_groups() -> None:
+    df = irregular_frame(5)
+    assert (df.groupby("id").size() == 1).any()
+    fit = bayeslmm.lmm("y ~ t", df, residual="ar1(t | id)")
+    assert fit.converged and fit.spec.terms == ()
+    assert -1 < fit.residual_params()["phi"] < 1
+    assert fit.ranef_dict() == {}
+
+
+def test_input_order_does_not_matter() -> None:
+    df = irregular_frame(6)
+    a = bayeslmm.lmm("y ~ t + (1 | id)", df, residual="ou(t | id)")
+    b = bayeslmm.lmm("y ~ t + (1 | id)", df.sort_values(["id", "t"]), residual="ou(t | id)")
+    assert a.loglik == pytest.approx(b.loglik, abs=1e-9)
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-5, atol=1e-7)
+
+
+def test_simulation_has_the_process_covariance() -> None:
+    df = irregular_frame(7, m=40)
+    fit = bayeslmm.lmm("y ~ t", df, residual="ou(t | id)")
+    sims = fit.simulate(3000, seed=1)
+    rp = fit.residual_params()
+    res = fit.spec.residual
+    g = np.flatnonzero(np.bincount(res.codes) >= 3)[0]
+    idx = np.flatnonzero(res.codes == g)[:2]
+    dt = abs(res.t[idx[0]] - res.t[idx[1]])
+    emp = np.cov(sims[idx[0]], sims[idx[1]])
+    assert emp[0, 1] == pytest.approx(rp["process_var"] * rp["rho"] ** dt, abs=0.15)
+    assert emp[0, 0] == pytest.approx(rp["process_var"] + rp["nugget"], rel=0.1)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("ou(t)", "not understood"), ("car(t | id)", "not understood"), ("ou(t | a/b)", "one factor"),
+])
+def test_bad_residual_specifications(text: str, match: str) -> None:
+    with pytest.raises(FormulaError, match=match):
+        parse_residual(text)
+
+
+def test_residual_errors_with_data() -> None:
+    df = irregular_frame(8).assign(tt="a", g2=lambda d: d.id.str[:2])
+    with pytest.raises(DataError, match="not found"):
+        bayeslmm.lmm("y ~ t", df, residual="ou(nope | id)")
+    with pytest.raises(DataError, match="must be numeric"):
+        bayeslmm.lmm("y ~ t", df, residual="ou(tt | id)")
+    with pytest.raises(DataError, match="own grouping factor"):
+        bayeslmm.lmm("y ~ t + (1 | g2)", df, residual="ou(t | id)")
+    assert parse_formula("y ~ t").bars == ()
