@@ -131,7 +131,7 @@ class SerialObjective:
 
 
 def fit_serial(spec: ModelSpec, method: str, start: np.ndarray | None = None, y: np.ndarray | None = None
-               ) -> "SerialFit":
+               ) -> SerialFit:
     """Fit a model whose ``spec.residual`` is a serial process."""
     t0 = time.perf_counter()
     obj = SerialObjective(spec, reml=(method == "REML"), y=y)
@@ -244,7 +244,7 @@ class SerialFit(LMMFit):
         """Not defined here: the closed form holds for independent errors only."""
         raise DataError("the closed-form shrinkage factor holds for a random intercept with independent errors only")
 
-    def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> "SerialFit":
+    def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> SerialFit:
         """Refit the same model to a new response."""
         return fit_serial(self.spec, self.method, start=self.theta if start is None else start,
                           y=np.asarray(y, dtype=float))

@@ -43,7 +43,7 @@ class SerialLayout:
     group_order: np.ndarray
 
     @classmethod
-    def build(cls, codes: np.ndarray, t: np.ndarray, ngroups: int, by_order: bool) -> "SerialLayout":
+    def build(cls, codes: np.ndarray, t: np.ndarray, ngroups: int, by_order: bool) -> SerialLayout:
         """Order rows by group (largest first) then time; ``by_order`` makes every gap 1 (AR(1))."""
         n = codes.shape[0]
         sizes = np.bincount(codes, minlength=ngroups)
