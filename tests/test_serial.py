@@ -85,7 +85,7 @@ def test_kalman_criterion_equals_dense_formula(residual: str, formula: str, reml
     for _ in range(3):
         th = np.where(np.isfinite(lo), 0, -1) + rng.uniform(0.1, 0.9, lo.size) * np.where(np.isfinite(lo), 1, 2)
         if residual.startswith("ou"):
-            th[-2:] = rng.uniform(0.1, 0.9, 2)
+            th[-2:] = rng.uniform(0.1, 2.0), rng.uniform(0.1, 0.9)
         assert obj(th) == pytest.approx(dense_serial_criterion(obj, th, reml), abs=1e-8, rel=1e-11)
 
 
@@ -177,3 +177,55 @@ def test_residual_errors_with_data() -> None:
     with pytest.raises(DataError, match="own grouping factor"):
         bayeslmm.lmm("y ~ t + (1 | g2)", df, residual="ou(t | id)")
     assert parse_formula("y ~ t").bars == ()
+
+
+def test_process_predictions_equal_dense_conditional_expectations() -> None:
+    df = irregular_frame(9)
+    fit = bayeslmm.lmm("y ~ t + (1 | id)", df, residual="ou(t | id)")
+    spec, res, obj = fit.spec, fit.spec.residual, fit.objective
+    _, D, rho, var_w, kappa = obj.unpack(fit.theta)
+    s2 = fit.scale2
+    beta = fit.fixef.to_numpy()
+    g = int(np.argmax(np.bincount(res.codes)))
+    idx = np.flatnonzero(res.codes == g)
+    t = res.t[idx]
+    t_new = np.array([t.min() - 0.5, (t.min() + t.max()) / 2, t.max() + 1.3])
+    level = res.levels[g]
+    new = pd.DataFrame({"id": level, "t": t_new, "x": 0.0})
+    # dense: joint covariance of (observations, process at new times) for this group
+    tt = np.r_[t, t_new]
+    C = s2 * var_w * rho ** np.abs(tt[:, None] - tt[None, :])
+    V = C[: t.size, : t.size] + s2 * (D[0, 0] + kappa * np.eye(t.size))
+    cross_w = C[t.size :, : t.size]  # Cov(w_new, y)
+    cross_r = cross_w + s2 * D[0, 0]  # Cov(b + w_new, y)
+    r = spec.y[idx] - spec.X[idx] @ beta
+    Vi = np.linalg.inv(V)
+    pr = fit.process(new)
+    np.testing.assert_allclose(pr.process, cross_w @ Vi @ r, atol=1e-8)
+    var_w_new = s2 * var_w - np.einsum("ij,jk,ik->i", cross_w, Vi, cross_w)
+    np.testing.assert_allclose(pr.process_sd, np.sqrt(var_w_new), atol=1e-8)
+    np.testing.assert_allclose(pr.random, cross_r @ Vi @ r, atol=1e-8)
+    var_r = s2 * (var_w + D[0, 0]) - np.einsum("ij,jk,ik->i", cross_r, Vi, cross_r)
+    np.testing.assert_allclose(pr.random_sd, np.sqrt(var_r), atol=1e-8)
+    p = fit.predict(new, se_fit=True)
+    np.testing.assert_allclose(p.fit, beta[0] + beta[1] * t_new + cross_r @ Vi @ r, atol=1e-8)
+    # at observed times: E(w | y) from the same dense formula
+    obs = fit.process()
+    Cw = s2 * var_w * rho ** np.abs(t[:, None] - t[None, :])
+    np.testing.assert_allclose(obs.process.to_numpy()[idx], Cw @ Vi @ r, atol=1e-8)
+
+
+def test_normalized_residuals_are_the_whitened_residuals() -> None:
+    df = irregular_frame(10)
+    fit = bayeslmm.lmm("y ~ t", df, residual="ou(t | id)")
+    res, obj = fit.spec.residual, fit.objective
+    _, _, rho, var_w, kappa = obj.unpack(fit.theta)
+    nr = fit.residuals(scaled=True)
+    beta = fit.fixef.to_numpy()
+    g = int(np.argmax(np.bincount(res.codes)))
+    idx = np.flatnonzero(res.codes == g)
+    idx = idx[np.argsort(res.t[idx], kind="stable")]
+    t = res.t[idx]
+    V = fit.scale2 * (var_w * rho ** np.abs(t[:, None] - t[None, :]) + kappa * np.eye(t.size))
+    L = np.linalg.cholesky(V)
+    np.testing.assert_allclose(nr[idx], np.linalg.solve(L, fit.spec.y[idx] - fit.spec.X[idx] @ beta), atol=1e-8)

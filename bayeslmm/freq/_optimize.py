@@ -23,6 +23,8 @@ SINGULAR_TOL = 1e-4
 GRAD_TOL = 2e-3
 #: A Newton step shorter than this (in theta) is not worth the evaluations of a polish.
 POLISH_TOL = 1e-6
+#: BOBYQA restarts (smaller first step) after a failed gradient check.
+MAX_RESTARTS = 3
 
 _NLOPT_STATUS = {
     1: "success",
@@ -46,7 +48,8 @@ class OptimizerRecord:
     ``gradient`` and ``hessian`` are the finite-difference derivatives over the free
     coordinates at the point BOBYQA returned; the convergence checks use them.
     ``polished`` says whether one Newton step from there lowered the criterion
-    (then ``theta`` is that point). ``n_evals`` counts every evaluation.
+    (then ``theta`` is that point). ``restarts`` counts BOBYQA runs restarted, with a
+    smaller first step, after a failed gradient or Hessian check. ``n_evals`` counts every evaluation.
     """
 
     optimizer: str
@@ -62,6 +65,7 @@ class OptimizerRecord:
     messages: tuple[str, ...] = ()
     seconds: float = 0.0
     polished: bool = False
+    restarts: int = 0
     history: np.ndarray = field(default_factory=lambda: np.empty((0, 0)), repr=False)
 
     def as_dict(self) -> dict:
@@ -78,6 +82,7 @@ class OptimizerRecord:
             "gradient": self.gradient.tolist(),
             "messages": list(self.messages),
             "polished": self.polished,
+            "restarts": self.restarts,
             "seconds": self.seconds,
         }
 
@@ -93,6 +98,19 @@ def choose_start(fun: Callable[[np.ndarray], float], lower: np.ndarray) -> np.nd
     cands = [base * s for s in (1.0, 0.3, 3.0, 0.1)]
     vals = [fun(c) for c in cands]
     return cands[int(np.argmin(vals))]
+
+
+def initial_step(x0: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """BOBYQA's first trust-region radius per coordinate.
+
+    Half the start value (fewest evaluations seen on the golden cases) or 0.1 near zero,
+    but at most half the distance to a finite bound: a first step that jumps across a
+    bound left BOBYQA stuck on ill-conditioned serial-correlation fits.
+    """
+    step = np.where(np.abs(x0) > 0.2, 0.5 * np.abs(x0), 0.1)
+    dist = np.minimum(np.where(np.isfinite(lower), x0 - lower, np.inf), np.where(np.isfinite(upper), upper - x0, np.inf))
+    room = dist > 0
+    return np.where(room, np.minimum(step, np.maximum(0.5 * dist, 1e-3)), step)
 
 
 def _free(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -209,58 +227,74 @@ def minimize_bobyqa(
         hist.append((*x, v))
         return v if np.isfinite(v) else big
 
-    opt = nlopt.opt(nlopt.LN_BOBYQA, k)
-    opt.set_lower_bounds(np.where(np.isfinite(lower), lower, -np.inf))
-    opt.set_upper_bounds(upper)
-    opt.set_min_objective(wrapped)
-    opt.set_ftol_abs(ftol_abs)
-    opt.set_ftol_rel(ftol_rel)  # the criterion itself is only that precise when it is large
-    opt.set_xtol_abs(np.full(k, xtol_abs))
-    opt.set_maxeval(maxeval)
-    opt.set_initial_step(np.where(np.abs(x0) > 0.2, 0.5 * np.abs(x0), 0.1))  # half the start: fewest evaluations seen
-    messages: list[str] = []
-    try:
-        opt.optimize(x0)
-        code = opt.last_optimize_result()
-    except nlopt.RoundoffLimited:
-        code = -4
-    except (RuntimeError, ValueError) as e:
-        code = -1
-        messages.append(f"optimiser error: {e}")
-    if hist:
-        best = min(hist, key=lambda r: r[-1])
-        x, fx = np.array(best[:-1]), float(best[-1])
-    else:
-        x, fx = x0, fun(x0)
-    status = _NLOPT_STATUS.get(code, str(code))
-    ok = code > 0 and code != 5
-    if code == 5:
-        messages.append(f"maximum number of evaluations ({maxeval}) reached")
-    free = _free(x, lower, upper)
-    singular = bool((~free).any())
-    idx = np.flatnonzero(free)
-    g = np.zeros(0)
-    H = np.zeros((0, 0))
-    polished = False
-    if check and idx.size:
-        g, H = derivatives(fun, x, idx, f0=fx)
-        if np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and _newton_size(g, H) > POLISH_TOL:
-            x, fx, polished = newton_polish(fun, x, fx, lower, upper, idx, g, H)
-        if not np.all(np.isfinite(H)):
-            messages.append("Hessian could not be evaluated at the optimum")
-            ok = False
+    def run(x_start: np.ndarray, step: np.ndarray) -> tuple[int, list[str]]:
+        opt = nlopt.opt(nlopt.LN_BOBYQA, k)
+        opt.set_lower_bounds(np.where(np.isfinite(lower), lower, -np.inf))
+        opt.set_upper_bounds(upper)
+        opt.set_min_objective(wrapped)
+        opt.set_ftol_abs(ftol_abs)
+        opt.set_ftol_rel(ftol_rel)  # the criterion itself is only that precise when it is large
+        opt.set_xtol_abs(np.full(k, xtol_abs))
+        opt.set_maxeval(maxeval)
+        opt.set_initial_step(step)
+        try:
+            opt.optimize(x_start)
+            return opt.last_optimize_result(), []
+        except nlopt.RoundoffLimited:
+            return -4, []
+        except (RuntimeError, ValueError) as e:
+            return -1, [f"optimiser error: {e}"]
+
+    step = initial_step(x0, lower, upper)
+    x_start = x0
+    restarts = 0
+    f_prev = np.inf
+    while True:
+        code, messages = run(x_start, step)
+        if hist:
+            best = min(hist, key=lambda r: r[-1])
+            x, fx = np.array(best[:-1]), float(best[-1])
         else:
-            try:
-                np.linalg.cholesky(H)
-                sg = np.linalg.solve(H, g)
-                if np.max(np.abs(sg)) > GRAD_TOL:
-                    ok = False
-                    messages.append(
-                        f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})"
-                    )
-            except np.linalg.LinAlgError:
+            x, fx = x0, fun(x0)
+        status = _NLOPT_STATUS.get(code, str(code))
+        ok = code > 0 and code != 5
+        if code == 5:
+            messages.append(f"maximum number of evaluations ({maxeval}) reached")
+        free = _free(x, lower, upper)
+        singular = bool((~free).any())
+        idx = np.flatnonzero(free)
+        g = np.zeros(0)
+        H = np.zeros((0, 0))
+        polished = False
+        check_failed = False
+        if check and idx.size:
+            g, H = derivatives(fun, x, idx, f0=fx)
+            if np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and _newton_size(g, H) > POLISH_TOL:
+                x, fx, polished = newton_polish(fun, x, fx, lower, upper, idx, g, H)
+            if not np.all(np.isfinite(H)):
+                messages.append("Hessian could not be evaluated at the optimum")
                 ok = False
-                messages.append("Model is nearly unidentifiable: the Hessian is not positive definite")
+            else:
+                try:
+                    np.linalg.cholesky(H)
+                    sg = np.linalg.solve(H, g)
+                    if np.max(np.abs(sg)) > GRAD_TOL:
+                        ok = False
+                        check_failed = True
+                        messages.append(
+                            f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})"
+                        )
+                except np.linalg.LinAlgError:
+                    ok = False
+                    check_failed = True
+                    messages.append("Model is nearly unidentifiable: the Hessian is not positive definite")
+        # BOBYQA can stall in a narrow curved valley; a restart with a smaller first step gets out
+        if ok or not check_failed or code <= 0 or restarts >= MAX_RESTARTS or fx > f_prev - ftol_abs:
+            break
+        restarts += 1
+        f_prev = fx
+        x_start = x
+        step = 0.1 * initial_step(x, lower, upper)
     if singular:
         at = [names[i] if names else f"theta[{i}]" for i in np.flatnonzero(~free)]
         messages.append(
@@ -281,5 +315,6 @@ def minimize_bobyqa(
         messages=tuple(messages),
         seconds=time.perf_counter() - t0,
         polished=polished,
+        restarts=restarts,
         history=np.array(hist),
     )

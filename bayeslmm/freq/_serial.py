@@ -28,7 +28,7 @@ import pandas as pd
 
 from .._errors import DataError
 from ..linalg import lambda_blocks
-from ..linalg._kalman import FilterResult, SerialLayout, kalman_whiten
+from ..linalg._kalman import FilterResult, SerialLayout, kalman_smooth, kalman_whiten
 from ..spec import ModelSpec
 from ._fit import LMMFit
 from ._optimize import OptimizerRecord, minimize_bobyqa
@@ -57,17 +57,21 @@ class SerialObjective:
         self.Z = np.hstack([t.Zraw for t in spec.terms]) if spec.terms else None
         self.Y = np.column_stack([spec.X, spec.y if y is None else y])
         self.layout = SerialLayout.build(res.codes, res.t, len(res.levels), by_order=(res.kind == "ar1"))
+        gaps = np.concatenate(self.layout.gaps[1:]) if len(self.layout.gaps) > 1 else np.ones(1)
+        pos = gaps[gaps > 0]
+        #: the OU decay is optimised as tau = -gap * log(rho): the log-correlation over the median gap
+        self.gap = float(np.median(pos)) if pos.size else 1.0
 
     # -- parameters ---------------------------------------------------------
     def names(self) -> list[str]:
         """Names of theta."""
-        return self.spec.theta_names() + (["rho", "nu"] if self.kind == "ou" else ["phi"])
+        return self.spec.theta_names() + (["tau (-log rho per median gap)", "nu"] if self.kind == "ou" else ["phi"])
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds of theta."""
+        """Lower and upper bounds of theta (``tau = 0`` is ``rho = 1``; ``nu`` in [0, 1])."""
         lo = self.spec.theta_lower()
         if self.kind == "ou":
-            return np.r_[lo, 0.0, 0.0], np.r_[np.full(self.nre, np.inf), 1.0, 1.0]
+            return np.r_[lo, 0.0, 0.0], np.r_[np.full(self.nre, np.inf), np.inf, 1.0]
         return np.r_[lo, -PHI_MAX], np.r_[np.full(self.nre, np.inf), PHI_MAX]
 
     def unpack(self, theta: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None, float, float, float]:
@@ -83,18 +87,15 @@ class SerialObjective:
                 D[i : i + T.shape[0], i : i + T.shape[0]] = T @ T.T
                 i += T.shape[0]
         if self.kind == "ou":
-            rho, nu = theta[self.nre :]
-            return Ts, D, float(rho), 1.0 - float(nu), float(nu)
+            tau, nu = theta[self.nre :]
+            return Ts, D, float(np.exp(-tau / self.gap)), 1.0 - float(nu), float(nu)
         return Ts, D, float(theta[self.nre]), 1.0, 0.0
 
     def start_candidates(self) -> list[np.ndarray]:
         """A few starting points: RE factors 1, correlation at the median gap 0.3 or 0.7."""
         re0 = np.where(np.isfinite(self.spec.theta_lower()), 1.0, 0.0)
         if self.kind == "ou":
-            gaps = np.concatenate(self.layout.gaps[1:]) if len(self.layout.gaps) > 1 else np.ones(1)
-            pos = gaps[gaps > 0]
-            med = float(np.median(pos)) if pos.size else 1.0
-            return [np.r_[re0, c ** (1.0 / med), nu] for c in (0.3, 0.7) for nu in (0.2, 0.5)]
+            return [np.r_[re0, -np.log(c), nu] for c in (0.3, 0.7, 0.95) for nu in (0.2, 0.5)]
         return [np.r_[re0, phi] for phi in (0.0, 0.4, 0.8)]
 
     # -- evaluation ---------------------------------------------------------
@@ -239,6 +240,112 @@ class SerialFit(LMMFit):
         p = self.spec.p
         w = self._filter.white
         return (w[:, p] - w[:, :p] @ self._beta) / np.sqrt(self.scale2)
+
+    def process(self, newdata: Any = None) -> pd.DataFrame:
+        """Conditional mean and sd of the serial process at observed or new times.
+
+        Smoothing (Kalman filter and Rauch-Tung-Striebel smoother, group by group, linear
+        in the group size) of ``y - X beta_hat``, with new rows passed through as times
+        without an observation. Conditional on ``beta_hat``, as lme4's ``condVar``.
+
+        Parameters
+        ----------
+        newdata
+            Rows with the time and grouping columns (and the random-effect columns, if
+            any); ``None`` for the rows of the fit. Rows of groups not in the fit get the
+            process's marginal mean 0 and sd.
+
+        Returns
+        -------
+        DataFrame with ``process`` (``E(w | y)``), ``process_sd``, ``random`` (``E(z'b + w | y)``,
+        what :meth:`predict` adds to ``X beta_hat``) and ``random_sd``.
+        """
+        from ..spec._design import as_pandas
+        from ._predict import _apply_design, _codes_for
+
+        spec, res = self.spec, self.spec.residual
+        if newdata is None:
+            codes_new, t_new = np.zeros(0, dtype=np.int64), np.zeros(0)
+            Z_new = np.zeros((0, sum(self.objective.qs)))
+        else:
+            if res.kind == "ar1":
+                raise DataError("ar1() is defined by the order of the observations; predicting the process at new "
+                                "times needs a continuous-time process: use ou(t | g)")
+            df = as_pandas(newdata)
+            if res.time not in df.columns:
+                raise DataError(f"new data lacks the time column {res.time!r}")
+            codes_new = _codes_for(df, res.factors, res.levels)
+            t_new = df[res.time].to_numpy(dtype=float)
+            Z_new = (np.hstack([_apply_design(t.design, df, f"random-effect columns of ({t.lhs} | {t.group})")
+                                .to_numpy(dtype=float) for t in spec.terms])
+                     if spec.terms else np.zeros((len(df), 0)))
+        known = codes_new >= 0
+        n = spec.n
+        codes = np.concatenate([res.codes, codes_new[known]])
+        t_all = np.concatenate([res.t, t_new[known]])
+        observed = np.r_[np.ones(n, bool), np.zeros(int(known.sum()), bool)]
+        resid = np.r_[spec.y - spec.X @ self._beta, np.zeros(int(known.sum()))]
+        Z = np.vstack([self.objective.Z, Z_new[known]]) if spec.terms else None
+        _, D, decay, var_w, kappa = self.objective.unpack(self.theta)
+        layout = SerialLayout.build(codes, t_all, len(res.levels), by_order=(res.kind == "ar1"))
+        mean, cov = kalman_smooth(layout, resid, observed, Z, D, decay, var_w, kappa)
+        h = np.ones((codes.size, cov.shape[1]))
+        if spec.terms:
+            h[:, 1:] = Z
+        rand = np.einsum("ns,ns->n", h, mean)
+        rand_var = self.scale2 * np.einsum("ns,nst,nt->n", h, cov, h)
+        sel = slice(0, n) if newdata is None else slice(n, None)
+        if newdata is None:
+            out = pd.DataFrame({"process": mean[sel, 0], "process_sd": np.sqrt(self.scale2 * cov[sel, 0, 0]),
+                                "random": rand[sel], "random_sd": np.sqrt(np.maximum(rand_var[sel], 0))})
+            return out
+        m = len(codes_new)
+        marg = self.scale2 * (var_w + (np.einsum("nq,qp,np->n", Z_new, D, Z_new) if spec.terms else 0.0))
+        out = pd.DataFrame({"process": np.zeros(m), "process_sd": np.full(m, np.sqrt(self.scale2 * var_w)),
+                            "random": np.zeros(m), "random_sd": np.sqrt(marg)})
+        k = np.flatnonzero(known)
+        out.loc[k, "process"] = mean[sel, 0]
+        out.loc[k, "process_sd"] = np.sqrt(self.scale2 * cov[sel, 0, 0])
+        out.loc[k, "random"] = rand[sel]
+        out.loc[k, "random_sd"] = np.sqrt(np.maximum(rand_var[sel], 0))
+        return out
+
+    def predict(self, newdata: Any = None, *, re_form: bool = True, allow_new_levels: bool = False,
+                se_fit: bool = False) -> Any:
+        """Predictions ``X beta_hat + E(z'b + w | y)`` (``re_form``) or ``X beta_hat``.
+
+        The conditional part comes from :meth:`process`: the random effects and the serial
+        process at the new times given the group's observations. ``se_fit`` adds
+        ``se_fixed`` (from ``cov(beta_hat)``) and ``sd_random`` (conditional sd of the
+        random part).
+        """
+        from ..spec._design import as_pandas
+        from ._predict import _apply_design, _codes_for
+
+        spec = self.spec
+        if newdata is None:
+            X = spec.X
+            unseen = np.zeros(spec.n, bool)
+        else:
+            df = as_pandas(newdata)
+            fixed_design, _, names = spec.fixed_design
+            mm = _apply_design(fixed_design, df, "fixed-effects matrix")
+            mm.columns = ["(Intercept)" if c == "Intercept" else str(c) for c in mm.columns]
+            X = mm.loc[:, list(names)].to_numpy(dtype=float)
+            unseen = _codes_for(df, spec.residual.factors, spec.residual.levels) < 0
+        pred = X @ self._beta
+        sd_rand = np.zeros(len(pred))
+        if re_form:
+            if unseen.any() and not allow_new_levels:
+                raise DataError(f"{int(unseen.sum())} new row(s) belong to levels of {spec.residual.group!r} not in "
+                                "the fit; pass allow_new_levels=True to predict them at the population level")
+            pr = self.process(newdata)
+            pred = pred + np.where(unseen, 0.0, pr.random.to_numpy())
+            sd_rand = pr.random_sd.to_numpy()
+        if not se_fit:
+            return pred
+        se = np.sqrt(np.einsum("np,pq,nq->n", X, self.vcov.to_numpy(), X))
+        return pd.DataFrame({"fit": pred, "se_fixed": se, "sd_random": sd_rand})
 
     def shrinkage(self) -> pd.DataFrame:
         """Not defined here: the closed form holds for independent errors only."""

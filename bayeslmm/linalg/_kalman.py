@@ -145,3 +145,68 @@ def kalman_whiten(layout: SerialLayout, Y: np.ndarray, Z: np.ndarray | None, D_r
         PP -= K[:, :, None] * Ph[:, None, :]
     off = int(has_w)
     return FilterResult(white, logdet, a[:, off:, :] if q else None, P[:, off:, off:] if q else None)
+
+
+def kalman_smooth(layout: SerialLayout, r: np.ndarray, observed: np.ndarray, Z: np.ndarray | None,
+                  D_rel: np.ndarray | None, decay: float, var_w: float, kappa: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Conditional mean and covariance of the state ``(w, b)`` at every row given a group's data.
+
+    Rauch-Tung-Striebel smoothing of the residuals ``r = y - X beta`` (one column).
+    Rows with ``observed`` False (new times to predict at) are passed through the
+    prediction step without an update.
+
+    Returns
+    -------
+    mean : ``(n, s)`` smoothed state per row; cov : ``(n, s, s)``, relative to ``s^2``.
+    """
+    n = r.shape[0]
+    G = layout.rows[0].size if layout.rows else 0
+    q = 0 if Z is None else Z.shape[1]
+    s = 1 + q
+    a = np.zeros((G, s))
+    P = np.zeros((G, s, s))
+    P[:, 0, 0] = var_w
+    if q:
+        P[:, 1:, 1:] = D_rel
+    pred_a, pred_P, filt_a, filt_P, decays = [], [], [], [], []
+    for rows, gap in zip(layout.rows, layout.gaps):
+        A = rows.size
+        aa, PP = a[:A], P[:A]
+        d = np.power(decay, gap)
+        aa[:, 0] *= d
+        PP[:, 0, :] *= d[:, None]
+        PP[:, :, 0] *= d[:, None]
+        PP[:, 0, 0] += var_w * (1.0 - d * d)
+        pred_a.append(aa.copy())
+        pred_P.append(PP.copy())
+        decays.append(d)
+        h = np.ones((A, s))
+        if q:
+            h[:, 1:] = Z[rows]
+        Ph = np.einsum("ast,at->as", PP, h)
+        F = np.einsum("as,as->a", h, Ph) + kappa
+        obs = observed[rows] & (F > 1e-300)
+        K = np.where(obs[:, None], Ph / np.where(obs, F, 1.0)[:, None], 0.0)
+        v = np.where(obs, r[rows] - np.einsum("as,as->a", h, aa), 0.0)
+        aa += K * v[:, None]
+        PP -= K[:, :, None] * Ph[:, None, :]
+        filt_a.append(aa.copy())
+        filt_P.append(PP.copy())
+    mean = np.empty((n, s))
+    cov = np.empty((n, s, s))
+    sm_a, sm_P = None, None
+    for k in range(len(layout.rows) - 1, -1, -1):
+        a_k, P_k = filt_a[k].copy(), filt_P[k].copy()
+        if sm_a is not None:
+            A1 = sm_a.shape[0]
+            Tm = np.broadcast_to(np.eye(s), (A1, s, s)).copy()
+            Tm[:, 0, 0] = decays[k + 1]
+            J = P_k[:A1] @ np.swapaxes(Tm, 1, 2) @ np.linalg.pinv(pred_P[k + 1], hermitian=True)
+            a_k[:A1] += np.einsum("ast,at->as", J, sm_a - pred_a[k + 1])
+            P_k[:A1] += J @ (sm_P - pred_P[k + 1]) @ np.swapaxes(J, 1, 2)
+        rows = layout.rows[k]
+        mean[rows] = a_k
+        cov[rows] = P_k
+        sm_a, sm_P = a_k, P_k
+    return mean, cov

@@ -50,7 +50,22 @@
 #     sqrt(diag((X'V^-1 X)^-1)), and the random effects equal D Z_i' V_i^-1 r_i;
 #   * maximising the direct log-likelihood with optim, started at nlme's estimates, gains < 1e-6
 #     (nlme stopped at the optimum).
-# Note: nlme's BIC for a REML fit uses log(n - p), not log(n) (lme4); `bic_nobs` records the n used.
+#
+# Fields of a case in nlme_serial.json: id, data (CSV name), factors (columns to read as character:
+# their labels look numeric, e.g. pd.read_csv(..., dtype={"Diet": str}), else Diet is read as a number),
+# formula (bayeslmm syntax), residual, method, engine, nlme_version, fixef (bayeslmm names, e.g.
+# Diet[T.2], Time:Diet[T.2]), se, se_nlme, loglik, aic, bic, bic_nobs, df, nobs, residual_params
+# ({kind: "ou", process_var, rho, nugget} or {kind: "ar1", phi, sigma2}), varcorr (random-effect rows
+# grp/var1/var2/vcov/sdcor as lme4's as.data.frame(VarCorr), no Residual row; [] for gls), ranef (rows
+# grpvar/term/grp/condval), nlme_raw (sigma and range, nug or Phi as nlme reports them), r_call (the
+# exact call), r_data (how its `dfit` was made), tie_jitter, control, failed_attempts, checks.
+# Notes:
+#   * se = sqrt(diag((X'V^-1 X)^-1)) at the estimates (lme4's convention).  se_nlme = vcov(fit); it
+#     equals se except for gls ML fits, where nlme multiplies by sqrt(n / (n - p)).
+#   * nlme's BIC for a REML fit uses log(n - p), not log(n) (lme4); `bic_nobs` records the n used.
+#   * BodyWeight OU: the optimum is at range ~976 days (rho ~0.999, far beyond the 63-day span), where
+#     the likelihood is flat in range: fits from different starts agree in logLik to 1e-9 but in range
+#     and process_var only to ~1e-5 relative.
 suppressMessages({library(nlme); library(jsonlite)})
 invisible(Sys.setlocale("LC_COLLATE", "C"))
 
