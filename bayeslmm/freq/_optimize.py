@@ -108,7 +108,9 @@ def initial_step(x0: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.nda
     bound left BOBYQA stuck on ill-conditioned serial-correlation fits.
     """
     step = np.where(np.abs(x0) > 0.2, 0.5 * np.abs(x0), 0.1)
-    dist = np.minimum(np.where(np.isfinite(lower), x0 - lower, np.inf), np.where(np.isfinite(upper), upper - x0, np.inf))
+    below = np.where(np.isfinite(lower), x0 - lower, np.inf)
+    above = np.where(np.isfinite(upper), upper - x0, np.inf)
+    dist = np.minimum(below, above)
     room = dist > 0
     return np.where(room, np.minimum(step, np.maximum(0.5 * dist, 1e-3)), step)
 
