@@ -229,3 +229,64 @@ def test_normalized_residuals_are_the_whitened_residuals() -> None:
     V = fit.scale2 * (var_w * rho ** np.abs(t[:, None] - t[None, :]) + kappa * np.eye(t.size))
     L = np.linalg.cholesky(V)
     np.testing.assert_allclose(nr[idx], np.linalg.solve(L, fit.spec.y[idx] - fit.spec.X[idx] @ beta), atol=1e-8)
+
+
+def _panel(seed: int, m: int, process_var: float, nugget: float, rho: float) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    k = 6
+    t = np.cumsum(rng.exponential(1.0, (m, k)), axis=1)
+    w = np.zeros((m, k))
+    w[:, 0] = np.sqrt(process_var) * rng.normal(size=m)
+    for j in range(1, k):
+        r = rho ** (t[:, j] - t[:, j - 1])
+        w[:, j] = r * w[:, j - 1] + np.sqrt(process_var * (1 - r * r)) * rng.normal(size=m)
+    y = 1 + 0.3 * t + w + np.sqrt(nugget) * rng.normal(size=(m, k))
+    return pd.DataFrame({"id": np.repeat(np.arange(m), k), "t": t.ravel(), "y": y.ravel()})
+
+
+def test_no_process_puts_nu_on_its_bound_and_says_so() -> None:
+    df = _panel(3, 150, process_var=0.0, nugget=1.0, rho=0.5)
+    fit = bayeslmm.lmm("y ~ t", df, residual="ou(t | id)")
+    assert np.isfinite(fit.loglik) and fit.singular
+    assert any("boundary" in m and ("nu" in m or "tau" in m) for m in fit.optimizer.messages)
+    rp = fit.residual_params()
+    assert rp["process_var"] < 1e-3 or rp["rho"] < 1e-3
+
+
+def test_no_nugget_estimates_a_nugget_near_zero() -> None:
+    df = _panel(3, 150, process_var=1.0, nugget=0.0, rho=0.6)
+    fit = bayeslmm.lmm("y ~ t", df, residual="ou(t | id)")
+    rp = fit.residual_params()
+    assert np.isfinite(fit.loglik) and rp["nugget"] < 0.01 * rp["process_var"]
+    assert rp["rho"] == pytest.approx(0.6, abs=0.05)
+
+
+def test_independent_data_drive_rho_to_its_bound() -> None:
+    rng = np.random.default_rng(4)
+    df = _panel(4, 150, process_var=1.0, nugget=0.3, rho=0.6)
+    df["y"] = 1 + 0.3 * df.t + rng.normal(size=len(df))  # no correlation at all
+    fit = bayeslmm.lmm("y ~ t", df, residual="ar1(t | id)")
+    assert abs(fit.residual_params()["phi"]) < 0.15
+    fit = bayeslmm.lmm("y ~ t", df, residual="ou(t | id)")
+    assert fit.singular and np.isfinite(fit.loglik)
+
+
+@pytest.mark.slow
+def test_ou_with_100k_subjects() -> None:
+    """100,000 subjects x 10 irregular times (1M rows): the scale of the issue's benchmark."""
+    rng = np.random.default_rng(0)
+    m, k = 100_000, 10
+    t = np.cumsum(rng.exponential(1.0, (m, k)), axis=1)
+    w = np.zeros((m, k))
+    w[:, 0] = np.sqrt(1.5) * rng.normal(size=m)
+    for j in range(1, k):
+        r = 0.7 ** (t[:, j] - t[:, j - 1])
+        w[:, j] = r * w[:, j - 1] + np.sqrt(1.5 * (1 - r * r)) * rng.normal(size=m)
+    y = 1 + 0.3 * t + w + np.sqrt(0.5) * rng.normal(size=(m, k))
+    df = pd.DataFrame({"id": np.repeat(np.arange(m), k), "t": t.ravel(), "y": y.ravel()})
+    fit = bayeslmm.lmm("y ~ t", df, residual="ou(t | id)")
+    rp = fit.residual_params()
+    assert fit.converged
+    assert rp["rho"] == pytest.approx(0.7, abs=0.01)
+    assert rp["process_var"] == pytest.approx(1.5, rel=0.03)
+    assert rp["nugget"] == pytest.approx(0.5, rel=0.05)

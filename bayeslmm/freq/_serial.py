@@ -35,6 +35,8 @@ from ._optimize import OptimizerRecord, minimize_bobyqa
 
 #: AR(1) correlation is kept inside (-PHI_MAX, PHI_MAX).
 PHI_MAX = 1 - 1e-8
+#: Upper bound of tau = -gap log(rho): a correlation of exp(-50) over the median gap is rho = 0 in effect.
+TAU_MAX = 50.0
 
 
 class SerialObjective:
@@ -68,10 +70,10 @@ class SerialObjective:
         return self.spec.theta_names() + (["tau (-log rho per median gap)", "nu"] if self.kind == "ou" else ["phi"])
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds of theta (``tau = 0`` is ``rho = 1``; ``nu`` in [0, 1])."""
+        """Lower and upper bounds of theta (``tau = 0`` is ``rho = 1``, ``TAU_MAX`` is ``rho`` ~ 0; ``nu`` in [0, 1])."""
         lo = self.spec.theta_lower()
         if self.kind == "ou":
-            return np.r_[lo, 0.0, 0.0], np.r_[np.full(self.nre, np.inf), np.inf, 1.0]
+            return np.r_[lo, 0.0, 0.0], np.r_[np.full(self.nre, np.inf), TAU_MAX, 1.0]
         return np.r_[lo, -PHI_MAX], np.r_[np.full(self.nre, np.inf), PHI_MAX]
 
     def unpack(self, theta: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None, float, float, float]:
