@@ -99,7 +99,7 @@ class LMMFit:
     ``VarCorr``, ``ranef``, ``fitted``, ``residuals``, ``logLik``...).
     """
 
-    def __init__(self, spec: ModelSpec, method: str, objective: Objective,
+    def __init__(self, spec: ModelSpec, method: str, objective: Any,
                  record: OptimizerRecord, fit_seconds: float) -> None:
         self.spec = spec
         self.method = method
@@ -108,6 +108,11 @@ class LMMFit:
         self.fit_seconds = fit_seconds
         self.theta = record.theta.copy()
         self.theta.setflags(write=False)
+        self._estimate()
+
+    def _estimate(self) -> None:
+        """beta, sigma^2 and the criterion at theta_hat (from the blocked factor)."""
+        spec, method, objective = self.spec, self.method, self.objective
         f = objective.factor(self.theta)
         self._factor = f
         u, beta = f.solve_modes()

@@ -31,7 +31,7 @@ from ..linalg import lambda_blocks
 from ..linalg._kalman import FilterResult, SerialLayout, kalman_smooth, kalman_whiten
 from ..spec import ModelSpec
 from ._fit import LMMFit
-from ._optimize import OptimizerRecord, minimize_bobyqa
+from ._optimize import minimize_bobyqa
 
 #: AR(1) correlation is kept inside (-PHI_MAX, PHI_MAX).
 PHI_MAX = 1 - 1e-8
@@ -70,7 +70,7 @@ class SerialObjective:
         return self.spec.theta_names() + (["tau (-log rho per median gap)", "nu"] if self.kind == "ou" else ["phi"])
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds of theta (``tau = 0`` is ``rho = 1``, ``TAU_MAX`` is ``rho`` ~ 0; ``nu`` in [0, 1])."""
+        """Bounds of theta: ``tau = 0`` is ``rho = 1``, ``TAU_MAX`` is ``rho`` ~ 0; ``nu`` in [0, 1]."""
         lo = self.spec.theta_lower()
         if self.kind == "ou":
             return np.r_[lo, 0.0, 0.0], np.r_[np.full(self.nre, np.inf), TAU_MAX, 1.0]
@@ -154,15 +154,11 @@ class SerialFit(LMMFit):
     :meth:`residual_params`.
     """
 
-    def __init__(self, spec: ModelSpec, method: str, objective: SerialObjective,  # noqa: D107
-                 record: OptimizerRecord, fit_seconds: float) -> None:
-        self.spec = spec
-        self.method = method
-        self.objective = objective
-        self.optimizer = record
-        self.fit_seconds = fit_seconds
-        self.theta = record.theta.copy()
-        self.theta.setflags(write=False)
+    objective: SerialObjective
+
+    def _estimate(self) -> None:
+        """beta, the scale ``s^2``, the process and the criterion at theta_hat (from the filter)."""
+        spec, method, objective = self.spec, self.method, self.objective
         fr = objective.filter(self.theta)
         beta, XtX, r2, crit = objective.profile(fr)
         self._filter = fr
