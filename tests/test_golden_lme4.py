@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -208,3 +209,15 @@ def test_ranef(fitted):
     bad = {k: (got[k], v) for k, v in ref.items() if not all(abs(g - r) <= tol for g, r in zip(got[k], v, strict=True))}
     first = dict(list(bad.items())[:5])
     assert not bad, f"{len(bad)} of {len(ref)} BLUPs differ; (condval, condsd) ours vs lme4, first 5: {first}"
+
+
+def test_satterthwaite_df(fitted):
+    """Satterthwaite's denominator df against lmerTest, to 1e-3 relative."""
+    case, fit = fitted
+    ours = fit.satterthwaite()
+    ref = {norm(k): v for k, v in case["satterthwaite_df"].items()}
+    got = {norm(k): v for k, v in ours["df"].items()}
+    assert sorted(got) == sorted(ref)
+    bad = {k: (got[k], v) for k, v in ref.items() if abs(got[k] / v - 1) > 1e-3}
+    assert not bad, f"df (ours, lmerTest): {bad}"
+    np.testing.assert_allclose(ours["t value"], fit.tvalues, rtol=1e-12)

@@ -339,6 +339,44 @@ class LMMFit:
         """The residual process: ``{"kind": "iid", "sigma2": sigma^2}`` for independent errors."""
         return {"kind": "iid", "sigma2": self.sigma2}
 
+    # ------------------------------------ the likelihood in (theta, sigma)
+    def varpar(self) -> np.ndarray:
+        """``(theta, sigma)`` at the optimum: lmerTest's variance parameters."""
+        return np.r_[self.theta, self.sigma]
+
+    def deviance_varpar(self, varpar: np.ndarray) -> float:
+        """Minus twice the (restricted) log-likelihood at ``(theta, sigma)``, beta profiled.
+
+        ``log|L_theta|^2 + r^2(theta)/sigma^2 + n log(2 pi sigma^2)`` for ML; REML adds
+        ``log|R_X|^2 - p log(2 pi sigma^2)`` (lmerTest's ``devfun_vp``).
+        """
+        theta, sigma = np.asarray(varpar[:-1], float), float(varpar[-1])
+        try:
+            f = self.objective.factor(theta)
+        except np.linalg.LinAlgError:
+            return np.inf
+        s2 = sigma * sigma
+        n, p = self.spec.n, self.spec.p
+        dev = f.logdet_L + f.pwrss / s2 + n * np.log(2 * np.pi * s2)
+        if self.reml:
+            dev += f.logdet_RX - p * np.log(2 * np.pi * s2)
+        return float(dev)
+
+    def vcov_varpar(self, varpar: np.ndarray) -> np.ndarray:
+        """``cov(beta_hat)`` as a function of ``(theta, sigma)``: ``sigma^2 (R_X R_X')^{-1}``."""
+        f = self.objective.factor(np.asarray(varpar[:-1], float))
+        Rinv = np.linalg.inv(f.RX)
+        return float(varpar[-1]) ** 2 * (Rinv.T @ Rinv)
+
+    def satterthwaite(self, L: Any = None) -> pd.DataFrame:
+        """t tests of fixed effects or contrasts with Satterthwaite's df (lmerTest's method).
+
+        See :func:`bayeslmm.freq._inference.satterthwaite`.
+        """
+        from ._inference import satterthwaite
+
+        return satterthwaite(self, L)
+
     # ------------------------------------------------------------ others
     def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> LMMFit:
         """Refit the same model to a new response (same rows and design)."""

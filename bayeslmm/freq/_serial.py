@@ -225,6 +225,29 @@ class SerialFit(LMMFit):
             i += t.q
         return out
 
+    def varpar(self) -> np.ndarray:
+        """``(theta, s)``: covariance and process parameters, then the scale ``s``."""
+        return np.r_[self.theta, np.sqrt(self.scale2)]
+
+    def deviance_varpar(self, varpar: np.ndarray) -> float:
+        """Minus twice the (restricted) log-likelihood at ``(theta, s)`` with beta profiled."""
+        theta, s = np.asarray(varpar[:-1], float), float(varpar[-1])
+        fr = self.objective.filter(theta)
+        if not np.isfinite(fr.logdet):
+            return np.inf
+        _, XtX, r2, _ = self.objective.profile(fr)
+        s2 = s * s
+        n, p = self.spec.n, self.spec.p
+        dev = fr.logdet + r2 / s2 + n * np.log(2 * np.pi * s2)
+        if self.reml:
+            dev += np.linalg.slogdet(XtX)[1] - p * np.log(2 * np.pi * s2)
+        return float(dev)
+
+    def vcov_varpar(self, varpar: np.ndarray) -> np.ndarray:
+        """``cov(beta_hat) = s^2 (X'V_rel^{-1}X)^{-1}`` as a function of ``(theta, s)``."""
+        _, XtX, _, _ = self.objective.profile(self.objective.filter(np.asarray(varpar[:-1], float)))
+        return float(varpar[-1]) ** 2 * np.linalg.inv(XtX)
+
     def residuals(self, scaled: bool = False) -> np.ndarray:
         """Raw residuals ``y - X beta_hat - Z b_hat``; with ``scaled``, the normalized residuals.
 
