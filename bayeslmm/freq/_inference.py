@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._fit import LMMFit
 
 
-def varpar_covariance(fit: "LMMFit") -> np.ndarray:
+def varpar_covariance(fit: LMMFit) -> np.ndarray:
     """``A = 2 H^{-1}``: asymptotic covariance of ``(theta, sigma)`` (pseudo-inverse if H is singular)."""
     H = hessian(fit.deviance_varpar, fit.varpar())
     try:
@@ -35,7 +35,7 @@ def varpar_covariance(fit: "LMMFit") -> np.ndarray:
         return 2.0 * np.linalg.pinv(H)
 
 
-def _contrasts(fit: "LMMFit", L: Any) -> tuple[np.ndarray, list[str]]:
+def _contrasts(fit: LMMFit, L: Any) -> tuple[np.ndarray, list[str]]:
     names = list(fit.spec.fixef_names)
     if L is None:
         return np.eye(len(names)), names
@@ -47,7 +47,7 @@ def _contrasts(fit: "LMMFit", L: Any) -> tuple[np.ndarray, list[str]]:
     return Lm, [f"contrast {i + 1}" for i in range(Lm.shape[0])]
 
 
-def satterthwaite(fit: "LMMFit", L: Any = None) -> pd.DataFrame:
+def satterthwaite(fit: LMMFit, L: Any = None) -> pd.DataFrame:
     """t tests with Satterthwaite's denominator df for fixed effects or linear contrasts.
 
     Parameters
