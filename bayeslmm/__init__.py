@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from . import datasets
 from ._errors import BayesLMMError, DataError, FormulaError, OptionError
-from .freq import LMMFit, lmm
+from .freq import LMMFit, bootstrap, lm, lmm, lrt
 from .spec import ALLOWED_FUNCTIONS, ModelSpec, parse_formula
 from .spec import build_spec as model_spec
 
 __version__ = "0.1.0"
 
 __all__ = ["ALLOWED_FUNCTIONS", "BayesLMMError", "DataError", "FormulaError", "LMMFit", "ModelSpec",
-           "OptionError", "datasets", "lmm", "model_spec", "parse_formula"]
+           "OptionError", "bootstrap", "datasets", "lm", "lmm", "lrt", "model_spec", "parse_formula"]

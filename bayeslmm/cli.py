@@ -76,6 +76,19 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lrt(args: argparse.Namespace) -> int:
+    from ._errors import OptionError
+    from .freq._lrt import lrt_formulas
+
+    if args.bootstrap < 0:
+        raise OptionError("--bootstrap must be 0 or a positive number of samples")
+    data = read_data(args.data)
+    res = lrt_formulas(data, args.null, args.alt, method=args.method, residual=args.residual,
+                       bootstrap=args.bootstrap, seed=args.seed, progress=not args.json and sys.stderr.isatty())
+    print(to_json(res.to_dict()) if args.json else res)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import datasets
     from .freq import lmm
@@ -115,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "plus a nugget) or 'ar1(t | g)' (AR(1) by order of t within g)")
     f.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     f.set_defaults(func=_cmd_fit)
+    t = sub.add_parser("lrt", help="likelihood-ratio test of two nested models (boundary-corrected, bootstrap)")
+    t.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    t.add_argument("--null", required=True, help="formula of the null model (may have no random effects)")
+    t.add_argument("--alt", required=True, help="formula of the alternative model")
+    t.add_argument("--method", default="REML", help="REML (default) or ML; REML fits whose fixed effects differ "
+                   "are refitted by ML")
+    t.add_argument("--residual", default=None, help="residual process of both models: iid, 'ou(t | g)', 'ar1(t | g)'")
+    t.add_argument("--bootstrap", type=int, default=0, help="parametric-bootstrap samples (default 0: none)")
+    t.add_argument("--seed", type=int, default=None, help="seed of the bootstrap")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=_cmd_lrt)
     d = sub.add_parser("demo", help="the pig-weights example end to end")
     d.set_defaults(func=_cmd_demo)
     return p

@@ -1,8 +1,11 @@
 """ML/REML: objective(theta) -> optimise -> assemble the fit."""
 
-from ._fit import LMMFit, fit_spec, lmm
+from ._bootstrap import BootstrapResult, bootstrap
+from ._fit import LMMFit, fit_spec, lm, lmm
+from ._linear import LinearFit
+from ._lrt import LRTResult, fit_model, lrt
 from ._objective import Objective, criterion_from_factor
 from ._optimize import OptimizerRecord, minimize_bobyqa
 
-__all__ = ["LMMFit", "Objective", "OptimizerRecord", "criterion_from_factor", "fit_spec", "lmm",
+__all__ = ["BootstrapResult", "LMMFit", "LRTResult", "LinearFit", "Objective", "bootstrap", "fit_model", "lm", "lrt", "OptimizerRecord", "criterion_from_factor", "fit_spec", "lmm",
            "minimize_bobyqa"]

@@ -51,6 +51,22 @@ def lmm(formula: str, data: Any, *, method: str = "REML", residual: str | None =
     return fit_spec(spec, method=method, start=start)
 
 
+def lm(formula: str, data: Any, *, method: str = "REML") -> Any:
+    """Fit an ordinary linear model (no random effects) by REML or ML: the null of a variance test.
+
+    Returns
+    -------
+    :class:`bayeslmm.freq.LinearFit` (loglik, npar, fixef, vcov, simulate, refit).
+    """
+    from ._linear import LinearFit
+
+    method = check_method(method)
+    spec = build_spec(formula, data)
+    if spec.terms:
+        raise DataError("lm() fits models without random-effect terms; use lmm() for this formula")
+    return LinearFit(spec, method)
+
+
 def fit_spec(spec: ModelSpec, *, method: str = "REML", start: np.ndarray | None = None,
              blocks: CrossProducts | None = None) -> LMMFit:
     """Fit a model given its :class:`ModelSpec` (the engine behind :func:`lmm`)."""
@@ -367,6 +383,18 @@ class LMMFit:
         f = self.objective.factor(np.asarray(varpar[:-1], float))
         Rinv = np.linalg.inv(f.RX)
         return float(varpar[-1]) ** 2 * (Rinv.T @ Rinv)
+
+    def score(self) -> np.ndarray:
+        """Gradient of the (restricted) log-likelihood in ``(theta, sigma)`` at the estimate: ~0 inside."""
+        from ._numderiv import jacobian
+
+        return -0.5 * jacobian(lambda v: np.array(self.deviance_varpar(v)), self.varpar())
+
+    def vc_se(self) -> pd.DataFrame:
+        """``varcorr()`` with standard errors from the expected information (see ``_information``)."""
+        from ._information import vc_standard_errors
+
+        return vc_standard_errors(self)
 
     def satterthwaite(self, L: Any = None) -> pd.DataFrame:
         """t tests of fixed effects or contrasts with Satterthwaite's df (lmerTest's method).

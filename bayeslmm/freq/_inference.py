@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 
 from .._errors import OptionError
 from ._numderiv import hessian, jacobian
@@ -47,6 +46,19 @@ def _contrasts(fit: LMMFit, L: Any) -> tuple[np.ndarray, list[str]]:
     return Lm, [f"contrast {i + 1}" for i in range(Lm.shape[0])]
 
 
+def satterthwaite_df(fit: LMMFit, L: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Estimates, variances and Satterthwaite df of contrasts (``L`` as in :func:`satterthwaite`)."""
+    Lm, names = _contrasts(fit, L)
+    A = varpar_covariance(fit)
+    J = jacobian(fit.vcov_varpar, fit.varpar())  # (p, p, k)
+    C = fit.vcov.to_numpy()
+    est = Lm @ fit.fixef.to_numpy()
+    var = np.einsum("mi,ij,mj->m", Lm, C, Lm)
+    grad = np.einsum("mi,ijk,mj->mk", Lm, J, Lm)
+    denom = np.einsum("mk,kl,ml->m", grad, A, grad)
+    return est, var, 2.0 * var**2 / denom, names
+
+
 def satterthwaite(fit: LMMFit, L: Any = None) -> pd.DataFrame:
     """t tests with Satterthwaite's denominator df for fixed effects or linear contrasts.
 
@@ -60,16 +72,9 @@ def satterthwaite(fit: LMMFit, L: Any = None) -> pd.DataFrame:
     -------
     DataFrame with ``Estimate, Std. Error, df, t value, Pr(>|t|)`` per contrast.
     """
-    Lm, names = _contrasts(fit, L)
-    vp = fit.varpar()
-    A = varpar_covariance(fit)
-    J = jacobian(fit.vcov_varpar, vp)  # (p, p, k)
-    C = fit.vcov.to_numpy()
-    est = Lm @ fit.fixef.to_numpy()
-    var = np.einsum("mi,ij,mj->m", Lm, C, Lm)
-    grad = np.einsum("mi,ijk,mj->mk", Lm, J, Lm)
-    denom = np.einsum("mk,kl,ml->m", grad, A, grad)
-    df = 2.0 * var**2 / denom
+    import scipy.stats
+
+    est, var, df, names = satterthwaite_df(fit, L)
     se = np.sqrt(var)
     t = est / se
     p = 2.0 * scipy.stats.t.sf(np.abs(t), df)

@@ -229,4 +229,27 @@ def fit_to_dict(fit: LMMFit) -> dict[str, Any]:
     }
     out["reml_criterion" if fit.reml else "deviance"] = fit.criterion
     out["residual"] = {k: (v if isinstance(v, str) else _num(v)) for k, v in fit.residual_params().items()}
+    out["df"] = _satterthwaite(fit)
+    out["vc_se"] = _vc_se(fit)
     return out
+
+
+def _satterthwaite(fit: LMMFit) -> dict[str, float | None]:
+    from ._inference import satterthwaite_df
+
+    _, _, df, names = satterthwaite_df(fit)
+    return {k: _num(v) for k, v in zip(names, df)}
+
+
+def _vc_se(fit: LMMFit) -> list[dict[str, Any]] | None:
+    """Rows of ``fit.vc_se()``; None where it is not available (serial processes, very large Q)."""
+    from .._errors import DataError
+
+    if fit.spec.residual is not None:
+        return None
+    try:
+        se = fit.vc_se()
+    except DataError:
+        return None
+    return [{"grp": r.grp, "var1": _name(r.var1), "var2": _name(r.var2), "se_vcov": _num(r.se_vcov),
+             "se_sdcor": _num(r.se_sdcor), "unreliable": bool(r.unreliable)} for r in se.itertuples(index=False)]

@@ -1,0 +1,164 @@
+"""Expected information of the covariance parameters and their standard errors.
+
+Parameters ``psi``: for each term the entries of ``D_k`` (variances, then covariances, in
+``varcorr()`` row order), then the residual variance ``sigma^2``. With
+``V = Z D Z' + sigma^2 I`` and ``A_j = dV/dpsi_j``::
+
+    ML:   I_jk = 1/2 tr(V^-1 A_j V^-1 A_k)
+    REML: I_jk = 1/2 tr(P A_j P A_k),   P = V^-1 - V^-1 X (X'V^-1 X)^-1 X'V^-1
+
+``A_j = Z_k (I (x) S_j) Z_k'`` for an entry of ``D_k`` (``S_j`` the symmetric 0/1 pattern) and
+``I`` for ``sigma^2``, so every trace reduces to ``G = Z'PZ`` and ``H = Z'P^2 Z`` (``Q x Q``) and
+``tr(P^2)``. They are formed from the cross-products ``Z'Z``, ``Z'X``, ``X'X`` through
+``V^-1 = sigma^-2 (I - Z K Z')``, ``K = Lambda (Lambda'Z'Z Lambda + I)^-1 Lambda'``: no ``n x n``
+matrix, ``O(Q^3)`` work for ``Q`` random effects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .._errors import DataError
+
+if TYPE_CHECKING:
+    from ._fit import LMMFit
+
+
+def _patterns(q: int) -> list[tuple[int, int]]:
+    """Entries of a ``q x q`` covariance in varcorr order: variances, then covariances by column."""
+    return [(i, i) for i in range(q)] + [(i, j) for j in range(q) for i in range(j + 1, q)]
+
+
+def _sym(q: int, a: int, b: int) -> np.ndarray:
+    S = np.zeros((q, q))
+    S[a, b] = S[b, a] = 1.0
+    return S
+
+
+#: Largest number of random effects for the dense ``Q x Q`` information computation.
+MAX_Q = 5000
+
+
+def _cross_products(fit: LMMFit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense ``Z'Z``, ``Z'X`` and ``X'X`` assembled from the fit's cross-product blocks (no rows)."""
+    cp = fit.objective.blocks
+    p = cp.p
+    l1, q1, _ = cp.A11.shape
+    Q1 = l1 * q1
+    Q = Q1 + cp.Qr
+    A = np.zeros((Q, Q))
+    idx = np.arange(Q1).reshape(l1, q1)
+    A[idx[:, :, None], idx[:, None, :]] = cp.A11
+    B = np.zeros((Q, p))
+    B[:Q1] = cp.B1[:, :, :p].reshape(Q1, p)
+    if cp.C is not None:
+        C = cp.C.toarray()
+        A[Q1:, :Q1] = C
+        A[:Q1, Q1:] = C.T
+        A[Q1:, Q1:] = cp.D
+        B[Q1:] = cp.E[:, :p]
+    return A, B, cp.F[:p, :p]
+
+
+def expected_information(fit: LMMFit) -> tuple[np.ndarray, list[str]]:
+    """``(k, k)`` expected information of ``psi`` (REML or ML, as the fit) and the names of ``psi``."""
+    spec = fit.spec
+    s2 = fit.sigma2
+    A, B, Cx = _cross_products(fit)
+    n = spec.n
+    Lam = np.zeros_like(A)
+    i0 = 0
+    for t, T in zip(spec.terms, fit._factor.Ts):
+        Lam[i0 : i0 + t.ncols, i0 : i0 + t.ncols] = np.kron(np.eye(t.nlevels), T)
+        i0 += t.ncols
+    M = Lam.T @ A @ Lam + np.eye(A.shape[0])
+    K = Lam @ np.linalg.solve(M, Lam.T)
+    KA, KB = K @ A, K @ B
+    # blocks of V^-1, V^-2 and V^-3 against Z and X (times sigma^2, sigma^4, sigma^6)
+    ZV1Z = A - A @ KA
+    ZV1X = B - A @ KB
+    XV1X = Cx - B.T @ KB
+    ZV2Z = A - 2 * A @ KA + A @ KA @ KA
+    ZV2X = B - 2 * A @ KB + A @ KA @ KB
+    XV2X = Cx - 2 * B.T @ KB + B.T @ KA @ KB
+    XV3X = Cx - 3 * B.T @ KB + 3 * B.T @ KA @ KB - B.T @ KA @ KA @ KB
+    trV1 = n - np.trace(KA)
+    trV2 = n - 2 * np.trace(KA) + np.trace(KA @ KA)
+    G, H, trP2 = ZV1Z / s2, ZV2Z / s2**2, trV2 / s2**2
+    if fit.reml:
+        C = np.linalg.inv(XV1X / s2)
+        U1 = ZV1X / s2  # Z'V^-1 X
+        U2 = ZV2X / s2**2  # Z'V^-2 X
+        G = G - U1 @ C @ U1.T
+        H = H - U2 @ C @ U1.T - U1 @ C @ U2.T + U1 @ C @ (XV2X / s2**2) @ C @ U1.T
+        trP2 = trP2 - 2 * np.trace(C @ XV3X / s2**3) + np.trace(C @ (XV2X / s2**2) @ C @ (XV2X / s2**2))
+    del trV1
+    # psi entries: (term index, slice of the term in Q, pattern matrix)
+    entries, names, offsets = [], [], []
+    i0 = 0
+    for k, t in enumerate(spec.terms):
+        offsets.append(i0)
+        for a, b in _patterns(t.q):
+            entries.append((k, _sym(t.q, a, b)))
+            names.append(f"{t.name}|{t.coef_names[b]}" + ("" if a == b else f"|{t.coef_names[a]}"))
+        i0 += t.ncols
+    m = len(entries)
+    info = np.zeros((m + 1, m + 1))
+    blocks = {}
+    for k, t in enumerate(spec.terms):
+        for j, u in enumerate(spec.terms):
+            Gkj = G[offsets[k] : offsets[k] + t.ncols, offsets[j] : offsets[j] + u.ncols]
+            G4 = Gkj.reshape(t.nlevels, t.q, u.nlevels, u.q)
+            blocks[k, j] = np.einsum("iyju,ixjv->yuxv", G4, G4)  # sums over level pairs
+    for r, (k, Sr) in enumerate(entries):
+        for c, (j, Sc) in enumerate(entries):
+            info[r, c] = 0.5 * np.einsum("xy,uv,yuxv->", Sr, Sc, blocks[k, j])
+        t = spec.terms[k]
+        Hkk = H[offsets[k] : offsets[k] + t.ncols, offsets[k] : offsets[k] + t.ncols].reshape(t.nlevels, t.q,
+                                                                                               t.nlevels, t.q)
+        diag = np.einsum("iyix->yx", Hkk)
+        info[r, m] = info[m, r] = 0.5 * np.sum(Sr * diag)
+    info[m, m] = 0.5 * trP2
+    return info, names + ["Residual"]
+
+
+def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
+    """Standard errors of the variance components, their sds and correlations (``varcorr()`` rows).
+
+    SEs of variances and covariances from the inverse expected information; of standard
+    deviations and correlations by the delta method. ``unreliable`` marks rows of a fit on
+    the boundary (a variance near 0 or a correlation near +-1), where the Wald theory fails.
+    """
+    if sum(t.ncols for t in fit.spec.terms) > MAX_Q:
+        raise DataError(f"more than {MAX_Q} random effects: the dense expected information is not computed; "
+                        "use a parametric bootstrap (bayeslmm.bootstrap) for the variance components")
+    info, _ = expected_information(fit)
+    cov = np.linalg.pinv(info)
+    vc = fit.varcorr().copy()
+    var_idx = {}  # (grp, name) -> psi index of that variance
+    for i, r in enumerate(vc.itertuples(index=False)):
+        if r.var2 is None:
+            var_idx[(r.grp, r.var1)] = i
+    se_v, se_s, flag = [], [], []
+    for i, r in enumerate(vc.itertuples(index=False)):
+        se = float(np.sqrt(max(cov[i, i], 0.0)))
+        se_v.append(se)
+        if r.var2 is None:  # a variance: sd = sqrt(var)
+            se_s.append(se / (2 * r.sdcor) if r.sdcor > 0 else np.nan)
+            flag.append(bool(fit.singular or r.sdcor < 1e-4 * max(np.sqrt(fit.sigma2), 1e-300)))
+        else:  # a covariance: corr = cov / (sd_a sd_b)
+            a, b = var_idx[(r.grp, r.var1)], var_idx[(r.grp, r.var2)]
+            va, vb = vc.vcov[a], vc.vcov[b]
+            g = np.zeros(len(vc))
+            g[i] = 1 / np.sqrt(va * vb)
+            g[a] = -r.sdcor / (2 * va)
+            g[b] = -r.sdcor / (2 * vb)
+            se_s.append(float(np.sqrt(max(g @ cov @ g, 0.0))))
+            flag.append(bool(fit.singular or abs(r.sdcor) > 0.99))
+    vc["se_vcov"] = se_v
+    vc["se_sdcor"] = se_s
+    vc["unreliable"] = flag
+    return vc
