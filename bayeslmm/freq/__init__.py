@@ -7,5 +7,7 @@ from ._lrt import LRTResult, fit_model, lrt
 from ._objective import Objective, criterion_from_factor
 from ._optimize import OptimizerRecord, minimize_bobyqa
 
-__all__ = ["BootstrapResult", "LMMFit", "LRTResult", "LinearFit", "Objective", "bootstrap", "fit_model", "lm", "lrt", "OptimizerRecord", "criterion_from_factor", "fit_spec", "lmm",
-           "minimize_bobyqa"]
+__all__ = [
+    "BootstrapResult", "LMMFit", "LRTResult", "LinearFit", "Objective", "OptimizerRecord", "bootstrap",
+    "criterion_from_factor", "fit_model", "fit_spec", "lm", "lmm", "lrt", "minimize_bobyqa",
+]
