@@ -154,3 +154,22 @@ def test_boundary_corrected_test_holds_its_size() -> None:
     assert 0.025 <= rej_bar / reps <= 0.08
     assert rej_naive / reps < rej_bar / reps and rej_naive / reps <= 0.035
     del scipy.linalg
+
+
+@pytest.mark.parametrize("case", ["pig_reml", "pig_ml", "dyestuff_reml", "sleep_uncorr_ml"])
+def test_profile_intervals_match_lme4(case: str) -> None:
+    """lme4's confint(method = "profile"): interval ends to 1e-3 relative (lme4 interpolates its profile)."""
+    import json
+    from pathlib import Path
+
+    ref = json.loads((Path(__file__).parent / "reference" / "profile_reference.json").read_text())[case]
+    fit = bayeslmm.lmm(ref["formula"], bayeslmm.datasets.load(ref["data"]), method=ref["method"])
+    ci = fit.confint().loc[ref["names"]]
+    np.testing.assert_allclose(ci.iloc[:, 1], ref["lower"], rtol=1e-3)
+    np.testing.assert_allclose(ci.iloc[:, 2], ref["upper"], rtol=1e-3)
+
+
+def test_wald_intervals(sleep) -> None:
+    fit = bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", sleep)
+    ci = fit.confint(method="wald")
+    assert ci.loc["Days"].iloc[1] == pytest.approx(fit.fixef["Days"] - 1.959964 * fit.se["Days"], rel=1e-6)

@@ -396,6 +396,12 @@ class LMMFit:
 
         return vc_standard_errors(self)
 
+    def confint(self, level: float = 0.95, method: str = "profile") -> pd.DataFrame:
+        """Profile-likelihood (or Wald) intervals; see :func:`bayeslmm.freq._profile.confint`."""
+        from ._profile import confint
+
+        return confint(self, level=level, method=method)
+
     def satterthwaite(self, L: Any = None) -> pd.DataFrame:
         """t tests of fixed effects or contrasts with Satterthwaite's df (lmerTest's method).
 
