@@ -290,3 +290,46 @@ def test_ou_with_100k_subjects() -> None:
     assert rp["rho"] == pytest.approx(0.7, abs=0.01)
     assert rp["process_var"] == pytest.approx(1.5, rel=0.03)
     assert rp["nugget"] == pytest.approx(0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("residual", ["ou(t | id)", "ar1(t | id)"])
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_serial_expected_information_equals_the_dense_trace_formula(residual: str, method: str) -> None:
+    from bayeslmm.freq._information import expected_information_serial
+
+    df = irregular_frame(11, m=15)
+    fit = bayeslmm.lmm("y ~ t + (1 | id)", df, residual=residual, method=method)
+    info, names = expected_information_serial(fit)
+    spec, res = fit.spec, fit.spec.residual
+    rp = fit.residual_params()
+    n = spec.n
+    same = res.codes[:, None] == res.codes[None, :]
+    if res.kind == "ou":
+        lag = np.abs(res.t[:, None] - res.t[None, :])
+    else:
+        rank = np.empty(n)
+        for g in range(len(res.levels)):
+            idx = np.flatnonzero(res.codes == g)
+            rank[idx[np.argsort(res.t[idx], kind="stable")]] = np.arange(idx.size)
+        lag = np.abs(rank[:, None] - rank[None, :])
+    decay = rp["rho"] if res.kind == "ou" else rp["phi"]
+    R = np.where(same, decay**lag, 0.0)
+    with np.errstate(divide="ignore"):
+        dR = np.where(same & (lag > 0), lag * decay ** (lag - 1), 0.0)  # d rho^lag / d rho
+    J = same.astype(float)  # random intercept: Z S Z'
+    tau2 = fit.cov_matrices()["id"][0, 0]
+    if res.kind == "ou":
+        V = tau2 * J + rp["process_var"] * R + rp["nugget"] * np.eye(n)
+        dV = [J, R, rp["process_var"] * dR, np.eye(n)]
+    else:
+        V = tau2 * J + rp["sigma2"] * R
+        dV = [J, rp["sigma2"] * dR, R]
+    Vi = np.linalg.inv(V)
+    X = spec.X
+    P = Vi - Vi @ X @ np.linalg.solve(X.T @ Vi @ X, X.T @ Vi) if method == "REML" else Vi
+    dense = np.array([[0.5 * np.trace(P @ a @ P @ b) for b in dV] for a in dV])
+    np.testing.assert_allclose(info, dense, rtol=1e-8, atol=1e-10)
+    se = fit.vc_se()
+    assert list(se.grp) == ["id", "Residual", "process", *(["process"] if res.kind == "ou" else [])]
+    assert (se.se_vcov > 0).all()
+    assert fit.to_dict()["vc_se"] is not None

@@ -16,7 +16,7 @@ matrix, ``O(Q^3)`` work for ``Q`` random effects.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -129,15 +129,29 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
     """Standard errors of the variance components, their sds and correlations (``varcorr()`` rows).
 
     SEs of variances and covariances from the inverse expected information; of standard
-    deviations and correlations by the delta method. ``unreliable`` marks rows of a fit on
+    deviations and correlations by the delta method. For serial-process models the
+    "Residual" row is the nugget (``ou``) or the AR(1) variance, and rows with ``grp`` =
+    "process" add ``process_var`` and ``rho`` (``ou``) or ``phi`` (``ar1``). ``unreliable`` marks rows of a fit on
     the boundary (a variance near 0 or a correlation near +-1), where the Wald theory fails.
     """
-    if sum(t.ncols for t in fit.spec.terms) > MAX_Q:
-        raise DataError(f"more than {MAX_Q} random effects: the dense expected information is not computed; "
-                        "use a parametric bootstrap (bayeslmm.bootstrap) for the variance components")
-    info, _ = expected_information(fit)
-    cov = np.linalg.pinv(info)
     vc = fit.varcorr().copy()
+    if fit.spec.residual is not None:
+        info, names = expected_information_serial(fit)
+        rp = fit.residual_params()
+        nterm = len(vc) - 1
+        resid = "nugget" if rp["kind"] == "ou" else "sigma2"
+        extra = ["process_var", "rho"] if rp["kind"] == "ou" else ["phi"]
+        order = list(range(nterm)) + [names.index(resid)] + [names.index(e) for e in extra]
+        cov = np.linalg.pinv(info)[np.ix_(order, order)]
+        vc = pd.concat([vc, pd.DataFrame({"grp": "process", "var1": extra, "var2": None,
+                                          "vcov": [rp[e] for e in extra], "sdcor": np.nan})], ignore_index=True)
+        vc["var2"] = vc["var2"].astype(object).where(vc["var2"].notna(), None)
+    else:
+        if sum(t.ncols for t in fit.spec.terms) > MAX_Q:
+            raise DataError(f"more than {MAX_Q} random effects: the dense expected information is not computed; "
+                            "use a parametric bootstrap (bayeslmm.bootstrap) for the variance components")
+        info, _ = expected_information(fit)
+        cov = np.linalg.pinv(info)
     var_idx = {}  # (grp, name) -> psi index of that variance
     for i, r in enumerate(vc.itertuples(index=False)):
         if r.var2 is None:
@@ -146,7 +160,10 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
     for i, r in enumerate(vc.itertuples(index=False)):
         se = float(np.sqrt(max(cov[i, i], 0.0)))
         se_v.append(se)
-        if r.var2 is None:  # a variance: sd = sqrt(var)
+        if r.grp == "process":  # rho, phi, process_var: no sd/correlation scale
+            se_s.append(np.nan)
+            flag.append(bool(fit.singular))
+        elif r.var2 is None:  # a variance: sd = sqrt(var)
             se_s.append(se / (2 * r.sdcor) if r.sdcor > 0 else np.nan)
             flag.append(bool(fit.singular or r.sdcor < 1e-4 * max(np.sqrt(fit.sigma2), 1e-300)))
         else:  # a covariance: corr = cov / (sd_a sd_b)
@@ -162,3 +179,85 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
     vc["se_sdcor"] = se_s
     vc["unreliable"] = flag
     return vc
+
+
+#: Largest group size for the per-group (padded dense) information of serial-process models.
+MAX_GROUP = 200
+
+
+def expected_information_serial(fit: Any) -> tuple[np.ndarray, list[str]]:
+    """Expected information of a serial-process fit, group by group (``V`` is block diagonal).
+
+    ``psi``: the entries of each ``D_k`` (as :func:`expected_information`), then
+    ``process_var, rho, nugget`` (``ou``) or ``phi, sigma2`` (``ar1``). With per-group
+    ``V_i`` (groups padded to the largest size) and ``Y_j = V_i^-1 dV_i/dpsi_j``::
+
+        tr(V^-1 A_j V^-1 A_l) = sum_i tr(Y_j Y_l)
+        REML: - 2 tr(C N_jl) + tr(C M_j C M_l),  M_j = sum_i X_i'Y_j V_i^-1 X_i,
+              N_jl = sum_i X_i'Y_j Y_l V_i^-1 X_i,  C = (X'V^-1 X)^-1
+    """
+    spec, res = fit.spec, fit.spec.residual
+    sizes = np.bincount(res.codes, minlength=len(res.levels))
+    nmax = int(sizes.max())
+    if nmax > MAX_GROUP:
+        raise DataError(f"groups of up to {nmax} observations: the per-group information is computed for groups "
+                        f"of at most {MAX_GROUP}; use a parametric bootstrap (bayeslmm.bootstrap)")
+    G = sizes.size
+    order = np.lexsort((np.arange(spec.n), res.t, res.codes))
+    starts = np.cumsum(sizes) - sizes
+    pos = np.arange(spec.n) - np.repeat(starts, sizes)
+    idx = np.full((G, nmax), -1)
+    idx[res.codes[order], pos] = order
+    mask = idx >= 0
+    safe = np.where(mask, idx, 0)
+    mm = (mask[:, :, None] & mask[:, None, :]).astype(float)
+    t = np.where(mask, res.t[safe], 0.0)
+    lag = np.abs(t[:, :, None] - t[:, None, :]) if res.kind == "ou" else np.abs(pos_grid(nmax))[None]
+    Zs = [np.where(mask[:, :, None], tm.Zraw[safe], 0.0) for tm in spec.terms]
+    X = np.where(mask[:, :, None], spec.X[safe], 0.0)
+    s2 = fit.scale2
+    rp = fit.residual_params()
+    dV, names = [], []
+    V = np.zeros((G, nmax, nmax))
+    for tm, Zk, T in zip(spec.terms, Zs, fit._Ts):
+        D = s2 * (T @ T.T)
+        V += Zk @ D @ np.swapaxes(Zk, 1, 2)
+        for a, b in _patterns(tm.q):
+            S = _sym(tm.q, a, b)
+            dV.append(Zk @ S @ np.swapaxes(Zk, 1, 2))
+            names.append(f"{tm.name}|{tm.coef_names[b]}" + ("" if a == b else f"|{tm.coef_names[a]}"))
+    eye = np.broadcast_to(np.eye(nmax), (G, nmax, nmax))
+    if res.kind == "ou":
+        R = np.power(rp["rho"], lag) * mm
+        V += rp["process_var"] * R + rp["nugget"] * eye * mm
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dR = np.where(lag > 0, lag * np.power(rp["rho"], lag - 1), 0.0) * mm
+        dV += [R, rp["process_var"] * dR, eye * mm]
+        names += ["process_var", "rho", "nugget"]
+    else:
+        R = np.power(rp["phi"], lag) * mm
+        V += rp["sigma2"] * R
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dR = np.where(lag > 0, lag * np.power(rp["phi"], lag - 1), 0.0) * mm
+        dV += [rp["sigma2"] * dR, R]
+        names += ["phi", "sigma2"]
+    V += eye * (1 - mm)  # padding: identity, uncorrelated with the data, zero derivatives
+    Vi = np.linalg.inv(V)
+    Y = [Vi @ A for A in dV]
+    k = len(Y)
+    info = np.array([[np.einsum("gab,gba->", Y[j], Y[m]) for m in range(k)] for j in range(k)])
+    if fit.reml:
+        ViX = Vi @ X
+        C = np.linalg.inv(np.einsum("gap,gaq->pq", X, ViX))
+        M = [np.einsum("gap,gab,gbq->pq", X, Yj, ViX) for Yj in Y]
+        for j in range(k):
+            for m in range(k):
+                N = np.einsum("gap,gab,gbc,gcq->pq", X, Y[j], Y[m], ViX)
+                info[j, m] += -2 * np.trace(C @ N) + np.trace(C @ M[j] @ C @ M[m])
+    return 0.5 * info, names
+
+
+def pos_grid(n: int) -> np.ndarray:
+    """``(n, n)`` differences of observation positions ``j - k`` (AR(1) lags)."""
+    r = np.arange(n, dtype=float)
+    return r[:, None] - r[None, :]

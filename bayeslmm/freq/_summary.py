@@ -242,11 +242,9 @@ def _satterthwaite(fit: LMMFit) -> dict[str, float | None]:
 
 
 def _vc_se(fit: LMMFit) -> list[dict[str, Any]] | None:
-    """Rows of ``fit.vc_se()``; None where it is not available (serial processes, very large Q)."""
+    """Rows of ``fit.vc_se()``; None where it is not available (too many random effects, large groups)."""
     from .._errors import DataError
 
-    if fit.spec.residual is not None:
-        return None
     try:
         se = fit.vc_se()
     except DataError:
