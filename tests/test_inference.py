@@ -73,7 +73,8 @@ def test_expected_information_equals_the_observed_one_on_balanced_designs(data, 
 def test_vc_standard_errors_and_delta_method(sleep) -> None:
     fit = bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", sleep)
     se = vc_standard_errors(fit)
-    assert list(se.columns[-3:]) == ["se_vcov", "se_sdcor", "unreliable"]
+    assert list(se.columns[-5:]) == ["se_vcov", "se_sdcor", "wald_lower", "wald_upper", "unreliable"]
+    assert se.wald_lower.iloc[0] == pytest.approx(se.sdcor.iloc[0] - 1.959964 * se.se_sdcor.iloc[0], rel=1e-6)
     assert (se.se_vcov > 0).all() and not se.unreliable.any()
     v = se.iloc[0]
     assert v.se_sdcor == pytest.approx(v.se_vcov / (2 * v.sdcor))
@@ -156,7 +157,7 @@ def test_boundary_corrected_test_holds_its_size() -> None:
     del scipy.linalg
 
 
-@pytest.mark.parametrize("case", ["pig_reml", "pig_ml", "dyestuff_reml", "sleep_uncorr_ml"])
+@pytest.mark.parametrize("case", ["pig_reml", "pig_ml", "dyestuff_reml", "sleep_uncorr_ml", "sleep_corr_ml"])
 def test_profile_intervals_match_lme4(case: str) -> None:
     """lme4's confint(method = "profile"): interval ends to 1e-3 relative (lme4 interpolates its profile)."""
     import json

@@ -131,7 +131,9 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
     SEs of variances and covariances from the inverse expected information; of standard
     deviations and correlations by the delta method. For serial-process models the
     "Residual" row is the nugget (``ou``) or the AR(1) variance, and rows with ``grp`` =
-    "process" add ``process_var`` and ``rho`` (``ou``) or ``phi`` (``ar1``). ``unreliable`` marks rows of a fit on
+    "process" add ``process_var`` and ``rho`` (``ou``) or ``phi`` (``ar1``). ``wald_lower`` and
+    ``wald_upper`` are 95% Wald limits on the sd/correlation scale (the value itself for
+    process rows); :meth:`LMMFit.confint` gives profile intervals, better near a boundary. ``unreliable`` marks rows of a fit on
     the boundary (a variance near 0 or a correlation near +-1), where the Wald theory fails.
     """
     vc = fit.varcorr().copy()
@@ -177,6 +179,12 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
             flag.append(bool(fit.singular or abs(r.sdcor) > 0.99))
     vc["se_vcov"] = se_v
     vc["se_sdcor"] = se_s
+    # 95% Wald intervals on the sd/correlation scale (on the value itself for process rows)
+    z = 1.959963984540054
+    centre = np.where(vc.grp == "process", vc.vcov, vc.sdcor)
+    half = z * np.where(vc.grp == "process", vc.se_vcov, vc.se_sdcor)
+    vc["wald_lower"] = centre - half
+    vc["wald_upper"] = centre + half
     vc["unreliable"] = flag
     return vc
 

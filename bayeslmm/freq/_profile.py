@@ -4,8 +4,10 @@ For a parameter ``phi`` the profile deviance ``d(phi)`` is the criterion minimis
 other parameters with ``phi`` held fixed; the interval is ``{phi: d(phi) - d(phi_hat) <=
 chi2_1(level)}``, its ends found by root finding on each side.
 
-* standard deviations of scalar random-effect terms (lme4's ``.sig``, with
-  ``sigma_k = sigma * theta_k`` held fixed) and the residual sd (``.sigma``);
+* standard deviations and correlations of every random-effect term (lme4's ``.sig01``, ...,
+  in its order: per term the first sd, its correlations, the next sd, ...) and the residual sd
+  (``.sigma``), each profiled over all the others in the sd/correlation parameterisation
+  ``T_k = diag(sd_k / sigma) chol(C_k)``;
 * fixed effects, with the coefficient held fixed as an offset.
 
 As lme4 does, every profile is of the ML deviance, also for a REML fit (which is refitted
@@ -34,26 +36,70 @@ def _minimise(fun: Any, x0: np.ndarray, lower: np.ndarray) -> float:
     return minimize_bobyqa(fun, lower, x0, check=False).criterion
 
 
-def _sd_profile(fit: LMMFit, k: int | None) -> Any:
-    """``d(s)`` for the sd of scalar term ``k`` (theta index), or of the residual when ``k`` is None."""
-    theta0 = np.asarray(fit.theta, dtype=float)
-    lower = fit.spec.theta_lower()
-    free = [i for i in range(theta0.size) if i != k]
+def _sdcor_layout(fit: LMMFit) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """``omega`` = per term its sds then correlations (lme4's ``.sig`` order), then sigma; names; bounds."""
+    vals, names, lo, hi = [], [], [], []
+    for t, D in zip(fit.spec.terms, fit.cov_matrices().values()):
+        sd = np.sqrt(np.diag(D))
+        # lme4 order within a term: sd_1, cor_21, cor_31, ..., sd_2, cor_32, ...
+        for j in range(t.q):
+            vals.append(sd[j])
+            names.append(f"sd_{t.coef_names[j]}|{t.name}")
+            lo.append(0.0)
+            hi.append(np.inf)
+            for i in range(j + 1, t.q):
+                c = D[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0
+                vals.append(c)
+                names.append(f"cor_{t.coef_names[i]}.{t.coef_names[j]}|{t.name}")
+                lo.append(-1.0)
+                hi.append(1.0)
+    vals.append(fit.sigma)
+    names.append("sigma")
+    lo.append(0.0)
+    hi.append(np.inf)
+    return np.array(vals), names, np.array(lo), np.array(hi)
 
-    def prof(s: float) -> float:
-        if k is None:  # sigma fixed at s, theta free
-            return _minimise(lambda th: fit.deviance_varpar(np.r_[th, s]), theta0, lower)
 
-        def dev(x: np.ndarray) -> float:  # x = (other thetas, sigma)
-            sigma = x[-1]
-            if sigma <= 0:
-                return np.inf
-            th = np.empty_like(theta0)
-            th[free] = x[:-1]
-            th[k] = s / sigma
-            return fit.deviance_varpar(np.r_[th, sigma])
+def _omega_to_varpar(fit: LMMFit, omega: np.ndarray) -> np.ndarray | None:
+    """``(theta, sigma)`` from sds and correlations (``T_k = diag(sd/sigma) chol(C_k)``); None if invalid."""
+    sigma = omega[-1]
+    if sigma <= 0:
+        return None
+    theta, i = [], 0
+    for t in fit.spec.terms:
+        sd = np.zeros(t.q)
+        C = np.eye(t.q)
+        for j in range(t.q):
+            sd[j] = omega[i]
+            i += 1
+            for r in range(j + 1, t.q):
+                C[r, j] = C[j, r] = omega[i]
+                i += 1
+        try:
+            T = (sd / sigma)[:, None] * np.linalg.cholesky(C)
+        except np.linalg.LinAlgError:
+            return None
+        theta.extend(T[j:, j] for j in range(t.q))
+    return np.r_[np.concatenate(theta) if theta else np.zeros(0), sigma]
 
-        return _minimise(dev, np.r_[theta0[free], fit.sigma], np.r_[lower[free], 0.0])
+
+def _vc_profile(fit: LMMFit, c: int) -> Any:
+    """``d(v)``: the deviance minimised over all other sds/correlations/sigma with ``omega_c = v``."""
+    omega0, _, lo, hi = _sdcor_layout(fit)
+    free = [i for i in range(omega0.size) if i != c]
+
+    def prof(v: float) -> float:
+        def dev(x: np.ndarray) -> float:
+            om = omega0.copy()
+            om[free] = x
+            om[c] = v
+            vp = _omega_to_varpar(fit, om)
+            return np.inf if vp is None else fit.deviance_varpar(vp)
+
+        from ._optimize import minimize_bobyqa
+
+        x0 = np.clip(omega0[free], lo[free] + 1e-6 * (hi[free] - lo[free] < np.inf), hi[free] - 1e-6)
+        return minimize_bobyqa(dev, lo[free], x0, upper=hi[free], check=False).criterion
 
     return prof
 
@@ -74,17 +120,17 @@ def _fixef_profile(fit: LMMFit, j: int) -> Any:
     return prof
 
 
-def _root(f: Any, a: float, step: float, target: float, sign: int, floor: float | None) -> float:
-    """Where ``f`` crosses ``target`` moving from ``a`` in direction ``sign`` (``floor``: a bound)."""
+def _root(f: Any, a: float, step: float, target: float, sign: int, bound: float) -> float:
+    """Where ``f`` crosses ``target`` moving from ``a`` in direction ``sign`` (up to ``bound``)."""
     import scipy.optimize
 
     lo, x = a, a
     for _ in range(60):
         x = lo + sign * step
-        if floor is not None and sign < 0 and x <= floor:
-            x = floor
+        if (x - bound) * sign >= 0:
+            x = bound
             if f(x) <= target:
-                return floor  # the interval reaches the boundary
+                return bound  # the interval reaches the boundary of the parameter space
             break
         if f(x) > target:
             break
@@ -95,7 +141,7 @@ def _root(f: Any, a: float, step: float, target: float, sign: int, floor: float 
 
 
 def confint(fit: LMMFit, level: float = 0.95, method: str = "profile") -> pd.DataFrame:
-    """Confidence intervals for the sds of scalar random-effect terms, the residual sd and the fixed effects.
+    """Confidence intervals for the random-effect sds and correlations, the residual sd and the fixed effects.
 
     Parameters
     ----------
@@ -106,8 +152,9 @@ def confint(fit: LMMFit, level: float = 0.95, method: str = "profile") -> pd.Dat
 
     Returns
     -------
-    DataFrame indexed ``sd_(Intercept)|g``, ``sigma`` and the coefficient names, with the ML
-    estimate and the two limits (lme4's ``.sig01``, ``.sigma``, ... in that order).
+    DataFrame indexed ``sd_(Intercept)|g``, ``cor_Days.(Intercept)|g``, ..., ``sigma`` and the
+    coefficient names (lme4's ``.sig01``, ..., ``.sigma``, ... in that order), with the ML
+    estimate and the two limits.
     """
     import scipy.stats
 
@@ -131,20 +178,13 @@ def confint(fit: LMMFit, level: float = 0.95, method: str = "profile") -> pd.Dat
 
         fit = fit_model(fit.spec, "ML")
     base = fit.criterion
-    i = 0
-    for t in fit.spec.terms:
-        if t.q == 1:
-            s_hat = fit.sigma * fit.theta[i]
-            prof = _sd_profile(fit, i)
-            width = max(s_hat, 0.1 * fit.sigma) * 0.1
-            lo = _root(prof, s_hat, width, base + crit, -1, 0.0)
-            hi = _root(prof, s_hat, width, base + crit, +1, None)
-            rows[f"sd_{t.coef_names[0]}|{t.name}"] = (s_hat, lo, hi)
-        i += t.ntheta
-    prof = _sd_profile(fit, None)
-    rows["sigma"] = (fit.sigma, _root(prof, fit.sigma, 0.05 * fit.sigma, base + crit, -1, 0.0),
-                     _root(prof, fit.sigma, 0.05 * fit.sigma, base + crit, +1, None))
+    omega, names, lo, hi = _sdcor_layout(fit)
+    for c, (name, v) in enumerate(zip(names, omega)):
+        prof = _vc_profile(fit, c)
+        step = 0.05 if name.startswith("cor_") else 0.1 * max(v, 0.1 * fit.sigma)
+        rows[name] = (v, _root(prof, v, step, base + crit, -1, lo[c]), _root(prof, v, step, base + crit, +1, hi[c]))
     for j, (name, b, s) in enumerate(zip(fit.spec.fixef_names, fit.fixef, fit.se)):
         prof = _fixef_profile(fit, j)
-        rows[name] = (b, _root(prof, b, 0.5 * s, base + crit, -1, None), _root(prof, b, 0.5 * s, base + crit, +1, None))
+        rows[name] = (b, _root(prof, b, 0.5 * s, base + crit, -1, -np.inf),
+                      _root(prof, b, 0.5 * s, base + crit, +1, np.inf))
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols)

@@ -20,7 +20,9 @@ res <- list(
       c("sd_(Intercept)|id_num", "sigma", "(Intercept)", "num_weeks")),
   one("dyestuff_reml", "dyestuff", "Yield ~ 1 + (1|Batch)", TRUE, c("sd_(Intercept)|Batch", "sigma", "(Intercept)")),
   one("sleep_uncorr_ml", "sleepstudy", "Reaction ~ Days + (Days||Subject)", FALSE,
-      c("sd_(Intercept)|Subject", "sd_Days|Subject.1", "sigma", "(Intercept)", "Days"))
+      c("sd_(Intercept)|Subject", "sd_Days|Subject.1", "sigma", "(Intercept)", "Days")),
+  one("sleep_corr_ml", "sleepstudy", "Reaction ~ Days + (Days|Subject)", FALSE,
+      c("sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", "sd_Days|Subject", "sigma", "(Intercept)", "Days"))
 )
 names(res) <- sapply(res, `[[`, "id")
 write(toJSON(res, auto_unbox = TRUE, digits = NA, pretty = TRUE), "profile_reference.json")
