@@ -133,8 +133,9 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
     "Residual" row is the nugget (``ou``) or the AR(1) variance, and rows with ``grp`` =
     "process" add ``process_var`` and ``rho`` (``ou``) or ``phi`` (``ar1``). ``wald_lower`` and
     ``wald_upper`` are 95% Wald limits on the sd/correlation scale (the value itself for
-    process rows); :meth:`LMMFit.confint` gives profile intervals, better near a boundary. ``unreliable`` marks rows of a fit on
-    the boundary (a variance near 0 or a correlation near +-1), where the Wald theory fails.
+    process rows); :meth:`LMMFit.confint` gives profile intervals, better near a boundary.
+    ``unreliable`` marks rows of a fit on the boundary (a variance near 0 or a correlation
+    near +-1), where the Wald theory fails.
     """
     vc = fit.varcorr().copy()
     if fit.spec.residual is not None:
