@@ -38,8 +38,9 @@ def _sym(q: int, a: int, b: int) -> np.ndarray:
     return S
 
 
-#: Largest number of random effects for the dense ``Q x Q`` information computation.
-MAX_Q = 5000
+#: Largest number of random effects for the dense ``Q x Q`` information computation (about ten
+#: ``Q^3`` products: a few seconds at 1,500; InstEval's 4,114 took half a minute and 1.8 GB).
+MAX_Q = 1500
 
 
 def _cross_products(fit: LMMFit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -230,7 +230,9 @@ def fit_to_dict(fit: LMMFit) -> dict[str, Any]:
     out["reml_criterion" if fit.reml else "deviance"] = fit.criterion
     out["residual"] = {k: (v if isinstance(v, str) else _num(v)) for k, v in fit.residual_params().items()}
     out["df"] = _satterthwaite(fit)
-    out["vc_se"] = _vc_se(fit)
+    out["vc_se"], note = _vc_se(fit)
+    if note:
+        out["vc_se_note"] = note
     return out
 
 
@@ -241,13 +243,13 @@ def _satterthwaite(fit: LMMFit) -> dict[str, float | None]:
     return {k: _num(v) for k, v in zip(names, df)}
 
 
-def _vc_se(fit: LMMFit) -> list[dict[str, Any]] | None:
-    """Rows of ``fit.vc_se()``; None where it is not available (too many random effects, large groups)."""
+def _vc_se(fit: LMMFit) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """Rows of ``fit.vc_se()``, or None and the reason (too many random effects, large groups)."""
     from .._errors import DataError
 
     try:
         se = fit.vc_se()
-    except DataError:
-        return None
+    except DataError as e:
+        return None, str(e)
     return [{"grp": r.grp, "var1": _name(r.var1), "var2": _name(r.var2), "se_vcov": _num(r.se_vcov),
-             "se_sdcor": _num(r.se_sdcor), "unreliable": bool(r.unreliable)} for r in se.itertuples(index=False)]
+             "se_sdcor": _num(r.se_sdcor), "unreliable": bool(r.unreliable)} for r in se.itertuples(index=False)], None
