@@ -89,6 +89,26 @@ def _cmd_lrt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_limit(args: argparse.Namespace) -> int:
+    from ._errors import OptionError
+    from .bayes import reml_limit
+    from .freq import lmm
+
+    try:
+        tvals = [float(v) for v in args.beta_prior_vars.split(",") if v.strip()]
+    except ValueError:
+        raise OptionError(f"--beta-prior-vars must be comma-separated numbers, got {args.beta_prior_vars!r}") from None
+    fit = lmm(args.formula, read_data(args.data), method="REML", residual=args.residual)
+    path = reml_limit(fit, tvals)
+    if args.json:
+        print(to_json(path.to_dict()))
+    else:
+        print("Posterior mode of the variance components, beta ~ N(0, beta_prior_var I) integrated out,")
+        print("flat prior on the variance parameters; the last row is REML:\n")
+        print(path.table().to_string(float_format=lambda v: f"{v:.8g}"))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import datasets
     from .freq import lmm
@@ -105,8 +125,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(shr.head().to_string(float_format=lambda v: f"{v:.4f}"))
     gap = float((shr.factor * shr.mean_resid - shr.blup).abs().max())
     print(f"max |factor x mean residual - BLUP| over all {len(shr)} pigs: {gap:.2e}")
+    from .bayes import reml_limit
+
+    print("\n== REML as a Bayesian limit: beta ~ N(0, beta_prior_var I) integrated out, flat prior on the "
+          "variances ==")
+    print("posterior mode of the variance components as beta_prior_var grows (last row: REML)")
+    print(reml_limit(fit, [1.0, 10.0, 1e3, 1e8]).table().to_string(float_format=lambda v: f"{v:.6g}"))
     print(
-        "\nThe Bayesian side (PyMC posterior beside the REML fit) is not part of this release yet; "
+        "\nPosterior sampling in PyMC beside the REML fit is not part of this release yet."
         f"\ndone in {time.perf_counter() - t0:.2f} s"
     )
     return 0
@@ -139,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="seed of the bootstrap")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_cmd_lrt)
+    lm_ = sub.add_parser("limit", help="the REML limit: posterior modes as the prior variance of beta grows")
+    lm_.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    lm_.add_argument("--formula", "-f", required=True, help="lme4 formula")
+    lm_.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
+    lm_.add_argument("--beta-prior-vars", default="10,1e3,1e8",
+                     help="comma-separated prior variances of the fixed effects (default 10,1e3,1e8)")
+    lm_.add_argument("--json", action="store_true", help="print one JSON object")
+    lm_.set_defaults(func=_cmd_limit)
     d = sub.add_parser("demo", help="the pig-weights example end to end")
     d.set_defaults(func=_cmd_demo)
     return p

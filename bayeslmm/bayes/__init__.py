@@ -1,0 +1,9 @@
+"""The Bayesian path. This module imports no PyMC: the marginalisation module is plain NumPy.
+
+``reml_limit`` shows that with ``beta ~ N(0, beta_prior_var I)`` integrated out, the posterior
+mode of the variance parameters (flat prior) tends to the REML estimate as beta_prior_var grows.
+"""
+
+from ._marginal import LimitPath, log_marginal, neg2_log_marginal, reml_limit
+
+__all__ = ["LimitPath", "log_marginal", "neg2_log_marginal", "reml_limit"]
