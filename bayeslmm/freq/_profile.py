@@ -28,14 +28,6 @@ if TYPE_CHECKING:
     from ._fit import LMMFit
 
 
-def _minimise(fun: Any, x0: np.ndarray, lower: np.ndarray) -> float:
-    from ._optimize import minimize_bobyqa
-
-    if x0.size == 0:
-        return float(fun(x0))
-    return minimize_bobyqa(fun, lower, x0, check=False).criterion
-
-
 def _sdcor_layout(fit: LMMFit) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """``omega`` = per term its sds then correlations (lme4's ``.sig`` order), then sigma; names; bounds."""
     vals, names, lo, hi = [], [], [], []
