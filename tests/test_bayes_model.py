@@ -22,10 +22,15 @@ def test_structure_names_coordinates_and_finite_logp(sleep) -> None:
     assert np.isfinite(m.compile_logp()(m.initial_point()))
 
 
-def test_bad_priors_and_serial_models_are_refused(sleep) -> None:
+def test_bad_priors_and_serial_models_are_refused(sleep, frame) -> None:
     spec = bayeslmm.model_spec("Reaction ~ Days + (1 | Subject)", sleep)
     with pytest.raises(bayeslmm.OptionError, match="positive"):
         build_model(spec, beta_prior_var=-1.0)
+    with pytest.raises(bayeslmm.OptionError, match="unknown parameterisation"):
+        build_model(spec, param="centred")
+    crossed = bayeslmm.model_spec("y ~ x + (1 | a) + (1 | b)", frame)
+    with pytest.raises(bayeslmm.OptionError, match="one grouping factor"):
+        build_model(crossed, param="marginal")
     ser = bayeslmm.model_spec("Reaction ~ Days", sleep, residual="ar1(Days | Subject)")
     with pytest.raises(bayeslmm.OptionError, match="serial"):
         build_model(ser)
@@ -43,3 +48,51 @@ def test_posterior_of_the_pig_model_is_near_reml(pig) -> None:
     assert vc[1] == pytest.approx(fit.varcorr().vcov[1], rel=0.05)
     np.testing.assert_allclose(post["beta"].mean(("chain", "draw")), fit.fixef, rtol=0.01)
     assert idata.log_likelihood["y"].shape[-1] == 432
+
+
+def test_marginal_and_restricted_densities_are_exact(pig) -> None:
+    """The PyMC potentials equal the dense normal density and the marginalisation module's."""
+    import pytensor
+    import scipy.stats
+
+    from bayeslmm.bayes import log_marginal
+
+    spec = bayeslmm.model_spec("weight ~ num_weeks + (1 | id_num)", pig)
+    fit = bayeslmm.lmm("weight ~ num_weeks + (1 | id_num)", pig)
+    sd, sig, beta = 3.0, 2.0, np.array([19.0, 6.0])
+    for param in ("marginal", "restricted"):
+        m = build_model(spec, param=param, beta_prior_var=1e4)
+        ip = m.initial_point()
+        ip["sd_id_num_log__"] = np.array([np.log(sd)])
+        ip["sigma_log__"] = np.array(np.log(sig))
+        if param == "marginal":
+            ip["beta"] = beta
+        [pot] = m.replace_rvs_by_values([m.potentials[0]])
+        val = pytensor.function(m.value_vars, pot, on_unused_input="ignore")(*[ip[v.name] for v in m.value_vars])
+        if param == "marginal":
+            idx = np.argsort(spec.terms[0].codes, kind="stable")
+            V = np.kron(np.eye(48), np.full((9, 9), sd**2)) + sig**2 * np.eye(432)
+            ref = scipy.stats.multivariate_normal(spec.X[idx] @ beta, V).logpdf(spec.y[idx])
+        else:
+            ref = log_marginal(fit, np.r_[sd / sig, sig], 1e4)
+        assert val == pytest.approx(ref, abs=1e-7)
+
+
+def test_the_three_parameterisations_agree(pig) -> None:
+    """Posterior means of the variance components and fixed effects within 4 Monte Carlo SEs."""
+    import arviz as az
+
+    spec = bayeslmm.model_spec("weight ~ num_weeks + (1 | id_num)", pig)
+    res = {}
+    for param in ("conditional", "marginal", "restricted"):
+        idata = bayeslmm.bayes.sample(spec, param=param, draws=1000, tune=1000, chains=2, seed=11,
+                                      beta_prior_var=1e4)
+        post = idata.posterior
+        assert {"beta", "b_id_num", "varcorr", "sigma"} <= set(post.data_vars)
+        assert post["b_id_num"].shape[-2:] == (48, 1)
+        res[param] = {v: (post[v].mean(("chain", "draw")).to_numpy(), az.mcse(post[v]).to_numpy())
+                      for v in ("varcorr", "beta")}
+    for a, b in (("conditional", "marginal"), ("conditional", "restricted"), ("marginal", "restricted")):
+        for v in ("varcorr", "beta"):
+            (ma, sa), (mb, sb) = res[a][v], res[b][v]
+            assert np.all(np.abs(ma - mb) <= 4 * np.hypot(sa, sb)), (a, b, v, ma, mb)

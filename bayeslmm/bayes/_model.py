@@ -43,64 +43,240 @@ def default_priors(spec: ModelSpec) -> dict[str, float]:
     return {"sd_scale": sy, "beta_prior_var": 100.0 * sy * sy}
 
 
-def build_model(spec: ModelSpec, *, beta_prior_var: float | None = None, sd_scale: float | None = None,
-                lkj_eta: float = 2.0) -> Any:
-    """The ``conditional`` PyMC model of ``spec`` (see the module docstring).
+PARAMS = ("conditional", "marginal", "restricted")
+
+
+class GroupBlocks:
+    """Per-level cross-products of a single-grouping-factor model (all terms on one factor).
+
+    ``ZtZ (G, q, q)``, ``ZtX (G, q, p)``, ``Zty (G, q)`` with ``Z_i`` the level's rows of all terms'
+    columns side by side, and the totals ``XtX``, ``Xty``, ``yty``: the marginal and restricted
+    densities need nothing else (no pass over the rows per evaluation).
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from ..linalg._blocks import _by_level
+
+        t0 = spec.terms[0]
+        Z = np.hstack([t.Zraw for t in spec.terms])
+        self.G, self.n, self.p = t0.nlevels, spec.n, spec.p
+        self.ZtZ = _by_level(t0.codes, self.G, Z, Z)
+        self.ZtX = _by_level(t0.codes, self.G, Z, spec.X)
+        self.Zty = _by_level(t0.codes, self.G, Z, spec.y[:, None])[:, :, 0]
+        self.XtX = spec.X.T @ spec.X
+        self.Xty = spec.X.T @ spec.y
+        self.yty = float(spec.y @ spec.y)
+        # per level, for the per-group log-likelihood
+        self.XtX_g = _by_level(t0.codes, self.G, spec.X, spec.X)
+        self.Xty_g = _by_level(t0.codes, self.G, spec.X, spec.y[:, None])[:, :, 0]
+        self.yty_g = np.bincount(t0.codes, weights=spec.y * spec.y, minlength=self.G)
+        self.n_g = np.bincount(t0.codes, minlength=self.G)
+
+
+def _check_single_factor(spec: ModelSpec, param: str) -> None:
+    if not spec.terms:
+        raise OptionError("a PyMC model needs at least one random-effect term")
+    if param != "conditional" and any(t.factors != spec.terms[0].factors for t in spec.terms):
+        raise OptionError(f"the {param!r} parameterisation integrates the random effects out group by group and "
+                          "needs every term on one grouping factor; use param='conditional' for crossed or nested "
+                          "factors")
+
+
+def _woodbury_parts(gb: GroupBlocks, L: Any, sigma: Any) -> tuple[Any, Any]:
+    """``S_i = I + L'Z_i'Z_i L / sigma^2`` per level and ``sum_i log|S_i|``.
+
+    ``V_i = sigma^2 I + Z_i L L' Z_i'``: ``log|V_i| = n_i log sigma^2 + log|S_i|`` and
+    ``V_i^-1 = sigma^-2 (I - Z_i L S_i^-1 L' Z_i' / sigma^2)`` (Woodbury; valid for singular ``L``).
+    """
+    import pytensor.tensor as pt
+
+    q = L.shape[0]
+    S = pt.eye(q) + pt.swapaxes(L, 0, 1) @ pt.as_tensor_variable(gb.ZtZ) @ L / sigma**2  # (G, q, q)
+    return S, pt.sum(pt.log(pt.linalg.det(S)))
+
+
+def _quad(gb: GroupBlocks, L: Any, S: Any, sigma: Any, left: Any, right: Any, total: Any) -> Any:
+    """``sum_i left_i' V_i^-1 right_i`` from per-level ``Z_i'left_i`` (``left``), ``Z_i'right_i`` and the total."""
+    import pytensor.tensor as pt
+
+    Lt = pt.swapaxes(L, 0, 1)
+    a = Lt @ left  # (G, q, k)
+    c = Lt @ right  # (G, q, m)
+    corr = pt.sum(pt.swapaxes(a, 1, 2) @ pt.linalg.solve(S, c), axis=0)
+    return (total - corr / sigma**2) / sigma**2
+
+
+def build_model(spec: ModelSpec, *, param: str = "conditional", beta_prior_var: float | None = None,
+                sd_scale: float | None = None, lkj_eta: float = 2.0) -> Any:
+    """A PyMC model of ``spec`` in one of three parameterisations (see the module docstring).
+
+    * ``conditional``: random effects explicit and non-centred (any iid-error specification);
+    * ``marginal``: random effects integrated out group by group,
+      ``y_i ~ N(X_i beta, Z_i D Z_i' + sigma^2 I)`` (one grouping factor);
+    * ``restricted``: beta integrated out as well, the density of :mod:`._marginal`.
+
+    The priors on ``beta``, the standard deviations, the correlations and ``sigma`` are the
+    same in all three, so their posteriors of the shared parameters agree.
 
     Returns
     -------
-    pymc.Model with variables ``beta`` (dims ``coef``), ``sigma``, per term ``sd_<term>`` and
-    ``z_<term>`` / ``b_<term>`` (dims ``<term>_level``, ``<term>_coef``), ``varcorr`` (dims
-    and the observed ``y`` (dims ``obs``).
+    pymc.Model with ``beta`` (dims ``coef``; not in ``restricted``), ``sigma``, per term
+    ``sd_<term>`` or ``chol_<term>``, ``z_<term>``/``b_<term>`` (``conditional`` only; dims
+    ``<term>_level``, ``<term>_coef``), ``varcorr`` (dims ``component``, labelled
+    ``grp|var1|var2`` as ``varcorr()`` rows) and the likelihood term ``y``.
     """
     import pymc as pm
     import pytensor.tensor as pt
+    from pytensor.tensor.slinalg import block_diag
 
+    if param not in PARAMS:
+        raise OptionError(f"unknown parameterisation {param!r}: use one of {', '.join(PARAMS)}")
     if spec.residual is not None:
         raise OptionError("PyMC models with a serial residual process are not built yet; fit them with lmm()")
+    _check_single_factor(spec, param)
     d = default_priors(spec)
     tau = d["beta_prior_var"] if beta_prior_var is None else float(beta_prior_var)
     s = d["sd_scale"] if sd_scale is None else float(sd_scale)
     if tau <= 0 or s <= 0 or lkj_eta <= 0:
         raise OptionError("beta_prior_var, sd_scale and lkj_eta must be positive")
-    coords: dict[str, Any] = {"coef": list(spec.fixef_names), "obs": np.arange(spec.n),
-                              "component": varcorr_labels(spec)}
+    coords: dict[str, Any] = {"coef": list(spec.fixef_names), "component": varcorr_labels(spec)}
     for t in spec.terms:
         coords[f"{t.name}_level"] = list(t.levels)
         coords[f"{t.name}_coef"] = list(t.coef_names)
     with pm.Model(coords=coords) as model:
-        beta = pm.Normal("beta", 0.0, np.sqrt(tau), dims="coef")
-        mu = pt.as_tensor_variable(spec.X) @ beta
-        vc_parts = []
+        beta = pm.Normal("beta", 0.0, np.sqrt(tau), dims="coef") if param != "restricted" else None
+        Ls, vc_parts = [], []
         for t in spec.terms:
-            lev, cf = f"{t.name}_level", f"{t.name}_coef"
-            z = pm.Normal(f"z_{t.name}", 0.0, 1.0, dims=(lev, cf))
             if t.q == 1:
-                sd = pm.HalfNormal(f"sd_{t.name}", s, dims=cf)
-                L = pt.diag(sd)
-                D = L @ L.T
+                L = pt.diag(pm.HalfNormal(f"sd_{t.name}", s, dims=f"{t.name}_coef"))
             else:
                 L, _, _ = pm.LKJCholeskyCov(f"chol_{t.name}", n=t.q, eta=lkj_eta,
                                             sd_dist=pm.HalfNormal.dist(s, shape=t.q), compute_corr=True)
-                D = L @ L.T
-            b = pm.Deterministic(f"b_{t.name}", z @ L.T, dims=(lev, cf))
-            mu = mu + pt.sum(pt.as_tensor_variable(t.Zraw) * b[t.codes], axis=1)
+            D = L @ L.T
             rows, cols = np.tril_indices(t.q, -1)
             order = np.lexsort((rows, cols))  # covariances by column, as varcorr()
             vc_parts += [pt.diagonal(D), D[rows[order], cols[order]]]
+            Ls.append(L)
         sigma = pm.HalfNormal("sigma", s)
         pm.Deterministic("varcorr", pt.concatenate([*vc_parts, pt.stack([sigma**2])]), dims="component")
-        pm.Normal("y", mu, sigma, observed=spec.y, dims="obs")
+        if param == "conditional":
+            mu = pt.as_tensor_variable(spec.X) @ beta
+            for t, L in zip(spec.terms, Ls):
+                lev, cf = f"{t.name}_level", f"{t.name}_coef"
+                z = pm.Normal(f"z_{t.name}", 0.0, 1.0, dims=(lev, cf))
+                b = pm.Deterministic(f"b_{t.name}", z @ L.T, dims=(lev, cf))
+                mu = mu + pt.sum(pt.as_tensor_variable(t.Zraw) * b[t.codes], axis=1)
+            model.add_coord("obs", np.arange(spec.n))
+            pm.Normal("y", mu, sigma, observed=spec.y, dims="obs")
+            return model
+        gb = GroupBlocks(spec)
+        Dfull_chol = block_diag(*Ls)  # blockdiag(L_k): D = Dfull_chol Dfull_chol'
+        S, logdetS = _woodbury_parts(gb, Dfull_chol, sigma)
+        logdetV = spec.n * pt.log(sigma**2) + logdetS
+        ZtX, Zty = pt.as_tensor_variable(gb.ZtX), pt.as_tensor_variable(gb.Zty)[:, :, None]
+        if param == "marginal":
+            Ztr = Zty - ZtX @ beta[:, None]  # (G, q, 1): Z_i'(y_i - X_i beta)
+            rr = gb.yty - 2 * beta @ gb.Xty + beta @ gb.XtX @ beta
+            quad = _quad(gb, Dfull_chol, S, sigma, Ztr, Ztr, rr)[0, 0]
+            pm.Potential("y", -0.5 * (spec.n * np.log(2 * np.pi) + logdetV + quad))
+            return model
+        A = _quad(gb, Dfull_chol, S, sigma, ZtX, ZtX, gb.XtX)  # X'V^-1 X
+        bvec = _quad(gb, Dfull_chol, S, sigma, ZtX, Zty, gb.Xty[:, None])[:, 0]  # X'V^-1 y
+        yy = _quad(gb, Dfull_chol, S, sigma, Zty, Zty, np.array([[gb.yty]]))[0, 0]  # y'V^-1 y
+        M = A + np.eye(spec.p) / tau
+        logdetM = pt.log(pt.linalg.det(M))
+        neg2 = (spec.n * np.log(2 * np.pi) + logdetV + spec.p * np.log(tau) + logdetM
+                + yy - bvec @ pt.linalg.solve(M, bvec))
+        pm.Potential("y", -0.5 * neg2)
     return model
 
 
-def sample(spec: ModelSpec, *, draws: int = 1000, tune: int = 1000, chains: int = 2, seed: int | None = None,
-           progressbar: bool = False, **priors: Any) -> Any:
-    """Sample the ``conditional`` model; InferenceData with ``log_likelihood`` (pointwise per observation)."""
+def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | None) -> None:
+    """Add ``b_<term>`` (and ``beta`` for ``restricted``) drawn from their exact conditional Gaussians,
+    one draw per posterior draw, and the per-group log-likelihood ``log N(y_i; X_i beta, V_i)``.
+
+    With ``D = L L'`` and ``S_i = I + L'Z_i'Z_i L / sigma^2``: ``b_i | beta, psi, y ~ N(L S_i^-1 L'Z_i'r_i /
+    sigma^2, L S_i^-1 L')``; for ``restricted`` first ``beta | psi, y ~ N(M^-1 X'V^-1 y, M^-1)``,
+    ``M = X'V^-1 X + I / beta_prior_var``.
+    """
+    import xarray as xr
+
+    gb = GroupBlocks(spec)
+    post = idata.posterior
+    vc = post["varcorr"].values
+    C, Dn = vc.shape[:2]
+    vc = vc.reshape(C * Dn, -1)
+    rng = np.random.default_rng(seed)
+    q = gb.ZtZ.shape[1]
+    p = spec.p
+    betas = np.empty((C * Dn, p)) if param == "restricted" else post["beta"].values.reshape(C * Dn, p)
+    bs = np.empty((C * Dn, gb.G, q))
+    ll = np.empty((C * Dn, gb.G))
+    for k in range(C * Dn):
+        D = np.zeros((q, q))
+        i = j = 0
+        for t in spec.terms:
+            Dk = np.zeros((t.q, t.q))
+            Dk[np.diag_indices(t.q)] = vc[k, i : i + t.q]
+            i += t.q
+            for b in range(t.q):
+                for a in range(b + 1, t.q):
+                    Dk[a, b] = Dk[b, a] = vc[k, i]
+                    i += 1
+            D[j : j + t.q, j : j + t.q] = Dk
+            j += t.q
+        s2 = vc[k, -1]
+        w, U = np.linalg.eigh(D)
+        L = U * np.sqrt(np.clip(w, 0, None))  # any square root of D works in Woodbury
+        S = np.eye(q) + L.T @ gb.ZtZ @ L / s2
+        Sinv = np.linalg.inv(S)
+        LtZtX, LtZty = L.T @ gb.ZtX, L.T @ gb.Zty[:, :, None]
+        if param == "restricted":
+            A = (gb.XtX - np.sum(np.swapaxes(LtZtX, 1, 2) @ Sinv @ LtZtX, axis=0) / s2) / s2
+            bv = (gb.Xty - np.sum(np.swapaxes(LtZtX, 1, 2) @ Sinv @ LtZty, axis=0)[:, 0] / s2) / s2
+            Mi = np.linalg.inv(A + np.eye(p) / tau)
+            betas[k] = rng.multivariate_normal(Mi @ bv, (Mi + Mi.T) / 2)
+        beta = betas[k]
+        tvec = (LtZty - LtZtX @ beta[:, None])[:, :, 0]  # L'Z_i'r_i
+        mean = (L @ (Sinv @ tvec[:, :, None]))[:, :, 0] / s2
+        R = np.linalg.cholesky((Sinv + np.swapaxes(Sinv, 1, 2)) / 2)
+        bs[k] = mean + (L @ R @ rng.standard_normal((gb.G, q, 1)))[:, :, 0]
+        rr = gb.yty_g - 2 * gb.Xty_g @ beta + np.einsum("p,gpq,q->g", beta, gb.XtX_g, beta)
+        quad = (rr - np.einsum("gq,gq->g", tvec, (Sinv @ tvec[:, :, None])[:, :, 0]) / s2) / s2
+        ll[k] = -0.5 * (gb.n_g * np.log(2 * np.pi * s2) + np.linalg.slogdet(S)[1] + quad)
+    dims = ("chain", "draw")
+    coords = {"chain": post["chain"].values, "draw": post["draw"].values}
+    if param == "restricted":
+        post["beta"] = xr.DataArray(betas.reshape(C, Dn, p), dims=(*dims, "coef"),
+                                    coords={**coords, "coef": list(spec.fixef_names)})
+    i = 0
+    for t in spec.terms:
+        post[f"b_{t.name}"] = xr.DataArray(
+            bs[:, :, i : i + t.q].reshape(C, Dn, t.nlevels, t.q), dims=(*dims, f"{t.name}_level", f"{t.name}_coef"),
+            coords={**coords, f"{t.name}_level": list(t.levels), f"{t.name}_coef": list(t.coef_names)})
+        i += t.q
+    group = f"{spec.terms[0].group}"
+    idata["log_likelihood"] = xr.Dataset({"y": xr.DataArray(
+        ll.reshape(C, Dn, gb.G), dims=(*dims, group), coords={**coords, group: list(spec.terms[0].levels)})})
+    idata["observed_data"] = xr.Dataset({"y": xr.DataArray(spec.y, dims=("obs",))})
+
+
+def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tune: int = 1000, chains: int = 2,
+           seed: int | None = None, progressbar: bool = False, **priors: Any) -> Any:
+    """Sample a model of ``spec``; the same InferenceData layout for all three parameterisations.
+
+    The posterior holds ``beta``, ``b_<term>``, ``varcorr``, ``sigma`` and the sd/LKJ variables;
+    ``log_likelihood`` is pointwise per observation for ``conditional`` and per group
+    (``log N(y_i; X_i beta, V_i)``) for ``marginal`` and ``restricted``.
+    """
     import pymc as pm
 
-    model = build_model(spec, **priors)
+    model = build_model(spec, param=param, **priors)
     with model:
         idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=progressbar)
-        pm.compute_log_likelihood(idata, progressbar=False)
+        if param == "conditional":
+            pm.compute_log_likelihood(idata, progressbar=False)
+    if param != "conditional":
+        tau = priors.get("beta_prior_var") or default_priors(spec)["beta_prior_var"]
+        _complete(spec, idata, param, float(tau), seed)
     return idata
