@@ -109,6 +109,47 @@ def _cmd_limit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from ._errors import OptionError
+    from .bayes import sample_summary
+    from .bayes._model import sample
+    from .spec import build_spec
+
+    t_start = time.perf_counter()
+    priors: dict[str, Any] = {"lkj_eta": args.lkj_eta}
+    if args.beta_prior_var is not None:
+        priors["beta_prior_var"] = args.beta_prior_var
+    if args.sd_prior is not None:
+        kind, _, scale = args.sd_prior.partition(":")
+        try:
+            if kind != "halfnormal":
+                raise ValueError
+            priors["sd_scale"] = float(scale)
+        except ValueError:
+            raise OptionError(f"--sd-prior must be 'halfnormal:S' with a number S, got {args.sd_prior!r}") from None
+    for name in ("draws", "tune", "chains"):
+        if getattr(args, name) < 1:
+            raise OptionError(f"--{name} must be a positive integer")
+    spec = build_spec(args.formula, read_data(args.data), residual=args.residual)
+    t0 = time.perf_counter()
+    idata = sample(spec, param=args.param, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
+                   progressbar=not args.json and sys.stderr.isatty(), **priors)
+    sampling = time.perf_counter() - t0
+    if args.out:
+        idata.to_netcdf(args.out)
+    out = sample_summary(spec, idata)
+    out.update(param=args.param, draws=args.draws, chains=args.chains, sampling_seconds=sampling,
+               seconds=time.perf_counter() - t_start)
+    if args.json:
+        print(to_json(out))
+    else:
+        import pandas as pd
+
+        print(pd.DataFrame(out["params"]).to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+        print(f"divergences: {out['divergences']}; sampling {sampling:.1f} s")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import datasets
     from .freq import lmm
@@ -173,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated prior variances of the fixed effects (default 10,1e3,1e8)")
     lm_.add_argument("--json", action="store_true", help="print one JSON object")
     lm_.set_defaults(func=_cmd_limit)
+    sm = sub.add_parser("sample", help="sample the Bayesian model (PyMC) and summarise the posterior")
+    sm.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    sm.add_argument("--formula", "-f", required=True, help="lme4 formula")
+    sm.add_argument("--residual", default=None, help="residual process (iid only for now)")
+    sm.add_argument("--param", default="conditional", choices=["conditional", "marginal", "restricted"],
+                    help="parameterisation: random effects explicit, integrated out, or beta integrated out too")
+    sm.add_argument("--beta-prior-var", type=float, default=None, help="prior variance of each fixed effect")
+    sm.add_argument("--sd-prior", default=None, help="'halfnormal:S': HalfNormal(S) on every standard deviation")
+    sm.add_argument("--lkj-eta", type=float, default=2.0, help="LKJ shape of the correlation matrices")
+    sm.add_argument("--draws", type=int, default=1000)
+    sm.add_argument("--tune", type=int, default=1000)
+    sm.add_argument("--chains", type=int, default=2)
+    sm.add_argument("--seed", type=int, default=None)
+    sm.add_argument("--out", default=None, help="write the InferenceData to this netCDF file")
+    sm.add_argument("--json", action="store_true", help="print one JSON object")
+    sm.set_defaults(func=_cmd_sample)
     d = sub.add_parser("demo", help="the pig-weights example end to end")
     d.set_defaults(func=_cmd_demo)
     return p

@@ -96,3 +96,23 @@ def test_the_three_parameterisations_agree(pig) -> None:
         for v in ("varcorr", "beta"):
             (ma, sa), (mb, sb) = res[a][v], res[b][v]
             assert np.all(np.abs(ma - mb) <= 4 * np.hypot(sa, sb)), (a, b, v, ma, mb)
+
+
+def test_cli_sample_json(tmp_path) -> None:
+    import json
+
+    from .test_cli import run
+
+    out = tmp_path / "post.nc"
+    r = run("sample", "pig_weights", "--formula", "weight ~ num_weeks + (1 | id_num)", "--param", "restricted",
+            "--draws", "200", "--tune", "200", "--seed", "1", "--sd-prior", "halfnormal:20", "--out", str(out),
+            "--json", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    kinds = [(p["kind"], p.get("name") or p.get("grp")) for p in d["params"]]
+    assert kinds == [("fixef", "(Intercept)"), ("fixef", "num_weeks"), ("varcorr", "id_num"), ("varcorr", "Residual")]
+    assert {"mean", "sd", "hdi_low", "hdi_high", "mcse_mean", "ess_bulk", "ess_tail", "r_hat"} <= set(d["params"][0])
+    assert d["draws"] == 200 and d["chains"] == 2 and d["seconds"] >= d["sampling_seconds"] > 0
+    assert out.stat().st_size > 10_000
+    r = run("sample", "pig_weights", "--formula", "weight ~ num_weeks + (1 | id_num)", "--sd-prior", "gamma:2")
+    assert r.returncode == 2 and "halfnormal:S" in r.stderr

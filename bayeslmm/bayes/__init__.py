@@ -7,6 +7,6 @@ mode of the variance parameters (flat prior) tends to the REML estimate as beta_
 from ._marginal import LimitPath, log_marginal, neg2_log_marginal, reml_limit
 
 __all__ = ["LimitPath", "log_marginal", "neg2_log_marginal", "reml_limit"]
-from ._model import build_model, default_priors, sample, varcorr_labels
+from ._model import build_model, default_priors, sample, sample_summary, varcorr_labels
 
-__all__ += ["build_model", "default_priors", "sample", "varcorr_labels"]
+__all__ += ["build_model", "default_priors", "sample", "sample_summary", "varcorr_labels"]

@@ -280,3 +280,27 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
         tau = priors.get("beta_prior_var") or default_priors(spec)["beta_prior_var"]
         _complete(spec, idata, param, float(tau), seed)
     return idata
+
+
+def sample_summary(spec: ModelSpec, idata: Any) -> dict[str, Any]:
+    """Rows of ``bayeslmm sample --json``: fixed effects and variance components with ArviZ diagnostics."""
+    import arviz as az
+
+    tab = az.summary(idata, var_names=["beta", "varcorr"], ci_kind="hdi", ci_prob=0.94, round_to="none")
+    rows = []
+    for (_, r), (kind, extra) in zip(tab.iterrows(), _row_kinds(spec)):
+        rows.append({"kind": kind, **extra, "mean": float(r["mean"]), "sd": float(r["sd"]),
+                     "hdi_low": float(r["hdi94_lb"]), "hdi_high": float(r["hdi94_ub"]),
+                     "mcse_mean": float(r["mcse_mean"]), "ess_bulk": float(r["ess_bulk"]),
+                     "ess_tail": float(r["ess_tail"]), "r_hat": float(r["r_hat"])})
+    div = idata.sample_stats["diverging"] if "diverging" in idata.sample_stats else None
+    return {"params": rows, "divergences": int(div.sum()) if div is not None else 0}
+
+
+def _row_kinds(spec: ModelSpec) -> list[tuple[str, dict[str, Any]]]:
+    out = [("fixef", {"name": n}) for n in spec.fixef_names]
+    for t in spec.terms:
+        out += [("varcorr", {"grp": t.name, "var1": c, "var2": None}) for c in t.coef_names]
+        out += [("varcorr", {"grp": t.name, "var1": t.coef_names[j], "var2": t.coef_names[i]})
+                for j in range(t.q) for i in range(j + 1, t.q)]
+    return out + [("varcorr", {"grp": "Residual", "var1": None, "var2": None})]
