@@ -116,3 +116,21 @@ def test_cli_sample_json(tmp_path) -> None:
     assert out.stat().st_size > 10_000
     r = run("sample", "pig_weights", "--formula", "weight ~ num_weeks + (1 | id_num)", "--sd-prior", "gamma:2")
     assert r.returncode == 2 and "halfnormal:S" in r.stderr
+
+
+def test_posterior_means_match_an_exact_grid_reference(pig) -> None:
+    """Random intercept, HalfNormal(20) on both sds, beta_prior_var = 1e4: within 4 Monte Carlo SEs."""
+    import arviz as az
+
+    from .grid import grid_posterior_means
+
+    spec = bayeslmm.model_spec("weight ~ num_weeks + (1 | id_num)", pig)
+    fit = bayeslmm.lmm("weight ~ num_weeks + (1 | id_num)", pig)
+    ref = grid_posterior_means(fit, 1e4, 20.0, su_max=9.0, s_range=(1.7, 2.6))
+    idata = sample(spec, param="marginal", draws=2000, tune=1000, chains=2, seed=5, beta_prior_var=1e4,
+                   sd_scale=20.0)
+    vc = idata.posterior["varcorr"]
+    mean = vc.mean(("chain", "draw")).to_numpy()
+    mcse = az.mcse(vc).to_numpy()
+    assert abs(mean[0] - ref["su2"]) <= 4 * mcse[0], (mean[0], ref["su2"], mcse[0])
+    assert abs(mean[1] - ref["s2"]) <= 4 * mcse[1], (mean[1], ref["s2"], mcse[1])
