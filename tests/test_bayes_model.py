@@ -134,3 +134,17 @@ def test_posterior_means_match_an_exact_grid_reference(pig) -> None:
     mcse = az.mcse(vc).to_numpy()
     assert abs(mean[0] - ref["su2"]) <= 4 * mcse[0], (mean[0], ref["su2"], mcse[0])
     assert abs(mean[1] - ref["s2"]) <= 4 * mcse[1], (mean[1], ref["s2"], mcse[1])
+
+
+@pytest.mark.parametrize("param", ["conditional", "restricted"])
+def test_predictive_groups(pig, param: str) -> None:
+    spec = bayeslmm.model_spec("weight ~ num_weeks + (1 | id_num)", pig)
+    idata = sample(spec, param=param, draws=150, tune=150, chains=2, seed=4, prior=True)
+    assert {"posterior_predictive", "prior", "prior_predictive"} <= set(idata.children)
+    yrep = idata.posterior_predictive["y"]
+    assert yrep.shape == (2, 150, 432)
+    # replicated data reproduce the observed mean and spread (posterior predictive check of two statistics)
+    assert float(yrep.mean()) == pytest.approx(pig.weight.mean(), rel=0.01)
+    assert float(yrep.std("obs").mean()) == pytest.approx(pig.weight.std(), rel=0.05)
+    assert idata.prior_predictive["y"].shape[-1] == 432
+    assert {"beta", "sigma", "varcorr", "b_id_num"} <= set(idata.prior.data_vars)

@@ -261,8 +261,61 @@ def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | N
     idata["observed_data"] = xr.Dataset({"y": xr.DataArray(spec.y, dims=("obs",))})
 
 
+def _simulate_y(spec: ModelSpec, beta: np.ndarray, b: dict[str, np.ndarray], sigma: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+    """``(draws, n)`` responses ``X beta + sum_k Z_k b_k + sigma e`` for stacked draws."""
+    y = beta @ spec.X.T + sigma[:, None] * rng.standard_normal((beta.shape[0], spec.n))
+    for t in spec.terms:
+        y += np.einsum("nq,dnq->dn", t.Zraw, b[t.name][:, t.codes, :])
+    return y
+
+
+def _predictive(spec: ModelSpec, group: Any, rng: np.random.Generator) -> Any:
+    """A predictive Dataset ``y (chain, draw, obs)`` from the draws of ``beta``, ``b_<term>`` and ``sigma``."""
+    import xarray as xr
+
+    C, D = group["sigma"].shape[:2]
+    beta = group["beta"].values.reshape(C * D, -1)
+    b = {t.name: group[f"b_{t.name}"].values.reshape(C * D, t.nlevels, t.q) for t in spec.terms}
+    y = _simulate_y(spec, beta, b, group["sigma"].values.reshape(C * D), rng)
+    return xr.Dataset({"y": xr.DataArray(y.reshape(C, D, spec.n), dims=("chain", "draw", "obs"),
+                                         coords={"chain": group["chain"].values, "draw": group["draw"].values})})
+
+
+def _prior_draws(spec: ModelSpec, model: Any, draws: int, seed: int | None) -> tuple[Any, Any]:
+    """Prior draws of the parameters (``b_<term>`` drawn from ``N(0, D)`` for the marginal models)
+    and the prior predictive of ``y``."""
+    import pymc as pm
+    import xarray as xr
+
+    rng = np.random.default_rng(None if seed is None else seed + 1)
+    names = [v.name for v in model.free_RVs if not v.name.startswith("z_")] + ["varcorr"]
+    with model:
+        pri = pm.sample_prior_predictive(draws=draws, var_names=names, random_seed=rng)
+    prior = pri.prior.to_dataset() if hasattr(pri.prior, "to_dataset") else pri.prior
+    vc = prior["varcorr"].values.reshape(draws, -1)
+    if "beta" not in prior:
+        tau = default_priors(spec)["beta_prior_var"]
+        prior["beta"] = xr.DataArray(rng.normal(0, np.sqrt(tau), (1, draws, spec.p)), dims=("chain", "draw", "coef"))
+    i = 0
+    for t in spec.terms:
+        Dk = np.zeros((draws, t.q, t.q))
+        Dk[:, np.arange(t.q), np.arange(t.q)] = vc[:, i : i + t.q]
+        i += t.q
+        for c in range(t.q):
+            for r in range(c + 1, t.q):
+                Dk[:, r, c] = Dk[:, c, r] = vc[:, i]
+                i += 1
+        w, U = np.linalg.eigh(Dk)
+        L = U * np.sqrt(np.clip(w, 0, None))[:, None, :]
+        b = np.einsum("dqr,dlr->dlq", L, rng.standard_normal((draws, t.nlevels, t.q)))
+        prior[f"b_{t.name}"] = xr.DataArray(b[None], dims=("chain", "draw", f"{t.name}_level", f"{t.name}_coef"))
+    return prior, _predictive(spec, prior, rng)
+
+
 def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tune: int = 1000, chains: int = 2,
-           seed: int | None = None, progressbar: bool = False, mode: str | None = "NUMBA", **priors: Any) -> Any:
+           seed: int | None = None, progressbar: bool = False, mode: str | None = "NUMBA",
+           posterior_predictive: bool = True, prior: bool = False, **priors: Any) -> Any:
     """Sample a model of ``spec``; the same InferenceData layout for all three parameterisations.
 
     The posterior holds ``beta``, ``b_<term>``, ``varcorr``, ``sigma`` and the sd/LKJ variables;
@@ -272,6 +325,9 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
     ``mode`` is PyTensor's compilation mode for the sampler's functions: ``"NUMBA"`` (default)
     compiles the batched small-matrix algebra far better than the C backend (sleepstudy
     ``marginal``, 2 x 1000 draws: 12 s in all against 158 s); ``None`` uses PyTensor's default.
+    ``posterior_predictive`` adds ``y`` replicated from each draw's ``beta``, ``b`` and ``sigma``
+    (group ``posterior_predictive``); ``prior`` adds ``prior`` and ``prior_predictive`` groups
+    (as many draws as ``draws``).
     """
     import pymc as pm
 
@@ -285,6 +341,13 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
     if param != "conditional":
         tau = priors.get("beta_prior_var") or default_priors(spec)["beta_prior_var"]
         _complete(spec, idata, param, float(tau), seed)
+    rng = np.random.default_rng(None if seed is None else seed + 2)
+    if posterior_predictive:
+        idata["posterior_predictive"] = _predictive(spec, idata.posterior, rng)
+    if prior:
+        pri, pri_pred = _prior_draws(spec, model, draws, seed)
+        idata["prior"] = pri
+        idata["prior_predictive"] = pri_pred
     return idata
 
 
