@@ -112,7 +112,7 @@ def _cmd_limit(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from ._errors import OptionError
     from .bayes import sample_summary
-    from .bayes._model import sample
+    from .bayes._sample import sample
     from .spec import build_spec
 
     t_start = time.perf_counter()
@@ -127,13 +127,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             priors["sd_scale"] = float(scale)
         except ValueError:
             raise OptionError(f"--sd-prior must be 'halfnormal:S' with a number S, got {args.sd_prior!r}") from None
+    user: dict[str, str] = {}
+    for item in args.prior or []:
+        key, eq, dist = item.partition("=")
+        if not eq or not key.strip() or not dist.strip():
+            raise OptionError(f"--prior must be KEY=DISTRIBUTION, e.g. 'sigma=HalfStudentT(nu=3, sigma=10)'; got "
+                              f"{item!r}")
+        user[key.strip()] = dist.strip()
+    if user:
+        priors["priors"] = user
     for name in ("draws", "tune", "chains"):
         if getattr(args, name) < 1:
             raise OptionError(f"--{name} must be a positive integer")
     spec = build_spec(args.formula, read_data(args.data), residual=args.residual)
     t0 = time.perf_counter()
     idata = sample(spec, param=args.param, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
-                   progressbar=not args.json and sys.stderr.isatty(), **priors)
+                   sampler=args.sampler, progressbar=not args.json and sys.stderr.isatty(), **priors)
     sampling = time.perf_counter() - t0
     if args.out:
         idata.to_netcdf(args.out)
@@ -217,12 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("sample", help="sample the Bayesian model (PyMC) and summarise the posterior")
     sm.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
     sm.add_argument("--formula", "-f", required=True, help="lme4 formula")
-    sm.add_argument("--residual", default=None, help="residual process (iid only for now)")
+    sm.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
     sm.add_argument("--param", default="conditional", choices=["conditional", "marginal", "restricted"],
                     help="parameterisation: random effects explicit, integrated out, or beta integrated out too")
     sm.add_argument("--beta-prior-var", type=float, default=None, help="prior variance of each fixed effect")
     sm.add_argument("--sd-prior", default=None, help="'halfnormal:S': HalfNormal(S) on every standard deviation")
     sm.add_argument("--lkj-eta", type=float, default=2.0, help="LKJ shape of the correlation matrices")
+    sm.add_argument("--prior", action="append", metavar="KEY=DIST",
+                    help="replace one prior, e.g. 'sigma=HalfStudentT(nu=3, sigma=10)', 'rho=Beta(alpha=2, beta=2)'; "
+                         "keys sd_<term>, sigma, sd_process, rho, phi; repeatable")
+    sm.add_argument("--sampler", default="pymc", choices=["pymc", "nutpie", "numpyro", "blackjax"],
+                    help="NUTS implementation (default pymc; numpyro/blackjax need pip install 'bayeslmm[jax]')")
     sm.add_argument("--draws", type=int, default=1000)
     sm.add_argument("--tune", type=int, default=1000)
     sm.add_argument("--chains", type=int, default=2)

@@ -5,8 +5,9 @@ mode of the variance parameters (flat prior) tends to the REML estimate as beta_
 """
 
 from ._marginal import LimitPath, log_marginal, neg2_log_marginal, reml_limit
+from ._model import build_model, default_priors, process_labels, varcorr_labels
+from ._priors import Prior, parse_prior
+from ._sample import SAMPLERS, sample, sample_summary
 
-__all__ = ["LimitPath", "log_marginal", "neg2_log_marginal", "reml_limit"]
-from ._model import build_model, default_priors, sample, sample_summary, varcorr_labels
-
-__all__ += ["build_model", "default_priors", "sample", "sample_summary", "varcorr_labels"]
+__all__ = ["SAMPLERS", "LimitPath", "Prior", "build_model", "default_priors", "log_marginal", "neg2_log_marginal",
+           "parse_prior", "process_labels", "reml_limit", "sample", "sample_summary", "varcorr_labels"]

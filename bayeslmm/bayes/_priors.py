@@ -1,0 +1,139 @@
+"""Priors of the PyMC models: the data-scaled defaults and user replacements, given as data.
+
+A prior is a PyMC distribution name and keyword arguments, ``Prior("HalfStudentT", {"nu": 3,
+"sigma": 10})``, or the same as text, ``"HalfStudentT(nu=3, sigma=10)"`` (parsed with
+:mod:`ast`: a call of a distribution name with numeric keyword arguments and nothing else, so a
+prior given on the command line cannot run code).
+
+Which parameter gets which prior (keys of the ``priors`` argument of ``build_model``):
+
+============== ============================================ ==================================
+key            parameter                                    default
+============== ============================================ ==================================
+``sd_<term>``  standard deviations of term ``<term>``        ``HalfNormal(sd_scale)``
+``sigma``      residual sd (the nugget's sd for ``ou``)      ``HalfNormal(sd_scale)``
+``sd_process`` OU process sd (``ou`` residuals)              ``HalfNormal(sd_scale)``
+``rho``        OU correlation per unit of time, in (0, 1)    ``Uniform(0, 1)``
+``phi``        AR(1) correlation, in (-1, 1)                 ``Uniform(-1, 1)``
+============== ============================================ ==================================
+
+``beta ~ N(0, beta_prior_var I)`` is fixed in form (the marginalisation integrates it out
+analytically, which needs a Gaussian); its variance is the ``beta_prior_var`` argument.
+Correlation matrices get ``LKJ(lkj_eta)``.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._errors import OptionError
+
+#: distributions a prior may name (PyMC class names); lower-case spellings are accepted
+ALLOWED = ("HalfNormal", "HalfStudentT", "HalfCauchy", "Exponential", "Gamma", "InverseGamma", "LogNormal",
+           "Weibull", "Uniform", "Beta", "TruncatedNormal", "Kumaraswamy")
+_LOWER = {a.lower(): a for a in ALLOWED}
+#: the support each kind of parameter needs, checked on user priors: (points that must be outside, inside)
+SUPPORT = {"sd": ((-1.0,), (0.5,)), "rho": ((-0.5, 1.5), (0.5,)), "phi": ((-1.5, 1.5), (0.5, -0.5))}
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A PyMC distribution by name with keyword arguments: ``Prior("HalfNormal", {"sigma": 5})``."""
+
+    dist: str
+    params: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        name = _LOWER.get(str(self.dist).lower())
+        if name is None:
+            raise OptionError(f"prior distribution {self.dist!r} is not available: use one of {', '.join(ALLOWED)}")
+        object.__setattr__(self, "dist", name)
+        params = {}
+        for k, v in dict(self.params).items():
+            try:
+                params[str(k)] = float(v)
+            except (TypeError, ValueError):
+                raise OptionError(f"prior {name}: parameter {k}={v!r} must be a number") from None
+        object.__setattr__(self, "params", params)
+
+    def _cls(self) -> Any:
+        import pymc as pm
+
+        return getattr(pm, self.dist)
+
+    def rv(self, name: str, **kwargs: Any) -> Any:
+        """The model variable ``name`` with this prior (inside a model context)."""
+        return self._cls()(name, **self.params, **kwargs)
+
+    def dist_(self, **kwargs: Any) -> Any:
+        """An unnamed distribution (``.dist``), e.g. the ``sd_dist`` of an LKJ Cholesky factor."""
+        return self._cls().dist(**self.params, **kwargs)
+
+    def check(self, key: str, kind: str) -> None:
+        """Raise :class:`OptionError` unless the distribution can be built and has the support of ``kind``."""
+        import pymc as pm
+
+        try:
+            d = self.dist_()
+            outside, inside = SUPPORT[kind]
+            lp = pm.logp(d, np.array([*outside, *inside])).eval()
+        except (TypeError, ValueError) as e:
+            raise OptionError(f"prior {key}={self}: {e}") from None
+        need = {"sd": "the positive numbers", "rho": "(0, 1)", "phi": "(-1, 1)"}[kind]
+        if np.any(np.isfinite(lp[: len(outside)])) or not np.all(np.isfinite(lp[len(outside):])):
+            raise OptionError(f"prior {key}={self} must put its mass on {need}")
+
+    def __str__(self) -> str:
+        return f"{self.dist}({', '.join(f'{k}={v:g}' for k, v in self.params.items())})"
+
+
+def parse_prior(text: str) -> Prior:
+    """``"HalfStudentT(nu=3, sigma=10)"`` -> :class:`Prior`; also ``"halfnormal:S"``.
+
+    Only a call of a name with numeric keyword arguments is accepted; nothing is evaluated.
+    """
+    s = str(text).strip()
+    if ":" in s and "(" not in s:
+        name, _, val = s.partition(":")
+        if name.strip().lower() != "halfnormal":
+            raise OptionError(f"prior {text!r}: the short form is 'halfnormal:S'; otherwise write e.g. "
+                              "'HalfStudentT(nu=3, sigma=10)'")
+        try:
+            return Prior("HalfNormal", {"sigma": float(val)})
+        except ValueError:
+            raise OptionError(f"prior {text!r}: S in 'halfnormal:S' must be a positive number") from None
+    try:
+        node = ast.parse(s, mode="eval").body
+    except SyntaxError:
+        node = None
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args
+            and all(k.arg for k in node.keywords)):
+        raise OptionError(f"prior {text!r} is not understood: write a distribution with keyword arguments, "
+                          "e.g. 'HalfStudentT(nu=3, sigma=10)' or 'Beta(alpha=2, beta=2)'")
+    params = {}
+    for k in node.keywords:
+        v = k.value
+        if isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub) and isinstance(v.operand, ast.Constant):
+            val: Any = -v.operand.value if isinstance(v.operand.value, int | float) else None
+        else:
+            val = v.value if isinstance(v, ast.Constant) and isinstance(v.value, int | float) else None
+        if val is None or isinstance(val, bool):
+            raise OptionError(f"prior {text!r}: {k.arg} must be a number")
+        params[k.arg] = float(val)
+    return Prior(node.func.id, params)
+
+
+def as_prior(value: Prior | str | tuple[str, dict[str, float]]) -> Prior:
+    """A :class:`Prior` from a Prior, its text, or a ``(name, params)`` pair."""
+    if isinstance(value, Prior):
+        return value
+    if isinstance(value, str):
+        return parse_prior(value)
+    if isinstance(value, tuple) and len(value) == 2:
+        return Prior(value[0], value[1])
+    raise OptionError(f"prior {value!r} is not understood: give a Prior, a text like 'HalfNormal(sigma=5)' or "
+                      "a (name, params) pair")

@@ -1,0 +1,510 @@
+"""The covariance structures behind the ``marginal`` and ``restricted`` densities, in PyTensor and NumPy.
+
+``V = Z D Z' + R`` is never formed as an ``n x n`` matrix. Three structures:
+
+* :class:`GroupStructure`: independent errors, every term on one grouping factor. Per level ``i``
+  the Woodbury identity with ``S_i = I + L'Z_i'Z_i L / sigma^2`` (``D = L L'``, ``q x q``):
+  ``log|V_i| = n_i log sigma^2 + log|S_i|``,
+  ``a'V_i^-1 c = (a'c - a'Z_i L S_i^-1 L'Z_i'c / sigma^2) / sigma^2``; the data enter only through
+  the per-level cross-products ``Z_i'Z_i``, ``Z_i'X_i``, ``Z_i'y_i`` and the totals.
+* :class:`FullStructure`: independent errors, several grouping factors (nested or crossed). The
+  same identity once, with ``Z'Z`` (``q x q`` over all terms and levels, ``q`` at most
+  :data:`MAX_Q`) and ``Lambda = blockdiag_k(I_{l_k} (x) L_k)``.
+* :class:`SerialStructure`: a serial process in ``R`` (``ou``/``ar1``, all terms on the process's
+  factor). Per group the dense ``V_i = Z_i D Z_i' + R_i`` and its Cholesky factor, batched over
+  groups of equal (padded) size: groups are put into at most :data:`MAX_BUCKETS` size classes and
+  padded with identity rows (``V = [[V_i, 0], [0, I]]``, zero design rows), which changes neither
+  ``log|V_i|`` nor any quadratic form.
+
+Each structure gives the PyTensor log densities of ``y | beta, psi`` (``pt_marginal``) and of
+``y | psi`` with ``beta ~ N(0, beta_prior_var I)`` integrated out (``pt_restricted``), and NumPy
+routines used after sampling: the GLS pieces ``X'V^-1 X``, ``X'V^-1 y``, an exact draw of
+``b | beta, psi, y ~ N(D Z'V^-1 r, D - D Z'V^-1 Z D)``, and the log-likelihood per independent block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from .._errors import OptionError
+from ..spec import ModelSpec
+
+#: largest total number of random effects for the dense Woodbury of several grouping factors
+MAX_Q = 1500
+#: most size classes of the serial structure's padded per-group blocks
+MAX_BUCKETS = 12
+
+
+def _by_level(codes: np.ndarray, nlev: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    from ..linalg._blocks import _by_level as f
+
+    return f(codes, nlev, left, right)
+
+
+def psd_sqrt(D: np.ndarray) -> np.ndarray:
+    """A square root ``L`` with ``L L' = D`` for (batches of) symmetric PSD ``D``, singular allowed."""
+    w, U = np.linalg.eigh(D)
+    return U * np.sqrt(np.clip(w, 0, None))[..., None, :]
+
+
+def _mvn_draw(mean: np.ndarray, cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draws ``(..., q)`` from ``N(mean, cov)`` batched; ``cov`` may be singular."""
+    L = psd_sqrt((cov + np.swapaxes(cov, -1, -2)) / 2)
+    return mean + (L @ rng.standard_normal((*mean.shape, 1)))[..., 0]
+
+
+def _split_terms(spec: ModelSpec, b: np.ndarray) -> list[np.ndarray]:
+    """``(G, sum q_k)`` per-level effects (one factor) -> ``[(G, q_k)]`` per term."""
+    out, j = [], 0
+    for t in spec.terms:
+        out.append(b[:, j : j + t.q])
+        j += t.q
+    return out
+
+
+class _WoodburyBase:
+    """Shared Woodbury algebra of :class:`GroupStructure` (``G`` levels) and :class:`FullStructure` (``G = 1``)."""
+
+    ZtZ: np.ndarray  # (G, q, q)
+    ZtX: np.ndarray  # (G, q, p)
+    Zty: np.ndarray  # (G, q)
+    XtX: np.ndarray
+    Xty: np.ndarray
+    yty: float
+    q: int
+
+    def _L_pt(self, Ls: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def _S(self, L: Any, sigma2: Any) -> tuple[Any, Any]:
+        import pytensor.tensor as pt
+
+        S = pt.eye(self.q) + pt.swapaxes(L, 0, 1) @ pt.as_tensor_variable(self.ZtZ) @ L / sigma2  # (G, q, q)
+        return S, _logdet_chol(pt.linalg.cholesky(S), self.q)
+
+    @staticmethod
+    def _quad(L: Any, S: Any, sigma2: Any, left: Any, right: Any, total: Any) -> Any:
+        """``sum_i left_i' V_i^-1 right_i`` from per-level ``Z_i'left_i``, ``Z_i'right_i`` and the total."""
+        import pytensor.tensor as pt
+
+        Lt = pt.swapaxes(L, 0, 1)
+        a, c = Lt @ left, Lt @ right  # (G, q, k), (G, q, m)
+        corr = pt.sum(pt.swapaxes(a, 1, 2) @ pt.linalg.solve(S, c, assume_a="pos"), axis=0)
+        return (total - corr / sigma2) / sigma2
+
+    def pt_marginal(self, Ls: list[Any], res: dict[str, Any], beta: Any, n: int) -> Any:
+        """``log N(y; X beta, V)``."""
+        import pytensor.tensor as pt
+
+        s2 = res["sigma2"]
+        L = self._L_pt(Ls)
+        S, logdetS = self._S(L, s2)
+        Ztr = pt.as_tensor_variable(self.Zty)[:, :, None] - pt.as_tensor_variable(self.ZtX) @ beta[:, None]
+        rr = self.yty - 2 * beta @ self.Xty + beta @ self.XtX @ beta
+        quad = self._quad(L, S, s2, Ztr, Ztr, rr)[0, 0]
+        return -0.5 * (n * np.log(2 * np.pi) + n * pt.log(s2) + logdetS + quad)
+
+    def pt_restricted(self, Ls: list[Any], res: dict[str, Any], tau: float, n: int) -> Any:
+        """``log int N(y; X beta, V) N(beta; 0, tau I) dbeta``."""
+        import pytensor.tensor as pt
+
+        s2 = res["sigma2"]
+        L = self._L_pt(Ls)
+        S, logdetS = self._S(L, s2)
+        ZtX, Zty = pt.as_tensor_variable(self.ZtX), pt.as_tensor_variable(self.Zty)[:, :, None]
+        A = self._quad(L, S, s2, ZtX, ZtX, self.XtX)
+        bv = self._quad(L, S, s2, ZtX, Zty, self.Xty[:, None])[:, 0]
+        yy = self._quad(L, S, s2, Zty, Zty, np.array([[self.yty]]))[0, 0]
+        return _restricted_tail(n, n * pt.log(s2) + logdetS, A, bv, yy, tau)
+
+    # -- NumPy, one posterior draw at a time ---------------------------------
+    def _L_np(self, Lks: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> dict[str, Any]:
+        """Per-draw quantities: ``L``, ``S^-1`` and the products with the data blocks."""
+        s2 = res["sigma2"]
+        L = self._L_np(Lks)
+        S = np.eye(self.q) + L.T @ self.ZtZ @ L / s2
+        Sinv = np.linalg.inv(S)
+        return {"L": L, "S": S, "Sinv": Sinv, "s2": s2, "LtZtX": L.T @ self.ZtX, "LtZty": L.T @ self.Zty[:, :, None]}
+
+    def np_gls(self, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``(X'V^-1 X, X'V^-1 y)``."""
+        s2, Sinv, a, c = st["s2"], st["Sinv"], st["LtZtX"], st["LtZty"]
+        A = (self.XtX - np.sum(np.swapaxes(a, 1, 2) @ Sinv @ a, axis=0) / s2) / s2
+        bv = (self.Xty - np.sum(np.swapaxes(a, 1, 2) @ Sinv @ c, axis=0)[:, 0] / s2) / s2
+        return A, bv
+
+    @staticmethod
+    def _tvec(st: dict[str, Any], beta: np.ndarray) -> np.ndarray:
+        """``(G, q)`` ``L'Z_i'(y_i - X_i beta)``."""
+        return (st["LtZty"] - st["LtZtX"] @ beta[:, None])[:, :, 0]
+
+    def _b_draw(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``(G, q)``: ``b | beta ~ N(L S^-1 L'Z'r / sigma^2, L S^-1 L')``."""
+        L, Sinv, s2 = st["L"], st["Sinv"], st["s2"]
+        tvec = self._tvec(st, beta)
+        mean = (L @ (Sinv @ tvec[:, :, None]))[:, :, 0] / s2
+        R = np.linalg.cholesky((Sinv + np.swapaxes(Sinv, 1, 2)) / 2)
+        return mean + (L @ R @ rng.standard_normal((*mean.shape, 1)))[:, :, 0]
+
+
+def _logdet_chol(C: Any, size: int) -> Any:
+    """``log|A|`` from the (batched) Cholesky factor ``C`` of ``A``.
+
+    The diagonal is read as ``sum(C * I, -1)``: the gradient of ``pt.diagonal`` on a batch is a
+    ``Blockwise{AllocDiag}`` that Numba runs in object mode, ten times slower.
+    """
+    import pytensor.tensor as pt
+
+    return 2 * pt.sum(pt.log(pt.sum(C * np.eye(size), axis=-1)))
+
+
+def _restricted_tail(n: int, logdetV: Any, A: Any, bv: Any, yy: Any, tau: float) -> Any:
+    """``log N(y; 0, V + tau X X')`` from ``log|V|``, ``A = X'V^-1X``, ``bv = X'V^-1 y``, ``yy = y'V^-1 y``:
+    ``log|V + tau XX'| = log|V| + p log tau + log|M|`` and ``y'(V + tau XX')^-1 y = yy - bv'M^-1 bv``,
+    ``M = A + I / tau``."""
+    import pytensor.tensor as pt
+
+    p = A.shape[0] if isinstance(A, np.ndarray) else A.type.shape[0]
+    M = A + np.eye(p) / tau
+    logdetM = _logdet_chol(pt.linalg.cholesky(M), p)
+    neg2 = n * np.log(2 * np.pi) + logdetV + p * np.log(tau) + logdetM + yy - bv @ pt.linalg.solve(M, bv, assume_a="pos")
+    return -0.5 * neg2
+
+
+class GroupStructure(_WoodburyBase):
+    """Independent errors, all terms on one grouping factor: Woodbury per level."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        t0 = spec.terms[0]
+        Z = np.hstack([t.Zraw for t in spec.terms])
+        self.spec = spec
+        self.G, self.q = t0.nlevels, Z.shape[1]
+        self.ZtZ = _by_level(t0.codes, self.G, Z, Z)
+        self.ZtX = _by_level(t0.codes, self.G, Z, spec.X)
+        self.Zty = _by_level(t0.codes, self.G, Z, spec.y[:, None])[:, :, 0]
+        self.XtX = spec.X.T @ spec.X
+        self.Xty = spec.X.T @ spec.y
+        self.yty = float(spec.y @ spec.y)
+        self.XtX_g = _by_level(t0.codes, self.G, spec.X, spec.X)
+        self.Xty_g = _by_level(t0.codes, self.G, spec.X, spec.y[:, None])[:, :, 0]
+        self.yty_g = np.bincount(t0.codes, weights=spec.y * spec.y, minlength=self.G)
+        self.n_g = np.bincount(t0.codes, minlength=self.G)
+        self.loglik_dim: str | None = t0.group
+        self.loglik_labels: list[str] = list(t0.levels)
+
+    def _L_pt(self, Ls: list[Any]) -> Any:
+        from pytensor.tensor.linalg import block_diag
+
+        return block_diag(*Ls) if len(Ls) > 1 else Ls[0]
+
+    def _L_np(self, Lks: list[np.ndarray]) -> np.ndarray:
+        from scipy.linalg import block_diag
+
+        return block_diag(*Lks)
+
+    def np_draw_b(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Per term ``(levels, q_k)`` draws of ``b | beta, psi, y``."""
+        return _split_terms(self.spec, self._b_draw(st, beta, rng))
+
+    def np_loglik(self, st: dict[str, Any], beta: np.ndarray) -> np.ndarray:
+        """``(G,)`` ``log N(y_i; X_i beta, V_i)`` per level."""
+        s2, Sinv, tvec = st["s2"], st["Sinv"], self._tvec(st, beta)
+        rr = self.yty_g - 2 * self.Xty_g @ beta + np.einsum("p,gpq,q->g", beta, self.XtX_g, beta)
+        quad = (rr - np.einsum("gq,gq->g", tvec, (Sinv @ tvec[:, :, None])[:, :, 0]) / s2) / s2
+        return -0.5 * (self.n_g * np.log(2 * np.pi * s2) + np.linalg.slogdet(st["S"])[1] + quad)
+
+
+class FullStructure(_WoodburyBase):
+    """Independent errors, several grouping factors: one Woodbury over all ``q`` random effects."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.q = sum(t.ncols for t in spec.terms)
+        if self.q > MAX_Q:
+            raise OptionError(f"the marginal and restricted parameterisations of a model with several grouping "
+                              f"factors use a dense {self.q} x {self.q} matrix (limit {MAX_Q}); use "
+                              "param='conditional' for this model")
+        Z = self._Z()
+        ZtZ = (Z.T @ Z).toarray()
+        self.ZtZ = ZtZ[None]
+        self.ZtX = (Z.T @ spec.X)[None]
+        self.Zty = (Z.T @ spec.y)[None]
+        self.XtX = spec.X.T @ spec.X
+        self.Xty = spec.X.T @ spec.y
+        self.yty = float(spec.y @ spec.y)
+        self._blocks(spec)
+
+    def _Z(self) -> sp.csr_matrix:
+        """The sparse ``n x q`` random-effects design, columns level by level within each term."""
+        spec, rows, cols, vals, off = self.spec, [], [], [], 0
+        for t in spec.terms:
+            for c in range(t.q):
+                rows.append(np.arange(spec.n))
+                cols.append(off + t.codes * t.q + c)
+                vals.append(t.Zraw[:, c])
+            off += t.ncols
+        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                             shape=(spec.n, self.q))
+
+    def _blocks(self, spec: ModelSpec) -> None:
+        """Independent blocks of rows (levels linked through shared rows), for the log-likelihood per block."""
+        offs = np.cumsum([0] + [t.nlevels for t in spec.terms])
+        nlev = offs[-1]
+        edges = [(offs[0] + spec.terms[0].codes, offs[k] + t.codes) for k, t in enumerate(spec.terms)]
+        r = np.concatenate([a for a, _ in edges])
+        c = np.concatenate([b for _, b in edges])
+        ncomp, lab = connected_components(sp.coo_matrix((np.ones(r.size), (r, c)), shape=(nlev, nlev)),
+                                          directed=False)
+        self.row_block = lab[offs[0] + spec.terms[0].codes]
+        self.col_block = np.concatenate([np.repeat(lab[offs[k] : offs[k + 1]], t.q)
+                                         for k, t in enumerate(spec.terms)])
+        self.nblocks = ncomp
+        self.loglik_dim, self.loglik_labels = None, []
+        if ncomp == 1:
+            return  # crossed factors: one joint density, no per-block log-likelihood
+        for k, t in enumerate(spec.terms):  # label blocks by a factor whose levels they are, if any
+            if t.nlevels == ncomp and len(np.unique(lab[offs[k] : offs[k + 1]])) == ncomp:
+                order = lab[offs[k] : offs[k + 1]]
+                labels = [""] * ncomp
+                for lev, b in zip(t.levels, order):
+                    labels[b] = lev
+                self.loglik_dim, self.loglik_labels = t.group, labels
+                break
+        else:
+            self.loglik_dim, self.loglik_labels = "block", [str(i) for i in range(ncomp)]
+        X, y = spec.X, spec.y
+        self.XtX_g = _by_level(self.row_block, ncomp, X, X)
+        self.Xty_g = _by_level(self.row_block, ncomp, X, y[:, None])[:, :, 0]
+        self.yty_g = np.bincount(self.row_block, weights=y * y, minlength=ncomp)
+        self.n_g = np.bincount(self.row_block, minlength=ncomp)
+        self.cols_g = [np.flatnonzero(self.col_block == g) for g in range(ncomp)]
+
+    def _kron_terms(self, Ls: list[Any], kron: Any, eye: Any, block_diag: Any) -> Any:
+        parts = [kron(eye(t.nlevels), L) for t, L in zip(self.spec.terms, Ls)]
+        return block_diag(*parts) if len(parts) > 1 else parts[0]
+
+    def _L_pt(self, Ls: list[Any]) -> Any:
+        import pytensor.tensor as pt
+        from pytensor.tensor.linalg import kron
+        from pytensor.tensor.linalg import block_diag
+
+        return self._kron_terms(Ls, kron, pt.eye, block_diag)
+
+    def _L_np(self, Lks: list[np.ndarray]) -> np.ndarray:
+        from scipy.linalg import block_diag
+
+        return self._kron_terms(Lks, np.kron, np.eye, block_diag)
+
+    def np_draw_b(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        b = self._b_draw(st, beta, rng)[0]
+        out, off = [], 0
+        for t in self.spec.terms:
+            out.append(b[off : off + t.ncols].reshape(t.nlevels, t.q))
+            off += t.ncols
+        return out
+
+    def np_loglik(self, st: dict[str, Any], beta: np.ndarray) -> np.ndarray | None:
+        """Per independent block (``None`` for crossed factors: the density does not factorise)."""
+        if self.loglik_dim is None:
+            return None
+        s2, S, tvec = st["s2"], st["S"][0], self._tvec(st, beta)[0]
+        rr = self.yty_g - 2 * self.Xty_g @ beta + np.einsum("p,gpq,q->g", beta, self.XtX_g, beta)
+        out = np.empty(self.nblocks)
+        for g, cols in enumerate(self.cols_g):
+            Sg = S[np.ix_(cols, cols)]
+            tg = tvec[cols]
+            quad = (rr[g] - tg @ np.linalg.solve(Sg, tg) / s2) / s2
+            out[g] = -0.5 * (self.n_g[g] * np.log(2 * np.pi * s2) + np.linalg.slogdet(Sg)[1] + quad)
+        return out
+
+
+class SerialStructure:
+    """A serial process in ``R_i``: dense per-group ``V_i`` batched over padded size classes."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        res = spec.residual
+        self.spec, self.kind = spec, res.kind
+        G = len(res.levels)
+        codes = res.codes
+        order = np.lexsort((np.arange(spec.n), res.t, codes))  # by group, then time, then row (as the engine)
+        n_g = np.bincount(codes, minlength=G)
+        start = np.r_[0, np.cumsum(n_g)[:-1]]
+        pos = np.empty(spec.n, dtype=np.int64)
+        pos[order] = np.arange(spec.n) - start[codes[order]]
+        sizes = np.unique(n_g)
+        if sizes.size > MAX_BUCKETS:
+            sizes = np.unique(np.quantile(n_g, np.linspace(0, 1, MAX_BUCKETS + 1)[1:], method="higher"))
+        bsize = sizes[np.searchsorted(sizes, n_g)]
+        Z = np.hstack([t.Zraw for t in spec.terms]) if spec.terms else np.zeros((spec.n, 0))
+        self.q = Z.shape[1]
+        Xe = np.vstack([spec.X, np.zeros((1, spec.p))])
+        ye = np.r_[spec.y, 0.0]
+        Ze = np.vstack([Z, np.zeros((1, self.q))])
+        te = np.r_[res.t, 0.0]
+        pe = np.r_[pos, 0]
+        self.buckets = []
+        for s in np.unique(bsize):
+            groups = np.flatnonzero(bsize == s)
+            idx = np.full((groups.size, s), spec.n, dtype=np.int64)
+            for j, g in enumerate(groups):
+                rows = order[start[g] : start[g] + n_g[g]]
+                idx[j, : rows.size] = rows
+            m = (idx < spec.n).astype(float)
+            tt = te[idx] if self.kind == "ou" else pe[idx].astype(float)
+            lag = np.abs(tt[:, :, None] - tt[:, None, :])
+            self.buckets.append({
+                "groups": groups, "idx": idx, "m": m, "mm": m[:, :, None] * m[:, None, :],
+                "pad": np.eye(s)[None] * (1 - m)[:, :, None], "lag": lag,
+                "X": Xe[idx], "y": ye[idx], "Z": Ze[idx], "n": m.sum(axis=1)})
+        self.G = G
+        self.loglik_dim: str | None = res.group
+        self.loglik_labels: list[str] = list(res.levels)
+
+    # -- PyTensor -------------------------------------------------------------
+    def _R_pt(self, bk: dict[str, Any], res: dict[str, Any]) -> Any:
+        import pytensor.tensor as pt
+
+        lag = pt.as_tensor_variable(bk["lag"])
+        if self.kind == "ou":
+            P = pt.exp(lag * pt.log(res["rho"]))
+            R = res["process_var"] * P + res["sigma2"] * pt.eye(bk["lag"].shape[1])
+        else:
+            P = pt.switch(pt.eq(lag, 0), 1.0, pt.power(res["phi"], lag))
+            R = res["sigma2"] * P
+        return R * bk["mm"] + bk["pad"]
+
+    def _chol_V(self, Ls: list[Any], res: dict[str, Any]) -> list[Any]:
+        import pytensor.tensor as pt
+        from pytensor.tensor.linalg import block_diag
+
+        out = []
+        Lfull = (block_diag(*Ls) if len(Ls) > 1 else Ls[0]) if Ls else None
+        for bk in self.buckets:
+            V = self._R_pt(bk, res)
+            if Lfull is not None:
+                ZL = pt.as_tensor_variable(bk["Z"]) @ Lfull  # (G_s, s, q)
+                V = V + ZL @ pt.swapaxes(ZL, 1, 2)
+            out.append(pt.linalg.cholesky(V))
+        return out
+
+    @staticmethod
+    def _logdet(C: Any) -> Any:
+        return _logdet_chol(C, C.type.shape[-1])
+
+    @staticmethod
+    def _whiten(C: Any, B: np.ndarray) -> Any:
+        import pytensor.tensor as pt
+
+        return pt.linalg.solve_triangular(C, pt.as_tensor_variable(B), lower=True, b_ndim=2)
+
+    def pt_marginal(self, Ls: list[Any], res: dict[str, Any], beta: Any, n: int) -> Any:
+        import pytensor.tensor as pt
+
+        total = n * np.log(2 * np.pi)
+        for bk, C in zip(self.buckets, self._chol_V(Ls, res)):
+            r = pt.as_tensor_variable(bk["y"]) - pt.as_tensor_variable(bk["X"]) @ beta  # (G_s, s)
+            rw = pt.linalg.solve_triangular(C, r, lower=True, b_ndim=1)
+            total = total + self._logdet(C) + pt.sum(rw**2)
+        return -0.5 * total
+
+    def pt_restricted(self, Ls: list[Any], res: dict[str, Any], tau: float, n: int) -> Any:
+        import pytensor.tensor as pt
+
+        logdet, A, bv, yy = 0.0, 0.0, 0.0, 0.0
+        for bk, C in zip(self.buckets, self._chol_V(Ls, res)):
+            W = self._whiten(C, np.concatenate([bk["X"], bk["y"][:, :, None]], axis=2))  # (G_s, s, p + 1)
+            WtW = pt.sum(pt.swapaxes(W, 1, 2) @ W, axis=0)
+            logdet = logdet + self._logdet(C)
+            A, bv, yy = A + WtW[:-1, :-1], bv + WtW[:-1, -1], yy + WtW[-1, -1]
+        return _restricted_tail(n, logdet, A, bv, yy, tau)
+
+    def pt_conditional(self, mu: Any, res: dict[str, Any], n: int) -> Any:
+        """``log N(y; mu, R)`` for the conditional mean ``mu`` (random effects given)."""
+        import pytensor.tensor as pt
+
+        r = pt.concatenate([pt.as_tensor_variable(self.spec.y) - mu, pt.zeros(1)])
+        total = n * np.log(2 * np.pi)
+        for bk in self.buckets:
+            C = pt.linalg.cholesky(self._R_pt(bk, res))
+            rw = self._whiten(C, r[bk["idx"]][:, :, None])
+            total = total + self._logdet(C) + pt.sum(rw**2)
+        return -0.5 * total
+
+    # -- NumPy -----------------------------------------------------------------
+    def _R_np(self, bk: dict[str, Any], res: dict[str, float]) -> np.ndarray:
+        if self.kind == "ou":
+            R = res["process_var"] * res["rho"] ** bk["lag"] + res["sigma2"] * np.eye(bk["lag"].shape[1])
+        else:
+            R = res["sigma2"] * np.where(bk["lag"] == 0, 1.0, res["phi"] ** bk["lag"])
+        return R * bk["mm"] + bk["pad"]
+
+    def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> dict[str, Any]:
+        from scipy.linalg import block_diag
+
+        L = block_diag(*Lks) if Lks else np.zeros((0, 0))
+        D = L @ L.T
+        parts = []
+        for bk in self.buckets:
+            ZL = bk["Z"] @ L
+            C = np.linalg.cholesky(self._R_np(bk, res) + ZL @ np.swapaxes(ZL, 1, 2))
+            W = np.linalg.solve(C, np.concatenate([bk["X"], bk["y"][:, :, None], bk["Z"]], axis=2))
+            parts.append({"logdet": 2 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(axis=1), "W": W})
+        return {"D": D, "parts": parts, "res": res}
+
+    def np_gls(self, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        p = self.spec.p
+        WtW = sum(np.einsum("gsa,gsb->ab", part["W"][:, :, : p + 1], part["W"][:, :, : p + 1])
+                  for part in st["parts"])
+        return WtW[:p, :p], WtW[:p, p]
+
+    def np_draw_b(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        p, D = self.spec.p, st["D"]
+        b = np.zeros((self.G, self.q))
+        for bk, part in zip(self.buckets, st["parts"]):
+            W = part["W"]
+            rw = W[:, :, p] - W[:, :, :p] @ beta  # (G_s, s) whitened residuals
+            if self.q:
+                Zw = W[:, :, p + 1 :]
+                mean = np.einsum("ab,gsb,gs->ga", D, Zw, rw)
+                cov = D - D @ np.swapaxes(Zw, 1, 2) @ Zw @ D
+                b[bk["groups"]] = _mvn_draw(mean, cov, rng)
+        return _split_terms(self.spec, b)
+
+    def np_loglik(self, st: dict[str, Any], beta: np.ndarray) -> np.ndarray:
+        """``(G,)`` ``log N(y_i; X_i beta, V_i)``."""
+        p, out = self.spec.p, np.empty(self.G)
+        for bk, part in zip(self.buckets, st["parts"]):
+            rw = part["W"][:, :, p] - part["W"][:, :, :p] @ beta
+            out[bk["groups"]] = -0.5 * (bk["n"] * np.log(2 * np.pi) + part["logdet"] + np.sum(rw**2, axis=1))
+        return out
+
+    def np_residual_draws(self, res: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """``(draws, n)`` residuals ``e_i ~ N(0, R_i)``, one per draw of the process parameters."""
+        k = np.asarray(res["sigma2"]).size
+        e = np.zeros((k, self.spec.n + 1))
+        for bk in self.buckets:
+            for d in range(k):
+                C = np.linalg.cholesky(self._R_np(bk, {key: float(np.ravel(v)[d]) for key, v in res.items()}))
+                e[d, bk["idx"]] = (C @ rng.standard_normal((*bk["idx"].shape, 1)))[:, :, 0] * bk["m"]
+        return e[:, : self.spec.n]
+
+
+def structure_for(spec: ModelSpec) -> GroupStructure | FullStructure | SerialStructure:
+    """The structure of ``spec`` for the ``marginal``/``restricted`` densities and the exact draws."""
+    if spec.residual is not None:
+        res = spec.residual
+        for t in spec.terms:
+            if t.factors != res.factors:
+                raise OptionError(f"a random-effect term on {t.group!r} with a serial process on {res.group!r}: the "
+                                  "process combines with terms of its own grouping factor only")
+        return SerialStructure(spec)
+    if all(t.factors == spec.terms[0].factors for t in spec.terms):
+        return GroupStructure(spec)
+    return FullStructure(spec)
