@@ -109,13 +109,10 @@ def _cmd_limit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
+def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Prior and sampler options shared by ``sample`` and ``compare``."""
     from ._errors import OptionError
-    from .bayes import sample_summary
-    from .bayes._sample import sample
-    from .spec import build_spec
 
-    t_start = time.perf_counter()
     priors: dict[str, Any] = {"lkj_eta": args.lkj_eta}
     if args.beta_prior_var is not None:
         priors["beta_prior_var"] = args.beta_prior_var
@@ -139,6 +136,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     for name in ("draws", "tune", "chains"):
         if getattr(args, name) < 1:
             raise OptionError(f"--{name} must be a positive integer")
+    return priors
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .bayes import sample_summary
+    from .bayes._sample import sample
+    from .spec import build_spec
+
+    t_start = time.perf_counter()
+    priors = _sample_options(args)
     spec = build_spec(args.formula, read_data(args.data), residual=args.residual)
     t0 = time.perf_counter()
     idata = sample(spec, param=args.param, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
@@ -159,33 +166,99 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_limit(text: str | None) -> list[float] | None:
+    from ._errors import OptionError
+
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OptionError(f"--limit must be comma-separated numbers, got {text!r}") from None
+
+
+def _side_by_side(args: argparse.Namespace, data: Any, formula: str, residual: str | None, method: str,
+                  limit: list[float] | None, out_dir: str | None, html_path: str | None, priors: dict[str, Any],
+                  title: str | None = None) -> Any:
+    """Fit, sample, compare; figures and report when asked. Returns the :class:`SideBySide`."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    from .bayes import reml_limit
+    from .bayes._sample import sample
+    from .compare._report import side_by_side
+    from .freq import lmm
+
+    fit = lmm(formula, data, method=method, residual=residual)
+    show = not getattr(args, "json", False) and sys.stderr.isatty()
+    if not getattr(args, "json", False):
+        print(f"sampling the {args.param} model: {args.chains} chains x {args.draws} draws after {args.tune} "
+              "tuning steps ...", file=sys.stderr, flush=True)
+    idata = sample(fit.spec, param=args.param, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
+                   sampler=getattr(args, "sampler", "pymc"), progressbar=show, **priors)
+    path = reml_limit(fit, limit) if limit else None
+    return side_by_side(fit, idata, limit=path, out_dir=out_dir, html_path=html_path, title=title)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    priors = _sample_options(args)
+    res = _side_by_side(args, read_data(args.data), args.formula, args.residual, args.method, _parse_limit(args.limit),
+                        args.out, args.html, priors)
+    res.data["seconds"] = time.perf_counter() - t0
+    if args.json:
+        print(to_json(res.data))
+    else:
+        print(res.text)
+        for f in res.files:
+            print(f"wrote {f}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import datasets
+    from ._errors import OptionError
     from .freq import lmm
 
     t0 = time.perf_counter()
+    if args.draws < 1 or args.tune < 1:
+        raise OptionError("--draws and --tune must be positive integers")
     pig = datasets.load("pig_weights")
     formula = "weight ~ num_weeks + (1 | id_num)"
-    print("bayeslmm demo: 48 pigs weighed weekly for 9 weeks (bundled dataset 'pig_weights')\n")
+    print("bayeslmm demo: 48 pigs weighed weekly for 9 weeks (bundled dataset 'pig_weights')")
+    print(f"model {formula}: REML (lme4's algorithm) and the Bayesian model in PyMC, side by side\n")
     fit = lmm(formula, pig, method="REML")
-    print("== REML fit (lme4 layout) ==")
-    print(fit.summary())
     shr = fit.shrinkage()
-    print("\n== BLUP = closed-form shrinkage n_i s_u^2 / (s^2 + n_i s_u^2) x mean residual (first 5 pigs) ==")
+    print("== BLUP = closed-form shrinkage n_i s_u^2 / (s^2 + n_i s_u^2) x mean residual (first 5 pigs) ==")
     print(shr.head().to_string(float_format=lambda v: f"{v:.4f}"))
     gap = float((shr.factor * shr.mean_resid - shr.blup).abs().max())
-    print(f"max |factor x mean residual - BLUP| over all {len(shr)} pigs: {gap:.2e}")
-    from .bayes import reml_limit
-
-    print("\n== REML as a Bayesian limit: beta ~ N(0, beta_prior_var I) integrated out, flat prior on the "
-          "variances ==")
-    print("posterior mode of the variance components as beta_prior_var grows (last row: REML)")
-    print(reml_limit(fit, [1.0, 10.0, 1e3, 1e8]).table().to_string(float_format=lambda v: f"{v:.6g}"))
-    print(
-        "\nPosterior sampling in PyMC beside the REML fit is not part of this release yet."
-        f"\ndone in {time.perf_counter() - t0:.2f} s"
-    )
+    print(f"max |factor x mean residual - BLUP| over all {len(shr)} pigs: {gap:.2e}\n")
+    args.param, args.chains = "marginal", 2
+    res = _side_by_side(args, pig, formula, None, "REML", [1.0, 10.0, 1e3, 1e5, 1e8], args.out, None,
+                        {"beta_prior_var": 1e4}, title="bayeslmm demo: pig weights, REML and Bayes side by side")
+    print(res.text)
+    print(f"\nfigures and a self-contained HTML report written to {os.path.abspath(args.out)}/:")
+    for f in res.files:
+        print(f"  {os.path.basename(f)}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _add_sampling(sp: argparse.ArgumentParser, param_default: str) -> None:
+    sp.add_argument("--param", default=param_default, choices=["conditional", "marginal", "restricted"],
+                    help=f"parameterisation (default {param_default}): random effects explicit, integrated out, "
+                         "or beta integrated out as well")
+    sp.add_argument("--beta-prior-var", type=float, default=None,
+                    help="prior variance of each fixed effect (the lecture's theta); default 100 var(y)")
+    sp.add_argument("--sd-prior", default=None, help="'halfnormal:S': HalfNormal(S) on every standard deviation")
+    sp.add_argument("--lkj-eta", type=float, default=2.0, help="LKJ shape of the correlation matrices")
+    sp.add_argument("--prior", action="append", metavar="KEY=DIST",
+                    help="replace one prior, e.g. 'sigma=HalfStudentT(nu=3, sigma=10)', 'rho=Beta(alpha=2, beta=2)'; "
+                         "keys sd_<term>, sigma, sd_process, rho, phi; repeatable")
+    sp.add_argument("--sampler", default="pymc", choices=["pymc", "nutpie", "numpyro", "blackjax"],
+                    help="NUTS implementation (default pymc; numpyro/blackjax need pip install 'bayeslmm[jax]')")
+    sp.add_argument("--draws", type=int, default=1000)
+    sp.add_argument("--tune", type=int, default=1000)
+    sp.add_argument("--chains", type=int, default=2)
+    sp.add_argument("--seed", type=int, default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,24 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
     sm.add_argument("--formula", "-f", required=True, help="lme4 formula")
     sm.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
-    sm.add_argument("--param", default="conditional", choices=["conditional", "marginal", "restricted"],
-                    help="parameterisation: random effects explicit, integrated out, or beta integrated out too")
-    sm.add_argument("--beta-prior-var", type=float, default=None, help="prior variance of each fixed effect")
-    sm.add_argument("--sd-prior", default=None, help="'halfnormal:S': HalfNormal(S) on every standard deviation")
-    sm.add_argument("--lkj-eta", type=float, default=2.0, help="LKJ shape of the correlation matrices")
-    sm.add_argument("--prior", action="append", metavar="KEY=DIST",
-                    help="replace one prior, e.g. 'sigma=HalfStudentT(nu=3, sigma=10)', 'rho=Beta(alpha=2, beta=2)'; "
-                         "keys sd_<term>, sigma, sd_process, rho, phi; repeatable")
-    sm.add_argument("--sampler", default="pymc", choices=["pymc", "nutpie", "numpyro", "blackjax"],
-                    help="NUTS implementation (default pymc; numpyro/blackjax need pip install 'bayeslmm[jax]')")
-    sm.add_argument("--draws", type=int, default=1000)
-    sm.add_argument("--tune", type=int, default=1000)
-    sm.add_argument("--chains", type=int, default=2)
-    sm.add_argument("--seed", type=int, default=None)
+    _add_sampling(sm, "conditional")
     sm.add_argument("--out", default=None, help="write the InferenceData to this netCDF file")
     sm.add_argument("--json", action="store_true", help="print one JSON object")
     sm.set_defaults(func=_cmd_sample)
-    d = sub.add_parser("demo", help="the pig-weights example end to end")
+    c = sub.add_parser("compare", help="REML and the posterior side by side: tables, diagnostics, figures, report")
+    c.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    c.add_argument("--formula", "-f", required=True, help="lme4 formula")
+    c.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
+    c.add_argument("--method", default="REML", help="REML (default) or ML for the frequentist fit")
+    _add_sampling(c, "marginal")
+    c.add_argument("--limit", default=None, metavar="V1,V2,...",
+                   help="also show the REML-limit path at these beta_prior_var values, e.g. 10,1e3,1e8")
+    c.add_argument("--out", default=None, metavar="DIR", help="write the figures (PNG) and report.html to DIR")
+    c.add_argument("--html", default=None, metavar="FILE", help="write the self-contained HTML report to FILE")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=_cmd_compare)
+    d = sub.add_parser("demo", help="the pig-weights example end to end: REML and Bayes side by side, with a report")
+    d.add_argument("--out", default="bayeslmm-demo", metavar="DIR",
+                   help="folder for the figures and report.html (default ./bayeslmm-demo)")
+    d.add_argument("--draws", type=int, default=1000, help="posterior draws per chain (default 1000)")
+    d.add_argument("--tune", type=int, default=1000, help="tuning steps per chain (default 1000)")
+    d.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     d.set_defaults(func=_cmd_demo)
     return p
 

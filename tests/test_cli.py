@@ -47,11 +47,37 @@ def test_fit_reads_parquet(tmp_path: Path, pig: pd.DataFrame) -> None:
     assert json.loads(r.stdout)["nobs"] == 432
 
 
-def test_demo_runs_the_pig_example() -> None:
-    r = run("demo")
+def test_demo_runs_the_pig_example_both_paths(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    r = run("demo", "--out", str(out), "--draws", "300", "--tune", "300", timeout=600)
     assert r.returncode == 0, r.stderr
     assert "REML criterion at convergence: 2033.8" in r.stdout
     assert "max |factor x mean residual - BLUP|" in r.stdout
+    assert "REML estimates against the posterior" in r.stdout and "BLUPs against the posterior" in r.stdout
+    assert "MCMC diagnostics" in r.stdout and "REML as a Bayesian limit" in r.stdout
+    # the REML column of the side-by-side table is lme4's estimate
+    row = next(line for line in r.stdout.splitlines() if line.startswith("variance  Residual"))
+    assert float(row.split()[2]) == pytest.approx(4.395, abs=5e-4)
+    pngs = {p.name for p in out.glob("*.png")}
+    assert {"shrinkage.png", "caterpillar.png", "residuals.png", "qq.png", "trace.png", "ppc.png", "limit.png"} <= pngs
+    assert all((out / p).stat().st_size > 10_000 for p in pngs)
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == len(pngs) and "REML vs posterior" in report
+
+
+def test_compare_json_and_html(tmp_path: Path) -> None:
+    html = tmp_path / "r.html"
+    r = run("compare", "sleepstudy", "--formula", "Reaction ~ Days + (Days | Subject)", "--draws", "200", "--tune",
+            "200", "--seed", "2", "--html", str(html), "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    kinds = [row["kind"] for row in d["compare"]]
+    assert kinds.count("fixef") == 2 and "correlation" in kinds
+    assert len(d["ranef"]) == 36 and d["files"] == [str(html)] and html.stat().st_size > 50_000
+    reml = {row["name"]: row["estimate"] for row in d["compare"]}
+    assert reml["Days"] == pytest.approx(10.46729, abs=1e-4)
+    r = run("compare", "sleepstudy", "--formula", "Reaction ~ Days + (Days | Subject)", "--limit", "1e3,x")
+    assert r.returncode == 2 and "--limit" in r.stderr
 
 
 def _write(tmp_path: Path, name: str, df: pd.DataFrame) -> str:

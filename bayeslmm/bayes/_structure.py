@@ -174,7 +174,8 @@ def _restricted_tail(n: int, logdetV: Any, A: Any, bv: Any, yy: Any, tau: float)
     p = A.shape[0] if isinstance(A, np.ndarray) else A.type.shape[0]
     M = A + np.eye(p) / tau
     logdetM = _logdet_chol(pt.linalg.cholesky(M), p)
-    neg2 = n * np.log(2 * np.pi) + logdetV + p * np.log(tau) + logdetM + yy - bv @ pt.linalg.solve(M, bv, assume_a="pos")
+    quad = yy - bv @ pt.linalg.solve(M, bv, assume_a="pos")
+    neg2 = n * np.log(2 * np.pi) + logdetV + p * np.log(tau) + logdetM + quad
     return -0.5 * neg2
 
 
@@ -292,8 +293,7 @@ class FullStructure(_WoodburyBase):
 
     def _L_pt(self, Ls: list[Any]) -> Any:
         import pytensor.tensor as pt
-        from pytensor.tensor.linalg import kron
-        from pytensor.tensor.linalg import block_diag
+        from pytensor.tensor.linalg import block_diag, kron
 
         return self._kron_terms(Ls, kron, pt.eye, block_diag)
 
