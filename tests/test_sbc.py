@@ -32,26 +32,30 @@ every run.
 
 That the test can fail is shown on the same posterior draws made wrong on purpose, without more
 sampling: draws shifted by one posterior sd (a biased sampler), draws shrunk towards their mean
-by a factor of 3 (an overconfident one), and variances reported as standard deviations (the
-``varcorr`` scale mixed up with the ``sd_`` scale). The same test rejects each of them. With ``R``
-of order 100 SBC detects only gross errors (e.g. a posterior sd off by a factor of 2 is
-borderline); it complements, and does not replace, the exact-density and grid-reference tests
-of ``test_bayes_model.py``. The machinery itself (ranks, bins, tests) is checked first, in the
-fast tier, on an exact conjugate posterior with thousands of replicates.
+by a factor of 3 (an overconfident one), and ``sigma^2`` reported as ``sigma`` (the ``varcorr``
+scale mixed up with the ``sd`` scale). The same test rejects each of them. With ``R = 80`` SBC
+detects only gross errors: a posterior sd off by a factor of 2, or a bias of half a posterior
+sd, is rejected for some parameters but not all, and the variance-for-sd mix-up is not rejected
+for ``sd_g``, whose prior puts much mass near 1 where ``sd^2 ~ sd``. It complements, and does not
+replace, the exact-density and grid-reference tests of ``test_bayes_model.py``. The machinery
+itself (ranks, bins, tests; ``tests/sbc.py``) is checked first, in the fast tier, on an exact
+conjugate posterior with thousands of replicates.
 
 Speed
 -----
 Each ``sample`` call builds and compiles a new model: the response enters the graph as
 constants (``y'y``, ``X'y``, ``Z_i'y``), so nothing compiled for one replicate is reused by the
-next. With the default ``mode="NUMBA"`` (nutpie) that costs about 50 s per call, far too much
-for many replicates. PyTensor's C backend (``mode="CVM"``, PyMC's NUTS) is cheaper but its
-elementwise fusion writes those constants into the generated C code, so every replicate still
-runs the C compiler (about 3 s per replicate, and PyTensor's compile cache grows by ~2 modules
-each). With fusion switched off (``get_mode("CVM").excluding("fusion")``) the compiled C modules
-are shared by all replicates: about 1.2 s per replicate (of which ~0.4 s sampling) on a quiet
-2-core machine, plus a one-off ~30 s to fill the C cache on a fresh machine. What is tested is
-therefore the ``marginal`` model (priors, marginal density and its gradient), PyMC's NUTS and
-the post-processing of ``sample`` (``varcorr``, the ``b_<term>`` draws), not nutpie.
+next. With the default ``mode="NUMBA"`` every call JIT-compiles anew: about 11 s per replicate
+with PyMC's NUTS and about 50 s with nutpie, far too much for many replicates. PyTensor's C
+backend (``mode="CVM"``) is cheaper, but its elementwise fusion writes those constants into the
+generated C code, so every replicate still runs the C compiler (about 3 s per replicate, and
+PyTensor's compile cache grows by ~2 modules each). With fusion switched off
+(``get_mode("CVM").excluding("fusion")``) the compiled C modules are shared by all replicates:
+about 1.4 s per replicate (of which ~0.4 s sampling, the rest building and compiling the model)
+on a quiet 2-core machine, plus a one-off ~30 s to fill the C cache on a fresh machine. What is
+tested is therefore the ``marginal`` model (priors, marginal density and its gradient), PyMC's
+NUTS (``sampler="pymc"``) and the post-processing of ``sample`` (``varcorr``, the ``b_<term>``
+draws); not nutpie, nor the Numba-compiled density (the same graph, another backend).
 """
 
 from __future__ import annotations
@@ -68,10 +72,10 @@ from bayeslmm.bayes import sample
 from .sbc import rank, rank_chi2, rank_ks, thin, uniformity_pvalue
 
 ALPHA = 0.001  # family-wise false-alarm rate of each uniformity test
-R = 100  # replicates
+R = 80  # replicates
 DRAWS, TUNE = 240, 200  # per replicate, one chain
 L = 39  # kept draws per replicate (every ~6th): ranks 0..39
-BINS = 5  # 8 rank values per bin, R / BINS = 20 expected per bin
+BINS = 5  # 8 rank values per bin, R / BINS = 16 expected per bin
 TAU, S = 1.0, 1.0  # beta_prior_var and sd_scale, fixed
 SIZES = (3, 4, 5, 6, 3, 5, 4, 6, 3, 5)
 B_LEVELS = (0, 3)  # random effects checked: a group of 3 and a group of 6
@@ -96,9 +100,8 @@ def _simulate(spec: Any, r: int) -> tuple[np.ndarray, np.ndarray]:
     return np.r_[beta, sd_g, sigma, b[list(B_LEVELS)]], y
 
 
-@pytest.fixture(scope="module")
-def sbc() -> dict[str, Any]:
-    """Run the ``R`` replicates once: true values ``(R, k)``, kept draws ``(R, L, k)``, diagnostics."""
+def run_sbc() -> dict[str, Any]:
+    """Run the ``R`` replicates: true values ``(R, k)``, kept draws ``(R, L, k)``, diagnostics."""
     import time
 
     import arviz as az
@@ -113,7 +116,8 @@ def sbc() -> dict[str, Any]:
     for r in range(R):
         truth, y = _simulate(spec, r)
         idata = sample(spec.with_response(y), param="marginal", draws=DRAWS, tune=TUNE, chains=1, seed=r,
-                       posterior_predictive=False, beta_prior_var=TAU, sd_scale=S, lkj_eta=2.0, mode=mode)
+                       sampler="pymc", mode=mode, posterior_predictive=False, beta_prior_var=TAU, sd_scale=S,
+                       lkj_eta=2.0)
         post = idata.posterior
         draws = np.column_stack([post["beta"].values[0], post["sd_g"].values[0, :, 0], post["sigma"].values[0],
                                  post["b_g"].values[0][:, list(B_LEVELS), 0]])
@@ -124,6 +128,11 @@ def sbc() -> dict[str, Any]:
         div.append(int(idata.sample_stats["diverging"].sum()))
     return {"names": names, "truth": np.array(truths), "draws": np.array(kept), "ess": np.array(ess),
             "divergences": np.array(div), "seconds": time.perf_counter() - start}
+
+
+@pytest.fixture(scope="module")
+def sbc() -> dict[str, Any]:
+    return run_sbc()
 
 
 def _pvalues(truth: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,16 +204,16 @@ def _shrink(truth: np.ndarray, d: np.ndarray) -> np.ndarray:  # an overconfident
     return m + (d - m) / 3
 
 
-def _variance_for_sd(truth: np.ndarray, d: np.ndarray) -> np.ndarray:  # varcorr's variances reported as sd_g, sigma
+def _variance_for_sd(truth: np.ndarray, d: np.ndarray) -> np.ndarray:  # varcorr's sigma^2 reported as sigma
     d = d.copy()
-    d[:, :, 2:4] **= 2
+    d[:, :, 3] **= 2
     return d
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:PyTensor could not link to a BLAS:UserWarning")
 @pytest.mark.parametrize(("wrong", "params"), [(_shift, slice(None)), (_shrink, slice(None)),
-                                                (_variance_for_sd, slice(2, 4))])
+                                                (_variance_for_sd, slice(3, 4))])
 def test_a_miscalibrated_sampler_is_rejected(sbc: dict[str, Any], wrong: Any, params: slice) -> None:
     """The same test, on the same replicates, rejects draws made wrong on purpose (so it can fail)."""
     p, ranks = _pvalues(sbc["truth"], wrong(sbc["truth"], sbc["draws"]))

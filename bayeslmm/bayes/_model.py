@@ -1,21 +1,24 @@
-"""PyMC models from a :class:`ModelSpec`: the ``conditional`` (non-centred) parameterisation.
+"""PyMC models from a :class:`ModelSpec`, in three parameterisations.
 
 Model (the lecture's, with its prior on beta)::
 
     beta        ~ N(0, beta_prior_var I)                  (the lecture's theta; renamed here)
     sd_k        ~ HalfNormal(sd_scale)                    one per random-effect column of term k
     Corr_k      ~ LKJ(lkj_eta)                            terms with several columns
-    z_k         ~ N(0, I)   (levels x q_k),   b_k = z_k L_k'   (L_k = diag(sd_k) chol(Corr_k))
-    sigma       ~ HalfNormal(sd_scale)
-    y           ~ N(X beta + sum_k Z_k b_k, sigma^2 I)
+    b_k         ~ N(0, D_k) per level,  D_k = L_k L_k'    (L_k = diag(sd_k) chol(Corr_k))
+    sigma       ~ HalfNormal(sd_scale)                    residual sd (the nugget's for ``ou``)
+    ou:  sd_process ~ HalfNormal(sd_scale), rho ~ Uniform(0, 1);   ar1: phi ~ Uniform(-1, 1)
+    y_i | b     ~ N(X_i beta + Z_i b_i, R_i)              R_i = sigma^2 I, or the serial process
 
-Default priors, scaled to the data: ``sd_scale = sd(y)`` (half-normal, so a standard
-deviation as large as the response's is one prior sd away), ``beta_prior_var = 100 var(y)``
-per coefficient, ``lkj_eta = 2`` (mildly favours small correlations). Every one is an
-argument. The model has named coordinates from the specification (coefficient names, levels
-of each factor), so ArviZ output is labelled, and a ``varcorr`` deterministic with the
-variance components on the variance scale, one entry per row of ``LMMFit.varcorr()``.
-PyMC is imported only when a model is built.
+``conditional`` keeps ``b_k = z_k L_k'`` with ``z_k ~ N(0, I)`` (non-centred); ``marginal``
+integrates ``b`` out and ``restricted`` integrates ``beta`` out as well (see
+:mod:`._structure`). Default priors, scaled to the data: ``sd_scale = sd(y)`` (half-normal, so a
+standard deviation as large as the response's is one prior sd away), ``beta_prior_var = 100
+var(y)`` per coefficient, ``lkj_eta = 2`` (mildly favours small correlations); every prior can be
+replaced (:mod:`._priors`). The model has named coordinates from the specification (coefficient
+names, levels of each factor), so ArviZ output is labelled, and a ``varcorr`` deterministic with
+the variance components on the variance scale, one entry per row of ``LMMFit.varcorr()``. PyMC is
+imported only when a model is built.
 """
 
 from __future__ import annotations
