@@ -6,13 +6,23 @@ User errors print one line (``bayeslmm: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 EXIT_USER_ERROR = 2
+#: seconds ``fit --scheduler ADDRESS`` waits to reach a distributed scheduler
+SCHEDULER_TIMEOUT_S = 5.0
+#: ``--scheduler`` values that name Dask's local schedulers rather than an address
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
+_PARQUET = (".parquet", ".pq")
+_INSTALL_DASK = "install with pip install 'bayeslmm[dask]'"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,12 +41,13 @@ def read_data(source: str) -> Any:
     if source in datasets.names() and not os.path.exists(source):
         return datasets.load(source)
     if not os.path.exists(source):
-        raise DataError(
-            f"data file {source!r} not found; give a CSV or Parquet path or a bundled dataset "
-            f"({', '.join(datasets.names())})"
-        )
+        if _has_glob(source):
+            raise DataError(f"{source!r} is a glob; give a CSV or Parquet file (only 'bayeslmm fit' reads a glob "
+                            "of Parquet files, out of core)")
+        raise DataError(_not_found(source))
     if os.path.isdir(source):
-        raise DataError(f"{source!r} is a directory; give a CSV or Parquet file")
+        raise DataError(f"{source!r} is a directory; give a CSV or Parquet file (only 'bayeslmm fit' reads a "
+                        "directory of Parquet files, out of core)")
     try:
         if source.lower().endswith((".parquet", ".pq")):
             return pd.read_parquet(source)
@@ -45,6 +56,167 @@ def read_data(source: str) -> Any:
         raise DataError(f"data file {source!r} is empty") from None
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as e:
         raise DataError(f"cannot read {source!r} as a table: {str(e).splitlines()[0]}") from None
+
+
+def _not_found(source: str) -> str:
+    from . import datasets
+
+    return (f"data file {source!r} not found; give a CSV or Parquet path or a bundled dataset "
+            f"({', '.join(datasets.names())})")
+
+
+def _has_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def _is_parquet(path: str) -> bool:
+    return path.lower().endswith(_PARQUET)
+
+
+def parquet_source(sources: list[str], scheduler: str | None) -> str | list[str] | None:
+    """What ``bayeslmm fit`` reads out of core with Dask, or None to read ``sources[0]`` in memory.
+
+    Out of core: a directory of Parquet files, a glob (matched here), several Parquet files
+    (a glob the shell expanded), a URL, or any Parquet file when ``scheduler`` is given.
+
+    Raises
+    ------
+    DataError
+        For a glob that matches nothing, a directory without Parquet files, or data that
+        is not Parquet where Parquet is needed.
+    """
+    from . import datasets
+    from ._errors import DataError
+
+    if len(sources) > 1:
+        for p in sources:
+            if not os.path.isfile(p) or not _is_parquet(p):
+                what = "not found" if not os.path.exists(p) else "not a Parquet file (*.parquet, *.pq)"
+                raise DataError(f"several DATA paths are read out of core as Parquet files, but {p!r} is {what}")
+        return list(sources)
+    src = sources[0]
+    if "://" in src:  # a URL (s3://, gs://, file://): Dask and fsspec read it
+        return src
+    if os.path.isdir(src):
+        if not any(_is_parquet(f) for _, _, files in os.walk(src) for f in files):
+            raise DataError(f"{src!r} is a directory without Parquet files (*.parquet, *.pq); give a CSV or Parquet "
+                            "file, or a directory or glob of Parquet files")
+        return src
+    if not os.path.exists(src) and _has_glob(src):
+        matches = sorted(glob.glob(src, recursive=True))
+        if not matches:
+            raise DataError(f"no file matches {src!r}; give a directory or glob of Parquet files, e.g. "
+                            "'data/*.parquet' (quoted, or let the shell expand it)")
+        bad = [m for m in matches if not (os.path.isfile(m) and _is_parquet(m))]
+        if bad:
+            raise DataError(f"{src!r} matches {bad[0]!r}, which is not a Parquet file (*.parquet, *.pq); a glob "
+                            "must match Parquet files only")
+        return matches
+    if scheduler is None:
+        return None
+    if os.path.isfile(src) and _is_parquet(src):
+        return src
+    if not os.path.exists(src) and src not in datasets.names():
+        raise DataError(_not_found(src))
+    raise DataError(f"--scheduler fits Parquet data out of core (a file, a directory or a glob) and {src!r} is not "
+                    "Parquet: drop --scheduler to fit it in memory, or write it to Parquet first")
+
+
+def _check_dask(distributed: bool) -> None:
+    from ._errors import OptionError
+
+    mods = ("dask", "dask.dataframe", "pyarrow") + (("distributed",) if distributed else ())
+    for mod in mods:
+        try:
+            __import__(mod)
+        except ImportError:
+            raise OptionError(f"an out-of-core fit (a Parquet directory or glob, or --scheduler) needs Dask, which is "
+                              f"not installed ({mod} is missing): {_INSTALL_DASK}") from None
+
+
+@contextlib.contextmanager
+def dask_scheduler(value: str | None) -> Iterator[Any]:
+    """The ``distributed.Client`` of ``--scheduler ADDRESS`` (closed on exit), or None with a local scheduler set.
+
+    ``None`` keeps Dask's default (its threaded scheduler); ``threads``, ``processes`` and
+    ``synchronous`` select that local scheduler.
+
+    Raises
+    ------
+    OptionError
+        For a value that is neither a local scheduler nor an address, or missing Dask.
+    DataError
+        When the scheduler cannot be reached within :data:`SCHEDULER_TIMEOUT_S` seconds.
+    """
+    from ._errors import DataError, OptionError
+
+    if value is None:
+        _check_dask(distributed=False)
+        yield None
+        return
+    if value.lower() in LOCAL_SCHEDULERS:
+        _check_dask(distributed=False)
+        import dask
+
+        with dask.config.set(scheduler=value.lower()):
+            yield None
+        return
+    if "://" not in value and not re.fullmatch(r"[\w.\-]+:\d+", value):
+        raise OptionError(f"--scheduler must be {', '.join(LOCAL_SCHEDULERS)} or a Dask scheduler address such as "
+                          f"tcp://127.0.0.1:8786, got {value!r}")
+    _check_dask(distributed=True)
+    from distributed import Client
+
+    try:
+        client = Client(value, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
+    except ValueError as e:  # an unknown address scheme
+        raise OptionError(f"--scheduler {value!r}: {str(e).splitlines()[0]}") from None
+    except (OSError, TimeoutError) as e:
+        raise DataError(f"cannot reach the Dask scheduler at {value!r} within {SCHEDULER_TIMEOUT_S:g} s "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); start one with 'dask scheduler' "
+                        "and workers with 'dask worker ADDRESS', or use --scheduler threads") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+_OOC_NOTE = ("fitted values and residuals (and the scaled-residual quantiles of the summary) need a second pass "
+             "over the rows and were not computed: use bayeslmm.suff.fitted_dask")
+
+
+def _fit_out_of_core(args: argparse.Namespace, source: str | list[str]) -> tuple[Any, dict[str, Any]]:
+    """Fit through :func:`bayeslmm.suff.lmm_dask`; the fit and what the ``out_of_core`` JSON key reports."""
+    from ._errors import DataError, OptionError
+    from .freq._objective import check_method
+    from .spec._residual import parse_residual
+
+    method = check_method(args.method)
+    if parse_residual(args.residual) is not None:
+        raise OptionError(f"--residual {args.residual!r}: a serial residual process needs the rows of each group "
+                          "in order and in memory, but a Parquet directory or glob (or --scheduler) is fitted out of "
+                          "core from sufficient statistics, with independent errors only; fit one CSV or Parquet "
+                          "file without --scheduler, or drop --residual")
+    with dask_scheduler(args.scheduler) as client:
+        from .suff import lmm_dask
+
+        try:
+            fit = lmm_dask(args.formula, source, method, client=client)
+        except DataError as e:  # messages from Parquet readers can span lines: one line
+            msg = str(e)
+            if "\n" not in msg:
+                raise
+            raise DataError(" ".join(msg.split())) from None
+        if client is not None:
+            used = client.scheduler.address
+        else:
+            import dask
+
+            used = dask.config.get("scheduler", None) or "threads"
+    t = fit.timings
+    info = {"engine": "dask", "scheduler": str(used), "npartitions": int(t.get("npartitions", 0)),
+            "levels_s": t.get("levels_s"), "pass_s": t.get("pass_s"), "fit_s": t.get("fit_s"), "note": _OOC_NOTE}
+    return fit, info
 
 
 def _json_default(o: Any) -> Any:
@@ -67,12 +239,25 @@ def to_json(obj: Any) -> str:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .freq import lmm
 
-    data = read_data(args.data)
-    fit = lmm(args.formula, data, method=args.method, residual=args.residual)
+    source = parquet_source(args.data, args.scheduler)
+    if source is None:
+        fit = lmm(args.formula, read_data(args.data[0]), method=args.method, residual=args.residual)
+        info = None
+    else:
+        fit, info = _fit_out_of_core(args, source)
     if args.json:
-        print(to_json(fit.to_dict()))
+        out = fit.to_dict()
+        if info is not None:
+            out["out_of_core"] = info
+        print(to_json(out))
     else:
         print(fit.summary())
+        if info is not None:
+            n = info["npartitions"]
+            print(f"\nOut of core with Dask ({info['scheduler']} scheduler, {n} partition{'s' * (n != 1)}): levels "
+                  f"pass {info['levels_s']:.2f} s, statistics pass {info['pass_s']:.2f} s, fit {info['fit_s']:.2f} s."
+                  "\nFitted values and residuals were not computed (a second pass over the rows: "
+                  "bayeslmm.suff.fitted_dask).")
     return 0
 
 
@@ -268,14 +453,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bayeslmm", description="Linear mixed models: ML/REML (lme4-compatible) and Bayesian.")
     p.add_argument("--version", action="version", version=f"bayeslmm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    f = sub.add_parser("fit", help="fit a model by REML or ML and print the summary (or JSON)")
-    f.add_argument("data", help="CSV or Parquet file, or a bundled dataset name (pig_weights, sleepstudy, dyestuff)")
+    f = sub.add_parser(
+        "fit", help="fit a model by REML or ML and print the summary (or JSON)",
+        description="Fit a linear mixed model by REML or ML. A CSV or Parquet file is read into memory. A "
+                    "directory or glob of Parquet files (or any Parquet data with --scheduler) is fitted out of "
+                    "core with Dask: one pass computes the sufficient statistics of each partition and merges "
+                    "them, and the fit gives the same estimates as in memory. Out of core needs pip install "
+                    "'bayeslmm[dask]', allows independent errors only, and computes no fitted values or "
+                    "residuals.",
+        epilog="examples: bayeslmm fit sleepstudy -f 'Reaction ~ Days + (Days | Subject)'; "
+               "bayeslmm fit 'data/*.parquet' -f 'y ~ x + (1 | g)' --json; "
+               "bayeslmm fit data/ -f 'y ~ x + (1 | g)' --scheduler tcp://10.0.0.5:8786")
+    f.add_argument("data", nargs="+", metavar="DATA",
+                   help="CSV or Parquet file, or a bundled dataset name (pig_weights, sleepstudy, dyestuff); or, "
+                        "read out of core, a directory of Parquet files, a glob such as 'data/part.*.parquet' "
+                        "(quote it, or let the shell expand it into several files) or a URL")
     f.add_argument("--formula", "-f", required=True, help="lme4 formula, e.g. 'y ~ x + (1 | g)'")
     f.add_argument("--method", default="REML", help="REML (default) or ML")
     f.add_argument("--residual", default=None,
                    help="residual process: 'iid' (default), 'ou(t | g)' (Ornstein-Uhlenbeck in time t within g "
                         "plus a nugget) or 'ar1(t | g)' (AR(1) by order of t within g)")
     f.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    f.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="fit out of core on this Dask scheduler: a distributed address such as tcp://host:8786 "
+                        f"(reached within {SCHEDULER_TIMEOUT_S:g} s; workers must be able to read DATA), or "
+                        "threads, processes or synchronous for a local scheduler (default for a Parquet directory "
+                        "or glob: Dask's threaded scheduler)")
     f.set_defaults(func=_cmd_fit)
     t = sub.add_parser("lrt", help="likelihood-ratio test of two nested models (boundary-corrected, bootstrap)")
     t.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")

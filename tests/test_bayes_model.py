@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ import bayeslmm
 from bayeslmm.bayes import build_model, sample, varcorr_labels
 
 pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent / "data"
 
 
 def test_structure_names_coordinates_and_finite_logp(sleep) -> None:
@@ -144,3 +147,73 @@ def test_predictive_groups(pig, param: str) -> None:
     assert float(yrep.std("obs").mean()) == pytest.approx(pig.weight.std(), rel=0.05)
     assert idata.prior_predictive["y"].shape[-1] == 432
     assert {"beta", "sigma", "varcorr", "b_id_num"} <= set(idata.prior.data_vars)
+
+
+@pytest.mark.parametrize("sampler", ["nutpie", "numpyro", "blackjax"])
+def test_other_samplers_give_the_same_posterior(pig, sampler: str) -> None:
+    """nutpie and the JAX samplers agree with PyMC's NUTS within 4 Monte Carlo SEs (pig, marginal)."""
+    import arviz as az
+
+    spec = bayeslmm.model_spec("weight ~ num_weeks + (1 | id_num)", pig)
+    ref = sample(spec, param="marginal", draws=1000, tune=1000, seed=21, beta_prior_var=1e4)
+    other = sample(spec, param="marginal", draws=1000, tune=1000, seed=22, beta_prior_var=1e4, sampler=sampler)
+    assert {"beta", "b_id_num", "varcorr"} <= set(other.posterior.data_vars)
+    for v in ("beta", "varcorr"):
+        a, b = ref.posterior[v], other.posterior[v]
+        diff = np.abs(a.mean(("chain", "draw")).to_numpy() - b.mean(("chain", "draw")).to_numpy())
+        assert np.all(diff <= 4 * np.hypot(az.mcse(a).to_numpy(), az.mcse(b).to_numpy())), (sampler, v, diff)
+
+
+def _agree(res: dict, names: tuple[str, ...]) -> None:
+    import itertools
+
+    for (a, ra), (b, rb) in itertools.combinations(res.items(), 2):
+        for v in names:
+            (ma, sa), (mb, sb) = ra[v], rb[v]
+            assert np.all(np.abs(ma - mb) <= 4 * np.hypot(sa, sb)), (a, b, v, ma, mb)
+
+
+def _means(idata, names):
+    import arviz as az
+
+    return {v: (idata.posterior[v].mean(("chain", "draw")).to_numpy(), az.mcse(idata.posterior[v]).to_numpy())
+            for v in names}
+
+
+def test_serial_ou_parameterisations_agree_and_sit_near_reml() -> None:
+    import pandas as pd
+
+    df = pd.read_csv(DATA / "sim_ou.csv")
+    spec = bayeslmm.model_spec("y ~ t + (1 | id)", df, residual="ou(t | id)")
+    res = {}
+    for param in ("conditional", "marginal", "restricted"):
+        idata = sample(spec, param=param, draws=1000, tune=1000, seed=31, beta_prior_var=1e4)
+        assert list(idata.posterior["process"].coords["process_param"].values) == ["process_var", "rho"]
+        assert idata.log_likelihood["y"].shape[-1] == 60  # per subject
+        assert idata.posterior_predictive["y"].shape[-1] == spec.n
+        res[param] = _means(idata, ("beta", "varcorr", "process"))
+    _agree(res, ("beta", "varcorr", "process"))
+    fit = bayeslmm.lmm("y ~ t + (1 | id)", df, residual="ou(t | id)")
+    rp = fit.residual_params()
+    m = res["marginal"]
+    assert m["process"][0][1] == pytest.approx(rp["rho"], abs=0.1)
+    assert m["varcorr"][0][-1] == pytest.approx(rp["nugget"], rel=0.25)
+    np.testing.assert_allclose(m["beta"][0], fit.fixef, atol=0.1)
+
+
+@pytest.mark.parametrize("formula,data,unit", [("strength ~ 1 + (1 | batch/cask)", "pastes.csv", "batch"),
+                                               ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin.csv", None)])
+def test_nested_and_crossed_marginal_agree_with_conditional(formula, data, unit) -> None:
+    import pandas as pd
+
+    df = pd.read_csv(DATA / data)
+    spec = bayeslmm.model_spec(formula, df)
+    res = {}
+    for param in ("conditional", "marginal"):
+        idata = sample(spec, param=param, draws=1000, tune=1000, seed=41)
+        res[param] = _means(idata, ("beta", "varcorr"))
+        if param == "marginal":
+            assert ("log_likelihood" in idata.children) == (unit is not None)
+            if unit:
+                assert idata.log_likelihood["y"].dims[-1] == unit
+    _agree(res, ("beta", "varcorr"))

@@ -24,7 +24,10 @@ from bayeslmm.linalg import term_matrix
 from .conftest import random_frame
 
 CASES = [
-    ("y ~ x + (x | a)", None, GroupStructure),
+    ("y ~ x + (1 | a)", None, GroupStructure),  # q = 1: the elementwise path
+    ("y ~ x + (x | a)", None, GroupStructure),  # q = 2: the elementwise path
+    ("y ~ x + (1 | a) + (0 + x | a)", None, GroupStructure),  # q = 2, block-diagonal L
+    ("y ~ x + (x + f | a)", None, GroupStructure),  # q = 4: batched Cholesky factors
     ("y ~ x + (1 | a) + (1 | b)", None, FullStructure),
     ("y ~ x + (1 | a/c)", None, FullStructure),
     ("y ~ x + (1 | a)", "ou(t | a)", SerialStructure),

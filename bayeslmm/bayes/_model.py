@@ -43,12 +43,19 @@ def varcorr_labels(spec: ModelSpec) -> list[str]:
 
 
 def default_priors(spec: ModelSpec) -> dict[str, float]:
-    """The data-scaled defaults: ``sd_scale`` and ``beta_prior_var``."""
-    sy = float(np.std(spec.y)) or 1.0
+    """The data-scaled defaults: ``sd_scale`` and ``beta_prior_var`` (from ``sd(y)``; a specification
+    from sufficient statistics carries it as ``y_sd``)."""
+    y_sd = getattr(spec, "y_sd", None)
+    sy = (float(y_sd) if y_sd is not None else float(np.std(spec.y))) or 1.0
     return {"sd_scale": sy, "beta_prior_var": 100.0 * sy * sy}
 
 
 PARAMS = ("conditional", "marginal", "restricted")
+
+
+def _rowless(spec: ModelSpec) -> bool:
+    """A specification from sufficient statistics (``bayeslmm.suff``): blocks, no rows."""
+    return getattr(spec, "blocks", None) is not None
 
 
 def process_labels(spec: ModelSpec) -> list[str]:
@@ -112,6 +119,9 @@ def build_model(spec: ModelSpec, *, param: str = "conditional", beta_prior_var: 
         raise OptionError(f"unknown parameterisation {param!r}: use one of {', '.join(PARAMS)}")
     if not spec.terms and spec.residual is None:
         raise OptionError("a PyMC model needs at least one random-effect term or a serial residual process")
+    if _rowless(spec) and param == "conditional":
+        raise OptionError("a model from sufficient statistics has no rows for the conditional parameterisation "
+                          "(y | b needs them): use param='marginal' or 'restricted'")
     d = default_priors(spec)
     tau = d["beta_prior_var"] if beta_prior_var is None else float(beta_prior_var)
     s = d["sd_scale"] if sd_scale is None else float(sd_scale)

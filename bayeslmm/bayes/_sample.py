@@ -20,10 +20,12 @@ import numpy as np
 
 from .._errors import OptionError
 from ..spec import ModelSpec
-from ._model import build_model, default_priors, process_labels
+from ._model import _rowless, build_model, default_priors, process_labels
 from ._structure import psd_sqrt, structure_for
 
 SAMPLERS = ("pymc", "nutpie", "numpyro", "blackjax")
+#: largest array of random-effect draws ``(chains * draws, levels, q)`` stored without ``ranef=True``
+MAX_RANEF_BYTES = 2 * 1024**3
 _NEEDS = {"nutpie": "nutpie", "numpyro": "numpyro", "blackjax": "blackjax"}
 
 
@@ -51,7 +53,7 @@ def _res_draws(spec: ModelSpec, group: Any, k: int) -> dict[str, np.ndarray]:
     return res
 
 
-def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | None) -> None:
+def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | None, ranef: bool = True) -> None:
     """Add ``b_<term>`` (and ``beta`` for ``restricted``) drawn exactly, and the per-block log-likelihood.
 
     ``restricted``: ``beta | psi, y ~ N(M^-1 X'V^-1 y, M^-1)``, ``M = X'V^-1 X + I / beta_prior_var``;
@@ -70,15 +72,18 @@ def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | N
     res = _res_draws(spec, post, K)
     p = spec.p
     betas = np.empty((K, p)) if param == "restricted" else post["beta"].values.reshape(K, p)
-    bs = [np.empty((K, t.nlevels, t.q)) for t in spec.terms]
+    ranef = ranef and param != "conditional"
+    bs = [np.empty((K, t.nlevels, t.q)) for t in spec.terms] if ranef else []
     ll = None
+    if param == "marginal" and not ranef and _rowless(spec):
+        return  # nothing to draw: no random effects asked for, no per-block log-likelihood without rows
     for k in range(K):
         st = struct.np_state([L[k] for L in Lks], {key: float(v[k]) for key, v in res.items()})
         if param == "restricted":
             A, bv = struct.np_gls(st)
             Mi = np.linalg.inv(A + np.eye(p) / tau)
             betas[k] = rng.multivariate_normal(Mi @ bv, (Mi + Mi.T) / 2)
-        if param != "conditional":
+        if ranef:
             for j, b in enumerate(struct.np_draw_b(st, betas[k], rng)):
                 bs[j][k] = b
         llk = struct.np_loglik(st, betas[k])
@@ -91,7 +96,7 @@ def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | N
     if param == "restricted":
         post["beta"] = xr.DataArray(betas.reshape(C, Dn, p), dims=(*dims, "coef"),
                                     coords={**coords, "coef": list(spec.fixef_names)})
-    if param != "conditional":
+    if ranef:
         for t, b in zip(spec.terms, bs):
             post[f"b_{t.name}"] = xr.DataArray(
                 b.reshape(C, Dn, t.nlevels, t.q), dims=(*dims, f"{t.name}_level", f"{t.name}_coef"),
@@ -128,7 +133,8 @@ def _predictive(spec: ModelSpec, group: Any, rng: np.random.Generator) -> Any:
                                                  "obs": np.arange(spec.n)})})
 
 
-def _prior_draws(spec: ModelSpec, model: Any, draws: int, tau: float, seed: int | None) -> tuple[Any, Any]:
+def _prior_draws(spec: ModelSpec, model: Any, draws: int, tau: float, seed: int | None,
+                 predictive: bool = True, ranef: bool = True) -> tuple[Any, Any]:
     """Prior draws of the parameters (``b_<term>`` drawn from ``N(0, D)`` where the model has no ``z``)
     and the prior predictive of ``y``."""
     import pymc as pm
@@ -146,12 +152,12 @@ def _prior_draws(spec: ModelSpec, model: Any, draws: int, tau: float, seed: int 
         prior["beta"] = xr.DataArray(rng.normal(0, np.sqrt(tau), (1, draws, spec.p)), dims=("chain", "draw", "coef"),
                                      coords={"coef": list(spec.fixef_names)})
     vc = prior["varcorr"].values.reshape(draws, -1)
-    for t, Dk in zip(spec.terms, _D_blocks(spec, vc)):
+    for t, Dk in zip(spec.terms if ranef else [], _D_blocks(spec, vc)):
         b = np.einsum("dqr,dlr->dlq", psd_sqrt(Dk), rng.standard_normal((draws, t.nlevels, t.q)))
         prior[f"b_{t.name}"] = xr.DataArray(b[None], dims=("chain", "draw", f"{t.name}_level", f"{t.name}_coef"),
                                             coords={f"{t.name}_level": list(t.levels),
                                                     f"{t.name}_coef": list(t.coef_names)})
-    return prior, _predictive(spec, prior, rng)
+    return prior, (_predictive(spec, prior, rng) if predictive else None)
 
 
 def _check_sampler(sampler: str) -> None:
@@ -165,8 +171,8 @@ def _check_sampler(sampler: str) -> None:
 
 def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tune: int = 1000, chains: int = 2,
            seed: int | None = None, progressbar: bool = False, sampler: str = "pymc", mode: str | None = "NUMBA",
-           target_accept: float | None = None, posterior_predictive: bool = True, prior: bool = False,
-           **priors: Any) -> Any:
+           target_accept: float | None = None, posterior_predictive: bool | None = None, prior: bool = False,
+           ranef: bool | None = None, **priors: Any) -> Any:
     """Sample a model of ``spec``; the same InferenceData layout for all three parameterisations.
 
     The posterior holds ``beta``, ``b_<term>``, ``varcorr``, ``sigma``, ``process`` (serial
@@ -181,14 +187,50 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
     all against 158 s); ``None`` uses PyTensor's default. Compiled code is cached on disk by
     PyTensor and Numba between runs. ``posterior_predictive`` adds ``y`` replicated from each draw's
     ``beta``, ``b`` and residual parameters (a new residual process for serial models); ``prior``
-    adds ``prior`` and ``prior_predictive`` groups (as many draws as ``draws``). Other keyword
-    arguments go to :func:`build_model` (``beta_prior_var``, ``sd_scale``, ``lkj_eta``, ``priors``).
+    adds ``prior`` and ``prior_predictive`` groups (as many draws as ``draws``). ``ranef``: draw
+    ``b_<term>`` after ``marginal``/``restricted`` sampling (default: yes, unless the array of
+    draws would exceed :data:`MAX_RANEF_BYTES`, which is an error that says so; ``False`` skips
+    them, e.g. for a million levels). Other keyword arguments go to :func:`build_model`
+    (``beta_prior_var``, ``sd_scale``, ``lkj_eta``, ``priors``).
+
+    A specification from sufficient statistics (``bayeslmm.suff.stats_model_spec`` or a
+    ``StatsFit``'s ``spec``) samples the ``marginal`` and ``restricted`` models with no rows: each
+    gradient costs O(levels) whatever the number of rows. It has no ``observed_data``,
+    ``posterior_predictive``, ``prior_predictive`` or ``log_likelihood`` (they need the rows).
+
+    Sampling runs with one BLAS thread: PyTensor's and NumPy's thread pools were seen to make
+    nested ``marginal`` models seven times slower on two cores.
     """
-    import pymc as pm
+    from threadpoolctl import threadpool_limits
 
     _check_sampler(sampler)
     if draws < 1 or tune < 0 or chains < 1:
         raise OptionError("draws and chains must be at least 1 and tune at least 0")
+    rowless = _rowless(spec)
+    if posterior_predictive is None:
+        posterior_predictive = not rowless
+    if rowless and posterior_predictive:
+        raise OptionError("a model from sufficient statistics has no rows to replicate: posterior_predictive "
+                          "needs the data (fit with the rows, or pass posterior_predictive=False)")
+    if param != "conditional" and spec.terms:
+        nbytes = 8 * chains * draws * sum(t.nlevels * t.q for t in spec.terms)
+        if ranef is None:
+            ranef = nbytes <= MAX_RANEF_BYTES
+            if not ranef:
+                raise OptionError(f"the random-effect draws would take {nbytes / 1024**3:.1f} GiB (more than "
+                                  f"{MAX_RANEF_BYTES / 1024**3:.0f} GiB): pass ranef=False to skip them, or "
+                                  "fewer draws")
+    ranef = True if ranef is None else bool(ranef)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _sample(spec, param, draws, tune, chains, seed, progressbar, sampler, mode, target_accept,
+                       posterior_predictive, prior, ranef, priors)
+
+
+def _sample(spec: ModelSpec, param: str, draws: int, tune: int, chains: int, seed: int | None, progressbar: bool,
+            sampler: str, mode: str | None, target_accept: float | None, posterior_predictive: bool, prior: bool,
+            ranef: bool, priors: dict[str, Any]) -> Any:
+    import pymc as pm
+
     model = build_model(spec, param=param, **priors)
     kwargs: dict[str, Any] = {"nuts_sampler": sampler}
     if sampler in ("pymc", "nutpie") and mode is not None:
@@ -201,7 +243,13 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
             pm.compute_log_likelihood(idata, progressbar=False)
     tau = priors.get("beta_prior_var") or default_priors(spec)["beta_prior_var"]
     if param != "conditional" or spec.residual is not None:
-        _complete(spec, idata, param, float(tau), seed)
+        _complete(spec, idata, param, float(tau), seed, ranef)
+    if _rowless(spec):
+        if "observed_data" in idata.children and not idata["observed_data"].data_vars:
+            del idata["observed_data"]  # PyMC leaves an empty group; there is no data to show
+        if prior:
+            idata["prior"] = _prior_draws(spec, model, draws, float(tau), seed, predictive=False, ranef=ranef)[0]
+        return idata
     idata["observed_data"] = _observed(spec)
     rng = np.random.default_rng(None if seed is None else seed + 2)
     if posterior_predictive:

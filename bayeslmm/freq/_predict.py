@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
-from ..spec._design import _level_labels, as_pandas
+from ..spec._design import _level_labels, as_pandas, text_as_object
 from ..spec._safe import evaluation_context
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ def _apply_design(design: Any, df: pd.DataFrame, what: str) -> pd.DataFrame:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return design.get_model_matrix(df, context=evaluation_context())
+            return design.get_model_matrix(text_as_object(df), context=evaluation_context())
     except Exception as e:  # formulaic raises several types (missing column, unseen category)
         raise DataError(f"cannot build the {what} for the new data: {e}") from None
 

@@ -35,6 +35,33 @@ def as_pandas(data: Any) -> pd.DataFrame:
     )
 
 
+def _na_text(dtype: Any) -> bool:
+    """A text dtype whose missing value is ``pd.NA`` (``string``, ``string[pyarrow]``, arrow strings).
+
+    formulaic codes ``object`` and ``str`` columns as categorical but not these (it tries to
+    read them as numbers); Dask reads Parquet text columns with such a dtype.
+    """
+    types = pd.api.types
+    if types.is_object_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or not types.is_string_dtype(dtype):
+        return False
+    return not (isinstance(dtype, pd.StringDtype) and dtype.na_value is not pd.NA)
+
+
+def text_as_object(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its ``pd.NA``-text columns as object text (missing values NaN), as text read from CSV.
+
+    Such columns are then categorical in formulaic, with levels sorted as strings. A frame
+    without such columns is returned as it is.
+    """
+    conv = [c for c in df.columns if _na_text(df[c].dtype)]
+    if not conv:
+        return df
+    out = df.copy(deep=False)
+    for c in conv:
+        out[c] = df[c].to_numpy(dtype=object, na_value=np.nan)
+    return out
+
+
 def _formula_columns(expr_formula: str, columns: list[str], where: str) -> set[str]:
     """Validate every factor of a Wilkinson formula and return the data columns it uses."""
     from formulaic import Formula
@@ -203,7 +230,7 @@ def build_spec(formula: str, data: Any, residual: str | ResidualSpec | None = No
                 raise DataError(_unknown_column(c, columns))
             used.add(c)
     ordered = [c for c in columns if c in used]
-    df = df0.loc[:, ordered].copy()
+    df = text_as_object(df0.loc[:, ordered].copy())
     for c in ordered:
         col = df[c]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
