@@ -27,5 +27,18 @@ from .spec import build_spec as model_spec
 
 __version__ = "0.1.0"
 
+#: submodules imported on first use (``bayeslmm.bayes`` pulls in PyMC, ``bayeslmm.suff`` imports Dask only
+#: inside its Dask functions), so ``import bayeslmm`` stays fast
+_LAZY = ("bayes", "compare", "suff")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'bayeslmm' has no attribute {name!r}")
+
+
 __all__ = ["ALLOWED_FUNCTIONS", "BayesLMMError", "DataError", "FormulaError", "LMMFit", "ModelSpec",
            "OptionError", "bootstrap", "datasets", "lm", "lmm", "lrt", "model_spec", "parse_formula"]

@@ -70,6 +70,7 @@ def test_diagnose_reports_arviz_rhat_and_ess(fits) -> None:
     for var in low["variable"].unique():
         assert any(w.startswith("bulk ESS") and (f"for {var}[" in w or f"for {var}:" in w) for w in d.warnings)
     assert str(d).startswith("MCMC diagnostics: 2 chains x 200 draws")
+    assert repr(d) == str(d)  # a notebook or REPL shows the report, not the dataclass fields
     assert "<table" in d._repr_html_()
 
 

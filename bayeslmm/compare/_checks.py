@@ -124,6 +124,9 @@ class Diagnosis:
     def _tab(self) -> pd.DataFrame:
         return self.table[["r_hat", "ess_bulk", "ess_tail"]]
 
+    def __repr__(self) -> str:
+        return str(self)
+
     def __str__(self) -> str:
         if self.ok:
             warn = [f"no warnings: R-hat <= {self.rhat_max:g} and ESS >= {self.ess_min:g} everywhere, "

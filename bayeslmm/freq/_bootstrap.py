@@ -18,6 +18,18 @@ import pandas as pd
 _STATE: dict[str, Any] = {}
 
 
+def _tqdm() -> Any:
+    """tqdm's notebook bar where Jupyter widgets are installed, else the text bar (``tqdm.auto``
+    without ``ipywidgets`` warns in every notebook cell)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm
+
+
 def _init_worker() -> None:
     from threadpoolctl import threadpool_limits
 
@@ -46,8 +58,7 @@ def parallel_replicates(fn: Callable[[np.random.Generator], Any], n: int, seed: 
     progress
         Show a tqdm progress bar.
     """
-    from tqdm.auto import tqdm
-
+    tqdm = _tqdm()
     seeds = np.random.SeedSequence(seed).spawn(int(n))
     n_jobs = (os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
     size = max(1, min(50, n // (4 * n_jobs) or 1))
