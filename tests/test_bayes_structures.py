@@ -84,7 +84,12 @@ def _point(m, seed):
     return dict(zip([*names, "potential"], vals))
 
 
-@pytest.fixture(params=[12, 2], ids=["exact-sizes", "padded"])
+# serial structures run with blocks of exactly equal size (12 size classes) and padded into two
+WITH_BUCKETS = [pytest.param(*c, nb, id=f"{c[0]}|{c[1]}|{'padded' if nb == 2 else 'exact-sizes'}")
+                for c in CASES for nb in ((12, 2) if c[1] else (12,))]
+
+
+@pytest.fixture
 def buckets(request, monkeypatch):
     """Serial blocks in groups of exactly equal size, or padded into two size classes."""
     import bayeslmm.bayes._structure as s
@@ -93,10 +98,9 @@ def buckets(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("formula,residual,cls", CASES)
+
+@pytest.mark.parametrize("formula,residual,cls,buckets", WITH_BUCKETS, indirect=["buckets"])
 def test_marginal_and_restricted_potentials_equal_dense_densities(data, formula, residual, cls, buckets) -> None:
-    if buckets == 2 and residual is None:
-        pytest.skip("padding concerns serial structures only")
     spec = bayeslmm.model_spec(formula, data, residual=residual)
     assert isinstance(structure_for(spec), cls)
     if cls is SerialStructure:
@@ -115,7 +119,8 @@ def test_marginal_and_restricted_potentials_equal_dense_densities(data, formula,
         assert pt["potential"] == pytest.approx(ref, rel=1e-10, abs=1e-8), param
 
 
-@pytest.mark.parametrize("formula,residual", [c[:2] for c in CASES if c[1]])
+@pytest.mark.parametrize("formula,residual,buckets", [(*c[:2], nb) for c in CASES if c[1] for nb in (12, 2)],
+                         indirect=["buckets"])
 def test_conditional_serial_potential_equals_dense(data, formula, residual, buckets) -> None:
     spec = bayeslmm.model_spec(formula, data, residual=residual)
     assert len(structure_for(spec).buckets) <= buckets
@@ -130,10 +135,8 @@ def test_conditional_serial_potential_equals_dense(data, formula, residual, buck
     assert pt["potential"] == pytest.approx(scipy.stats.multivariate_normal(mu, R).logpdf(spec.y), rel=1e-10)
 
 
-@pytest.mark.parametrize("formula,residual,cls", CASES)
+@pytest.mark.parametrize("formula,residual,cls,buckets", WITH_BUCKETS, indirect=["buckets"])
 def test_post_sampling_pieces_equal_dense_formulas(data, formula, residual, cls, buckets) -> None:
-    if buckets == 2 and residual is None:
-        pytest.skip("padding concerns serial structures only")
     spec = bayeslmm.model_spec(formula, data, residual=residual)
     m = build_model(spec, param="marginal")
     pt = _point(m, seed=11)

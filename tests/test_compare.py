@@ -258,13 +258,9 @@ def test_serial_process_rows(residual: str, names: list[str]) -> None:
 
 @pytest.mark.slow
 def test_serial_process_rows_from_the_sampler() -> None:
-    from bayeslmm.bayes import build_model, sample
+    from bayeslmm.bayes import sample
 
     fit = bayeslmm.lmm("y ~ t + (1 | id)", irregular_frame(2), residual="ou(t | id)")
-    try:
-        build_model(fit.spec, param="marginal")
-    except OptionError:
-        pytest.skip("the PyMC models do not take a serial process yet")
     idata = sample(fit.spec, param="marginal", draws=150, tune=150, chains=2, seed=2, posterior_predictive=False)
     pr = compare(fit, idata).table.query("kind == 'process'")
     assert list(pr.name) == ["process_var", "rho"]

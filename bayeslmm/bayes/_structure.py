@@ -24,6 +24,7 @@ routines used after sampling: the GLS pieces ``X'V^-1 X``, ``X'V^-1 y``, an exac
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def _split_terms(spec: ModelSpec, b: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-class _WoodburyBase:
+class _WoodburyBase(ABC):
     """Shared Woodbury algebra of :class:`GroupStructure` (``G`` levels) and :class:`FullStructure` (``G = 1``)."""
 
     ZtZ: np.ndarray  # (G, q, q)
@@ -77,8 +78,9 @@ class _WoodburyBase:
     yty: float
     q: int
 
+    @abstractmethod
     def _L_pt(self, Ls: list[Any]) -> Any:
-        raise NotImplementedError
+        """The ``q x q`` factor ``L`` of ``D`` (PyTensor) from the terms' factors ``Ls``."""
 
     def _solver(self, L: Any, sigma2: Any) -> tuple[Any, Any]:
         """``(log|S|, quad)`` with ``quad(left, right, total) = sum_i left_i' V_i^-1 right_i`` from the
@@ -172,8 +174,9 @@ class _WoodburyBase:
         return _restricted_tail(n, n * pt.log(s2) + logdetS, A, bv, yy, tau)
 
     # -- NumPy, one posterior draw at a time ---------------------------------
+    @abstractmethod
     def _L_np(self, Lks: list[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
+        """The ``q x q`` factor ``L`` of ``D`` (NumPy) from the terms' factors ``Lks``."""
 
     def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> dict[str, Any]:
         """Per-draw quantities: ``L``, ``S^-1`` and the products with the data blocks."""
