@@ -27,6 +27,7 @@ import pandas as pd
 
 from .._errors import DataError, FormulaError
 from ..spec._design import _checked_expression, _formula_columns, _rename, _response, _unknown_column, as_pandas
+from ..spec._design import _model_matrix as _design
 from ..spec._formula import ParsedFormula, parse_formula
 from ..spec._safe import evaluation_context
 from ._levels import LevelKeys
@@ -375,17 +376,6 @@ def _prototype(columns: tuple[str, ...], dtypes: Mapping[str, Any], levels: Mapp
         else:
             out[c] = pd.Series(np.ones(k), dtype=dt)
     return pd.DataFrame(out)
-
-
-def _design(formula: str, proto: pd.DataFrame, where: str) -> Any:
-    from formulaic import model_matrix
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return model_matrix(formula, proto, context=evaluation_context(), na_action="ignore")
-    except Exception as e:  # formulaic/numpy errors while evaluating allowed expressions
-        raise DataError(f"cannot evaluate the {where} {formula!r}: {e}") from None
 
 
 def _apply(design: Any, df: pd.DataFrame, what: str) -> np.ndarray:
