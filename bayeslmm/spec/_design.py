@@ -95,6 +95,19 @@ def _checked_expression(expr: str, columns: list[str]) -> set[str]:
         raise
 
 
+def check_no_infinities(df: pd.DataFrame) -> None:
+    """Raise :class:`DataError` naming the first numeric column of ``df`` that holds an infinity."""
+    for c in df.columns:
+        col = df[c]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            vals = col.to_numpy(dtype=float, na_value=np.nan)
+            if np.isinf(vals).any():
+                raise DataError(
+                    f"column {c!r} has {int(np.isinf(vals).sum())} infinite value(s); "
+                    "remove or replace them before fitting"
+                )
+
+
 def _unknown_column(name: str, columns: list[str]) -> str:
     return (
         f"column {name!r} not found in the data; available columns: "
@@ -231,15 +244,7 @@ def build_spec(formula: str, data: Any, residual: str | ResidualSpec | None = No
             used.add(c)
     ordered = [c for c in columns if c in used]
     df = text_as_object(df0.loc[:, ordered].copy())
-    for c in ordered:
-        col = df[c]
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            vals = col.to_numpy(dtype=float, na_value=np.nan)
-            if np.isinf(vals).any():
-                raise DataError(
-                    f"column {c!r} has {int(np.isinf(vals).sum())} infinite value(s); "
-                    "remove or replace them before fitting"
-                )
+    check_no_infinities(df)
     if parsed.response in columns and df[parsed.response].isna().all():
         raise DataError(f"the response {parsed.response!r} is missing (NA) in every row")
     complete = df.notna().all(axis=1).to_numpy()

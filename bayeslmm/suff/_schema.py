@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError, FormulaError
-from ..spec._design import _checked_expression, _formula_columns, _rename, _response, _unknown_column, as_pandas
+from ..spec._design import (
+    _checked_expression,
+    _formula_columns,
+    _rename,
+    _response,
+    _unknown_column,
+    as_pandas,
+    check_no_infinities,
+)
 from ..spec._design import _model_matrix as _design
 from ..spec._formula import ParsedFormula, parse_formula
 from ..spec._safe import evaluation_context
@@ -117,15 +125,7 @@ class FormulaColumns:
 def complete_rows(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
     """The rows of ``df[columns]`` with no missing value (lme4's ``na.omit``), after checking for infinities."""
     sub = df.loc[:, list(columns)]
-    for c in sub.columns:
-        col = sub[c]
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            vals = col.to_numpy(dtype=float, na_value=np.nan)
-            if np.isinf(vals).any():
-                raise DataError(
-                    f"column {c!r} has {int(np.isinf(vals).sum())} infinite value(s); "
-                    "remove or replace them before fitting"
-                )
+    check_no_infinities(sub)
     complete = sub.notna().all(axis=1).to_numpy()
     return sub if complete.all() else sub.iloc[np.flatnonzero(complete)]
 
