@@ -20,7 +20,7 @@ a clash with the covariance parameters the library calls that prior variance
 from __future__ import annotations
 
 from . import datasets
-from ._errors import BayesLMMError, DataError, FormulaError, OptionError
+from ._errors import BayesLMMError, DataError, FormulaError, MissingValuesWarning, OptionError
 from .freq import LMMFit, bootstrap, lm, lmm, lrt
 from .spec import ALLOWED_FUNCTIONS, ModelSpec, parse_formula
 from .spec import build_spec as model_spec
@@ -40,5 +40,5 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'bayeslmm' has no attribute {name!r}")
 
 
-__all__ = ["ALLOWED_FUNCTIONS", "BayesLMMError", "DataError", "FormulaError", "LMMFit", "ModelSpec",
-           "OptionError", "bootstrap", "datasets", "lm", "lmm", "lrt", "model_spec", "parse_formula"]
+__all__ = ["ALLOWED_FUNCTIONS", "BayesLMMError", "DataError", "FormulaError", "LMMFit", "MissingValuesWarning",
+           "ModelSpec", "OptionError", "bootstrap", "datasets", "lm", "lmm", "lrt", "model_spec", "parse_formula"]

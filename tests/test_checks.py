@@ -159,7 +159,10 @@ def test_plots_write_png_files(fits, tmp_path) -> None:
     for name, p in plots.items():
         path = tmp_path / f"{name}.png"
         save(p, path)
-        assert path.stat().st_size > 10_000, name
+        img = plt.imread(path)[..., :3]
+        assert min(img.shape[:2]) > 200, name
+        inked = (img.min(axis=2) < 0.8).mean()  # share of pixels drawn (not white or near white)
+        assert 0.005 < inked < 0.6, (name, inked)
     fig, ax = plt.subplots()
     plot_ppc_groups(idata, spec, ax=ax)
     save(ax, tmp_path / "axes.png")

@@ -57,13 +57,18 @@ def assert_same_estimates(d: dict, ref: dict) -> None:
     for k in ("fixef", "se", "df"):
         assert list(d[k]) == list(ref[k]), k
         assert _rel(list(d[k].values()), list(ref[k].values())) < RTOL, k
-    for k in ("sigma", "loglik", "aic", "bic", "reml_criterion", "vcov", "theta"):
+    for k in ("sigma", "loglik", "aic", "bic", "reml_criterion"):
         assert _rel(d[k], ref[k]) < RTOL, k
+    # the optimiser works on centred columns whose centres come from the first partition out of core
+    # and from all rows in memory: the criteria agree to 1e-13, and the estimates to the precision
+    # with which a criterion known to ~1e-13 fixes its argmin along a flat direction
+    for k in ("vcov", "theta"):
+        assert _rel(d[k], ref[k]) < 10 * RTOL, k
     for rows, ref_rows, keys, values in ((d["varcorr"], ref["varcorr"], ("grp", "var1", "var2"), ("vcov", "sdcor")),
                                          (d["ranef"], ref["ranef"], ("grpvar", "term", "grp"), ("condsd",))):
         assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in ref_rows]
         for v in values:
-            assert _rel([r[v] for r in rows], [r[v] for r in ref_rows]) < RTOL, v
+            assert _rel([r[v] for r in rows], [r[v] for r in ref_rows]) < 10 * RTOL, v
     cv, cr = np.array([r["condval"] for r in d["ranef"]]), np.array([r["condval"] for r in ref["ranef"]])
     assert np.max(np.abs(cv - cr)) < RTOL * np.abs(cr).max()
     assert d["residual"]["kind"] == "iid" and _rel(d["residual"]["sigma2"], ref["residual"]["sigma2"]) < RTOL

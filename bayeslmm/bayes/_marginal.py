@@ -42,20 +42,21 @@ import pandas as pd
 from .._errors import OptionError
 
 
-def _gls_parts(fit: Any, theta: np.ndarray) -> tuple[float, np.ndarray] | None:
-    """``log|V_theta|`` and ``S = [X y]'V_theta^-1 [X y]`` at ``theta`` (None where not evaluable)."""
+def _gls_parts(fit: Any, theta: np.ndarray) -> tuple[float, np.ndarray, Any] | None:
+    """``log|V_theta|``, ``S = [X y]'V_theta^-1 [X y]`` at ``theta`` and the shift of ``[X y]`` it is of
+    (:class:`bayeslmm.linalg.FixedBasis`; None: the original columns). None where not evaluable."""
     theta = np.asarray(theta, dtype=float)
     if fit.spec.residual is not None:
         fr = fit.objective.filter(theta)
         if not np.isfinite(fr.logdet):
             return None
-        return fr.logdet, fr.white.T @ fr.white
+        return fr.logdet, fr.white.T @ fr.white, getattr(fr, "basis", None)
     try:
         f = fit.objective.factor(theta)
     except np.linalg.LinAlgError:
         return None
-    Lm = f.L22[f.Qr :, f.Qr :]
-    return f.logdet_L, Lm @ Lm.T
+    Lm = f.L22[f.Qr :, f.Qr :]  # working [X y] (see bayeslmm.linalg._basis)
+    return f.logdet_L, Lm @ Lm.T, fit.objective.blocks.fixed_basis
 
 
 def neg2_log_marginal(fit: Any, varpar: np.ndarray, beta_prior_var: float) -> float:
@@ -70,18 +71,28 @@ def neg2_log_marginal(fit: Any, varpar: np.ndarray, beta_prior_var: float) -> fl
     parts = _gls_parts(fit, theta)
     if parts is None:
         return np.inf
-    logdet, S = parts
+    logdet, S, basis = parts
     n, p = fit.spec.n, fit.spec.p
     s2 = sigma * sigma
     A, b, yy = S[:p, :p] / s2, S[:p, p] / s2, S[p, p] / s2
-    M = A + np.eye(p) / beta_prior_var
+    # in the working columns (X_w = X A_s, y_w = y - c_y 1) the prior of beta_w = A_s^-1 (beta - c)
+    # is N(-c, tau A_s^-1 A_s^-T) with |A_s| = 1: precision P = A_s'A_s / tau, mean -c
+    P, mPm, h = np.eye(p) / beta_prior_var, 0.0, b
+    if basis is not None and basis.intercept is not None:
+        As = basis.A
+        c = np.zeros(p)
+        c[basis.intercept] = basis.shift_y
+        P = As.T @ As / beta_prior_var
+        Pmu = -(P @ c)
+        mPm, h = float(c @ P @ c), b + Pmu
+    M = A + P
     try:
         Lc = np.linalg.cholesky(M)
     except np.linalg.LinAlgError:
         return np.inf
-    z = np.linalg.solve(Lc, b)
+    z = np.linalg.solve(Lc, h)
     return float(n * np.log(2 * np.pi * s2) + logdet + p * np.log(beta_prior_var)
-                 + 2 * np.sum(np.log(np.diag(Lc))) + yy - z @ z)
+                 + 2 * np.sum(np.log(np.diag(Lc))) + yy + mPm - z @ z)
 
 
 def log_marginal(fit: Any, varpar: np.ndarray, beta_prior_var: float) -> float:

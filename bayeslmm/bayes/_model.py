@@ -14,7 +14,8 @@ Model (the lecture's, with its prior on beta)::
 integrates ``b`` out and ``restricted`` integrates ``beta`` out as well (see
 :mod:`._structure`). Default priors, scaled to the data: ``sd_scale = sd(y)`` (half-normal, so a
 standard deviation as large as the response's is one prior sd away), ``beta_prior_var = 100
-var(y)`` per coefficient, ``lkj_eta = 2`` (mildly favours small correlations); every prior can be
+max(var(y), b_j^2)`` per coefficient (``b`` the least-squares coefficients: none is more than a
+tenth of a prior sd from 0), ``lkj_eta = 2`` (mildly favours small correlations); every prior can be
 replaced (:mod:`._priors`). The model has named coordinates from the specification (coefficient
 names, levels of each factor), so ArviZ output is labelled, and a ``varcorr`` deterministic with
 the variance components on the variance scale, one entry per row of ``LMMFit.varcorr()``. PyMC is
@@ -43,11 +44,35 @@ def varcorr_labels(spec: ModelSpec) -> list[str]:
 
 
 def default_priors(spec: ModelSpec) -> dict[str, float]:
-    """The data-scaled defaults: ``sd_scale`` and ``beta_prior_var`` (from ``sd(y)``; a specification
-    from sufficient statistics carries it as ``y_sd``)."""
+    """The data-scaled defaults: ``sd_scale = sd(y)`` and ``beta_prior_var = 100 max(var(y), max_j b_j^2)``.
+
+    ``b`` are the least-squares coefficients of ``y`` on ``X``: a prior centred at 0 must not
+    pull a coefficient that the data put far from it (a response in grams around 1e6, an
+    intercept at year 0 of a slope on calendar years). The least squares are solved in the
+    working columns (:mod:`bayeslmm.linalg._basis`), so a large constant costs no digits. A
+    specification from sufficient statistics carries ``sd(y)`` as ``y_sd`` and its blocks.
+    """
     y_sd = getattr(spec, "y_sd", None)
     sy = (float(y_sd) if y_sd is not None else float(np.std(spec.y))) or 1.0
-    return {"sd_scale": sy, "beta_prior_var": 100.0 * sy * sy}
+    b = _least_squares(spec)
+    big = float(np.max(b * b)) if b.size and np.all(np.isfinite(b)) else 0.0
+    return {"sd_scale": sy, "beta_prior_var": 100.0 * max(sy * sy, big)}
+
+
+def _least_squares(spec: ModelSpec) -> np.ndarray:
+    """``argmin |y - X b|`` from the rows, or from the blocks' ``[X y]'[X y]`` (working columns)."""
+    from ..linalg._basis import FixedBasis
+
+    blocks = getattr(spec, "blocks", None)
+    try:
+        if blocks is not None:
+            F, p = blocks.F, blocks.p
+            return blocks.fixed_basis.beta(np.linalg.solve(F[:p, :p], F[:p, p]))
+        basis = FixedBasis.from_rows(spec.X, spec.y)
+        Xw, yw = basis.apply(spec.X, spec.y)
+        return basis.beta(np.linalg.lstsq(Xw, yw, rcond=None)[0])
+    except np.linalg.LinAlgError:
+        return np.zeros(0)
 
 
 PARAMS = ("conditional", "marginal", "restricted")

@@ -12,18 +12,24 @@ a per-block log-likelihood is leave-one-group-out.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from .._errors import OptionError
+from .._interrupt import Interrupted, sigint_guard
 from ..spec import ModelSpec
 from ._model import _rowless, build_model, default_priors, process_labels
 from ._structure import psd_sqrt, structure_for
 
 SAMPLERS = ("pymc", "nutpie", "numpyro", "blackjax")
+#: posterior attribute set to 1 on an interrupted run returned with ``allow_partial=True``
+PARTIAL_ATTR = "partial"
 #: largest array of random-effect draws ``(chains * draws, levels, q)`` stored without ``ranef=True``
 MAX_RANEF_BYTES = 2 * 1024**3
 _NEEDS = {"nutpie": "nutpie", "numpyro": "numpyro", "blackjax": "blackjax"}
@@ -80,9 +86,7 @@ def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | N
     for k in range(K):
         st = struct.np_state([L[k] for L in Lks], {key: float(v[k]) for key, v in res.items()})
         if param == "restricted":
-            A, bv = struct.np_gls(st)
-            Mi = np.linalg.inv(A + np.eye(p) / tau)
-            betas[k] = rng.multivariate_normal(Mi @ bv, (Mi + Mi.T) / 2)
+            betas[k] = struct.np_draw_beta(st, tau, rng)
         if ranef:
             for j, b in enumerate(struct.np_draw_b(st, betas[k], rng)):
                 bs[j][k] = b
@@ -140,7 +144,7 @@ def _prior_draws(spec: ModelSpec, model: Any, draws: int, tau: float, seed: int 
     import pymc as pm
     import xarray as xr
 
-    rng = np.random.default_rng(None if seed is None else seed + 1)
+    rng = np.random.default_rng(seed)
     names = [v.name for v in model.free_RVs if not v.name.startswith("z_")] + ["varcorr"]
     names += ["process"] if spec.residual is not None else []
     with model, warnings.catch_warnings():
@@ -169,10 +173,60 @@ def _check_sampler(sampler: str) -> None:
                           "(numpyro, blackjax) or pip install nutpie")
 
 
+def _seed_of(seed: Any, random_seed: Any) -> int | None:
+    """One integer seed (or None) from ``seed`` and its PyMC-style alias ``random_seed``."""
+    if seed is not None and random_seed is not None and seed is not random_seed:
+        raise OptionError("give seed or random_seed (the same thing), not both")
+    seed = random_seed if seed is None else seed
+    if seed is None:
+        return None
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(2**63 - 1))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OptionError(f"seed must be a non-negative integer, a numpy Generator or None, got {seed!r}")
+    return int(seed)
+
+
+def _streams(seed: int | None) -> dict[str, int | None]:
+    """Independent seeds of every random stream of :func:`sample`, all derived from ``seed``."""
+    names = ("sampler", "complete", "prior", "predictive")
+    if seed is None:
+        return dict.fromkeys(names)
+    children = np.random.SeedSequence(seed).spawn(len(names))
+    return {n: int(c.generate_state(1, np.uint32)[0]) for n, c in zip(names, children)}
+
+
+@contextlib.contextmanager
+def _exact_float() -> Iterator[None]:
+    """Compile with PyTensor's Numba fast-math off, here and in sampler processes started meanwhile.
+
+    With fast-math (PyTensor's default) LLVM may reassociate and contract floating-point sums, and
+    it does so differently when a function's operations are compiled afresh (inlined together) and
+    when they are loaded from the on-disk cache: the log density differed in its last bit between a
+    process that compiled the model (cold cache) and one that loaded it (warm cache), and NUTS turns
+    one bit into a different chain (sleepstudy, same seed: Days variance 48.14 cold, 44.13 warm).
+    IEEE arithmetic gives the same bits either way.
+    """
+    import pytensor
+
+    old = os.environ.get("PYTENSOR_FLAGS")
+    flags = [f for f in (old or "").split(",") if f.strip() and not f.strip().startswith("numba__fastmath")]
+    os.environ["PYTENSOR_FLAGS"] = ",".join([*flags, "numba__fastmath=False"])  # spawned/forkserver children
+    try:
+        with pytensor.config.change_flags(numba__fastmath=False):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTENSOR_FLAGS", None)
+        else:
+            os.environ["PYTENSOR_FLAGS"] = old
+
+
 def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tune: int = 1000, chains: int = 2,
-           seed: int | None = None, progressbar: bool = False, sampler: str = "pymc", mode: str | None = "NUMBA",
-           target_accept: float | None = None, posterior_predictive: bool | None = None, prior: bool = False,
-           ranef: bool | None = None, **priors: Any) -> Any:
+           seed: int | np.random.Generator | None = None, progressbar: bool = False, sampler: str = "pymc",
+           mode: str | None = "NUMBA", target_accept: float | None = None, posterior_predictive: bool | None = None,
+           prior: bool = False, ranef: bool | None = None, random_seed: int | np.random.Generator | None = None,
+           allow_partial: bool = False, **priors: Any) -> Any:
     """Sample a model of ``spec``; the same InferenceData layout for all three parameterisations.
 
     The posterior holds ``beta``, ``b_<term>``, ``varcorr``, ``sigma``, ``process`` (serial
@@ -193,6 +247,22 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
     them, e.g. for a million levels). Other keyword arguments go to :func:`build_model`
     (``beta_prior_var``, ``sd_scale``, ``lkj_eta``, ``priors``).
 
+    ``seed`` (or its PyMC spelling ``random_seed``; an integer, or a NumPy Generator from which one
+    integer is drawn) determines the result: the sampler's per-chain seeds (and with them PyMC's
+    jittered initial points), the exact draws of ``b``/``beta`` after ``marginal``/``restricted``
+    sampling, the posterior predictive and the prior draws are separate streams derived from it
+    with ``numpy.random.SeedSequence``. The same seed gives the same draws whether PyTensor's and
+    Numba's compile caches are empty or warm: the model is compiled with Numba fast-math off (see
+    :func:`_exact_float`). ``None`` draws fresh entropy.
+
+    Ctrl-C (``KeyboardInterrupt``) stops sampling within about a second and propagates; no partial
+    posterior is returned. PyMC and nutpie would otherwise end the current chain, run the remaining
+    ones, and return what was drawn as if complete. With ``allow_partial=True`` the draws made so
+    far are returned instead, marked by ``idata.posterior.attrs["partial"] == 1`` (with
+    ``chains_requested`` and ``draws_requested``); fewer chains or draws than requested without
+    that flag raise ``KeyboardInterrupt``. (JAX samplers see Ctrl-C only when their compiled loop
+    returns.)
+
     A specification from sufficient statistics (``bayeslmm.suff.stats_model_spec`` or a
     ``StatsFit``'s ``spec``) samples the ``marginal`` and ``restricted`` models with no rows: each
     gradient costs O(levels) whatever the number of rows. It has no ``observed_data``,
@@ -207,6 +277,7 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
     from threadpoolctl import threadpool_limits
 
     _check_sampler(sampler)
+    seed = _seed_of(seed, random_seed)
     if draws < 1 or tune < 0 or chains < 1:
         raise OptionError("draws and chains must be at least 1 and tune at least 0")
     rowless = _rowless(spec)
@@ -224,16 +295,61 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
                                   f"{MAX_RANEF_BYTES / 1024**3:.0f} GiB): pass ranef=False to skip them, or "
                                   "fewer draws")
     ranef = True if ranef is None else bool(ranef)
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _sample(spec, param, draws, tune, chains, seed, progressbar, sampler, mode, target_accept,
-                       posterior_predictive, prior, ranef, priors)
+    # Ctrl-C raises Interrupted, which PyMC and nutpie do not catch; within pm.sample with
+    # allow_partial, KeyboardInterrupt, which they catch to return the draws so far
+    mode_of = {"partial": False}
+    try:
+        with (threadpool_limits(limits=1, user_api="blas"), _exact_float(),
+              sigint_guard(lambda: KeyboardInterrupt() if mode_of["partial"] else Interrupted()) as hit):
+            return _sample(spec, param, draws, tune, chains, seed, progressbar, sampler, mode, target_accept,
+                           posterior_predictive, prior, ranef, bool(allow_partial), priors, hit, mode_of)
+    except Interrupted:
+        raise KeyboardInterrupt("sampling interrupted") from None
+
+
+def _run_sampler(model: Any, draws: int, tune: int, chains: int, seed: int | None, progressbar: bool,
+                 sampler: str, allow_partial: bool, kwargs: dict[str, Any], hit: dict[str, bool],
+                 mode_of: dict[str, bool]) -> Any:
+    """``pm.sample`` that stops at Ctrl-C and never passes a partial posterior off as a complete one."""
+    import pymc as pm
+
+    if sampler == "pymc" and allow_partial:
+        def stop_other_chains(trace: Any, draw: Any) -> None:  # PyMC goes on with the next chain
+            if hit["hit"]:
+                raise KeyboardInterrupt
+
+        kwargs = {**kwargs, "callback": stop_other_chains}
+    mode_of["partial"] = allow_partial
+    try:
+        with model:
+            idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=progressbar,
+                              **kwargs)
+    except Exception:
+        if hit["hit"]:  # e.g. nothing drawn yet to return
+            raise KeyboardInterrupt("sampling interrupted") from None
+        raise
+    finally:
+        mode_of["partial"] = False
+    post = idata.posterior
+    got_chains, got_draws = int(post.sizes.get("chain", 0)), int(post.sizes.get("draw", 0))
+    short = got_chains < chains or got_draws < draws
+    if not (hit["hit"] or short):
+        return idata
+    if not allow_partial:
+        raise KeyboardInterrupt(f"sampling stopped early ({got_chains} of {chains} chains, {got_draws} of {draws} "
+                                "draws); pass allow_partial=True to keep such draws")
+    post.attrs.update({PARTIAL_ATTR: 1, "chains_requested": int(chains), "draws_requested": int(draws)})
+    idata["posterior"] = post
+    return idata
 
 
 def _sample(spec: ModelSpec, param: str, draws: int, tune: int, chains: int, seed: int | None, progressbar: bool,
             sampler: str, mode: str | None, target_accept: float | None, posterior_predictive: bool, prior: bool,
-            ranef: bool, priors: dict[str, Any]) -> Any:
+            ranef: bool, allow_partial: bool, priors: dict[str, Any], hit: dict[str, bool],
+            mode_of: dict[str, bool]) -> Any:
     import pymc as pm
 
+    streams = _streams(seed)
     model = build_model(spec, param=param, **priors)
     kwargs: dict[str, Any] = {"nuts_sampler": sampler}
     if sampler in ("pymc", "nutpie") and mode is not None:
@@ -242,25 +358,27 @@ def _sample(spec: ModelSpec, param: str, draws: int, tune: int, chains: int, see
         target_accept = 0.95  # OU/AR(1) posteriors have a funnel in (process variance, rho): smaller steps
     if target_accept is not None:
         kwargs["target_accept"] = float(target_accept)
-    with model:
-        idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=progressbar, **kwargs)
-        if param == "conditional" and spec.residual is None:
+    idata = _run_sampler(model, draws, tune, chains, streams["sampler"], progressbar, sampler, allow_partial, kwargs,
+                         hit, mode_of)
+    if param == "conditional" and spec.residual is None:
+        with model:
             pm.compute_log_likelihood(idata, progressbar=False)
     tau = priors.get("beta_prior_var") or default_priors(spec)["beta_prior_var"]
     if param != "conditional" or spec.residual is not None:
-        _complete(spec, idata, param, float(tau), seed, ranef)
+        _complete(spec, idata, param, float(tau), streams["complete"], ranef)
     if _rowless(spec):
         if "observed_data" in idata.children and not idata["observed_data"].data_vars:
             del idata["observed_data"]  # PyMC leaves an empty group; there is no data to show
         if prior:
-            idata["prior"] = _prior_draws(spec, model, draws, float(tau), seed, predictive=False, ranef=ranef)[0]
+            idata["prior"] = _prior_draws(spec, model, draws, float(tau), streams["prior"], predictive=False,
+                                          ranef=ranef)[0]
         return idata
     idata["observed_data"] = _observed(spec)
-    rng = np.random.default_rng(None if seed is None else seed + 2)
+    rng = np.random.default_rng(streams["predictive"])
     if posterior_predictive:
         idata["posterior_predictive"] = _predictive(spec, idata.posterior, rng)
     if prior:
-        pri, pri_pred = _prior_draws(spec, model, draws, float(tau), seed)
+        pri, pri_pred = _prior_draws(spec, model, draws, float(tau), streams["prior"])
         idata["prior"] = pri
         idata["prior_predictive"] = pri_pred
     return idata

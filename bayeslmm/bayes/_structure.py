@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from .._errors import OptionError
+from ..linalg._basis import FixedBasis, TermBasis
 from ..spec import ModelSpec
 
 #: largest total number of random effects for the dense Woodbury of several grouping factors
@@ -68,7 +69,13 @@ def _split_terms(spec: ModelSpec, b: np.ndarray) -> list[np.ndarray]:
 
 
 class _WoodburyBase(ABC):
-    """Shared Woodbury algebra of :class:`GroupStructure` (``G`` levels) and :class:`FullStructure` (``G = 1``)."""
+    """Shared Woodbury algebra of :class:`GroupStructure` (``G`` levels) and :class:`FullStructure` (``G = 1``).
+
+    Every cross-product is of the working columns of :mod:`bayeslmm.linalg._basis` (``[X y]``
+    shifted, each term's ``Z`` centred and scaled), so that a large constant in the data costs no
+    digits: ``beta`` enters as ``beta_w = A^-1 (beta - c)`` and each term's factor ``L_k`` as
+    ``A_z^-1 L_k``; the densities are those of the original model.
+    """
 
     ZtZ: np.ndarray  # (G, q, q)
     ZtX: np.ndarray  # (G, q, p)
@@ -77,6 +84,52 @@ class _WoodburyBase(ABC):
     Xty: np.ndarray
     yty: float
     q: int
+    basis: FixedBasis
+    zbases: tuple[TermBasis, ...]
+
+    def _set_bases(self, basis: FixedBasis, zbases: tuple[TermBasis, ...]) -> None:
+        self.basis, self.zbases = basis, zbases
+        p = basis.p
+        self._e0 = np.zeros(p)
+        if basis.intercept is not None:
+            self._e0[basis.intercept] = 1.0
+        self._shift = basis.shift_y * self._e0  # c: beta = A beta_w + c
+
+    def _working_rows(self, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """``X_w``, ``y_w`` and each term's ``Z_w`` of the rows of ``spec`` (bases set from them)."""
+        self._set_bases(FixedBasis.from_rows(spec.X, spec.y), tuple(TermBasis.from_rows(t.Zraw) for t in spec.terms))
+        Xw, yw = self.basis.apply(spec.X, spec.y)
+        return Xw, yw, [b.apply(t.Zraw) for b, t in zip(self.zbases, spec.terms)]
+
+    def _beta_w(self, beta: Any) -> Any:
+        """``A^-1 (beta - c) = beta - c + e_0 (m'beta)`` (NumPy or PyTensor)."""
+        if self.basis.intercept is None:
+            return beta
+        return beta - self._shift + self._e0 * (self.basis.centres @ beta)
+
+    def _working_Ls(self, Ls: list[Any]) -> list[Any]:
+        """``A_z^-1 L_k`` per term (NumPy or PyTensor)."""
+        return [L if b.is_identity else b.Ainv @ L for b, L in zip(self.zbases, Ls)]
+
+    def _prior_w(self, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """``beta ~ N(0, tau I)`` in working coordinates: precision ``P = A'A / tau`` and ``P mu``, ``mu = -c``."""
+        A = self.basis.A
+        P = A.T @ A / tau
+        return P, P @ (-self._shift)
+
+    def np_gls(self, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``(X'V^-1 X, X'V^-1 y)`` of the original columns: ``A^-T A_w A^-1`` and ``A^-T (b_w + A_w c)``."""
+        A, bv = self._np_gls_w(st)
+        Ainv = np.linalg.inv(self.basis.A)
+        return Ainv.T @ A @ Ainv, Ainv.T @ (bv + A @ self._shift)
+
+    def np_draw_beta(self, st: dict[str, Any], tau: float, rng: np.random.Generator) -> np.ndarray:
+        """A draw of ``beta | psi, y`` under ``beta ~ N(0, tau I)``, made in working coordinates."""
+        A, bv = self._np_gls_w(st)
+        P, Pmu = self._prior_w(tau)
+        Mi = np.linalg.inv(A + P)
+        bw = rng.multivariate_normal(Mi @ (bv + Pmu), (Mi + Mi.T) / 2)
+        return self.basis.A @ bw + self._shift
 
     @abstractmethod
     def _L_pt(self, Ls: list[Any]) -> Any:
@@ -142,11 +195,11 @@ class _WoodburyBase(ABC):
             return B
         return [np.ascontiguousarray(B[:, r, :]) if isinstance(B, np.ndarray) else B[:, r, :] for r in range(self.q)]
 
-    def _Ztr(self, beta: Any) -> Any:
-        """``(G, q, 1)`` ``Z_i'(y_i - X_i beta)`` (elementwise over levels)."""
+    def _Ztr(self, beta_w: Any) -> Any:
+        """``(G, q, 1)`` ``Z_i'(y_i - X_i beta)`` (elementwise over levels, working columns)."""
         import pytensor.tensor as pt
 
-        ZtXb = pt.sum(pt.as_tensor_variable(self.ZtX) * beta, axis=2)
+        ZtXb = pt.sum(pt.as_tensor_variable(self.ZtX) * beta_w, axis=2)
         return (pt.as_tensor_variable(self.Zty) - ZtXb)[:, :, None]
 
     def pt_marginal(self, Ls: list[Any], res: dict[str, Any], beta: Any, n: int) -> Any:
@@ -154,9 +207,10 @@ class _WoodburyBase(ABC):
         import pytensor.tensor as pt
 
         s2 = res["sigma2"]
-        logdetS, quad = self._solver(self._L_pt(Ls), s2)
-        Ztr = self._rows(self._Ztr(beta))
-        rr = self.yty - 2 * beta @ self.Xty + beta @ self.XtX @ beta
+        logdetS, quad = self._solver(self._L_pt(self._working_Ls(Ls)), s2)
+        bw = self._beta_w(beta)
+        Ztr = self._rows(self._Ztr(bw))
+        rr = self.yty - 2 * bw @ self.Xty + bw @ self.XtX @ bw
         return -0.5 * (n * np.log(2 * np.pi) + n * pt.log(s2) + logdetS + quad(Ztr, Ztr, rr)[0, 0])
 
     def pt_restricted(self, Ls: list[Any], res: dict[str, Any], tau: float, n: int) -> Any:
@@ -164,14 +218,14 @@ class _WoodburyBase(ABC):
         import pytensor.tensor as pt
 
         s2 = res["sigma2"]
-        logdetS, quad = self._solver(self._L_pt(Ls), s2)
+        logdetS, quad = self._solver(self._L_pt(self._working_Ls(Ls)), s2)
         ZtX, Zty = self._rows(self.ZtX), self._rows(self.Zty[:, :, None])
         if self.q > 2:
             ZtX, Zty = pt.as_tensor_variable(ZtX), pt.as_tensor_variable(Zty)
         A = quad(ZtX, ZtX, self.XtX)
         bv = quad(ZtX, Zty, self.Xty[:, None])[:, 0]
         yy = quad(Zty, Zty, np.array([[self.yty]]))[0, 0]
-        return _restricted_tail(n, n * pt.log(s2) + logdetS, A, bv, yy, tau)
+        return _restricted_tail(n, n * pt.log(s2) + logdetS, A, bv, yy, tau, self._prior_w(tau))
 
     # -- NumPy, one posterior draw at a time ---------------------------------
     @abstractmethod
@@ -181,26 +235,26 @@ class _WoodburyBase(ABC):
     def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> dict[str, Any]:
         """Per-draw quantities: ``L``, ``S^-1`` and the products with the data blocks."""
         s2 = res["sigma2"]
-        L = self._L_np(Lks)
+        L = self._L_np(self._working_Ls(Lks))  # acts on the working columns Z_w = Z A_z
         S = np.eye(self.q) + L.T @ self.ZtZ @ L / s2
         Sinv = np.linalg.inv(S)
-        return {"L": L, "S": S, "Sinv": Sinv, "s2": s2, "LtZtX": L.T @ self.ZtX, "LtZty": L.T @ self.Zty[:, :, None]}
+        return {"L": L, "Lb": self._L_np(Lks), "S": S, "Sinv": Sinv, "s2": s2, "LtZtX": L.T @ self.ZtX,
+                "LtZty": L.T @ self.Zty[:, :, None]}
 
-    def np_gls(self, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """``(X'V^-1 X, X'V^-1 y)``."""
+    def _np_gls_w(self, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``(X_w'V^-1 X_w, X_w'V^-1 y_w)`` (working columns)."""
         s2, Sinv, a, c = st["s2"], st["Sinv"], st["LtZtX"], st["LtZty"]
         A = (self.XtX - np.sum(np.swapaxes(a, 1, 2) @ Sinv @ a, axis=0) / s2) / s2
         bv = (self.Xty - np.sum(np.swapaxes(a, 1, 2) @ Sinv @ c, axis=0)[:, 0] / s2) / s2
         return A, bv
 
-    @staticmethod
-    def _tvec(st: dict[str, Any], beta: np.ndarray) -> np.ndarray:
+    def _tvec(self, st: dict[str, Any], beta: np.ndarray) -> np.ndarray:
         """``(G, q)`` ``L'Z_i'(y_i - X_i beta)``."""
-        return (st["LtZty"] - st["LtZtX"] @ beta[:, None])[:, :, 0]
+        return (st["LtZty"] - st["LtZtX"] @ self._beta_w(beta)[:, None])[:, :, 0]
 
     def _b_draw(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``(G, q)``: ``b | beta ~ N(L S^-1 L'Z'r / sigma^2, L S^-1 L')``."""
-        L, Sinv, s2 = st["L"], st["Sinv"], st["s2"]
+        """``(G, q)``: ``b | beta ~ N(L S^-1 L'Z'r / sigma^2, L S^-1 L')`` (``b = L u`` with the original ``L``)."""
+        L, Sinv, s2 = st["Lb"], st["Sinv"], st["s2"]
         tvec = self._tvec(st, beta)
         mean = (L @ (Sinv @ tvec[:, :, None]))[:, :, 0] / s2
         R = np.linalg.cholesky((Sinv + np.swapaxes(Sinv, 1, 2)) / 2)
@@ -220,6 +274,11 @@ def _totals_from_F(obj: Any, F: np.ndarray, p: int) -> None:
     obj.XtX_g = obj.Xty_g = obj.yty_g = obj.n_g = None
 
 
+def _from_blocks_bases(obj: _WoodburyBase, blocks: Any) -> None:
+    """The working columns the engine's blocks were formed with."""
+    obj._set_bases(blocks.fixed_basis, blocks.term_bases)
+
+
 def _logdet_chol(C: Any, size: int) -> Any:
     """``log|A|`` from the (batched) Cholesky factor ``C`` of ``A``.
 
@@ -231,16 +290,27 @@ def _logdet_chol(C: Any, size: int) -> Any:
     return 2 * pt.sum(pt.log(pt.sum(C * np.eye(size), axis=-1)))
 
 
-def _restricted_tail(n: int, logdetV: Any, A: Any, bv: Any, yy: Any, tau: float) -> Any:
+def _restricted_tail(n: int, logdetV: Any, A: Any, bv: Any, yy: Any, tau: float,
+                     prior: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
     """``log N(y; 0, V + tau X X')`` from ``log|V|``, ``A = X'V^-1X``, ``bv = X'V^-1 y``, ``yy = y'V^-1 y``:
     ``log|V + tau XX'| = log|V| + p log tau + log|M|`` and ``y'(V + tau XX')^-1 y = yy - bv'M^-1 bv``,
-    ``M = A + I / tau``."""
+    ``M = A + I / tau``.
+
+    With ``prior = (P, P mu)`` the cross-products are of working columns, where the prior of
+    ``beta_w`` is ``N(mu, P^-1)`` with ``|P^-1| = tau^p`` (the shift has determinant 1): then
+    ``M = A + P`` and the quadratic form is ``yy + mu'P mu - h'M^-1 h``, ``h = bv + P mu``.
+    """
     import pytensor.tensor as pt
 
     p = A.shape[0] if isinstance(A, np.ndarray) else A.type.shape[0]
-    M = A + np.eye(p) / tau
+    if prior is None:
+        prior = (np.eye(p) / tau, np.zeros(p))
+    P, Pmu = prior
+    M = A + P
     logdetM = _logdet_chol(pt.linalg.cholesky(M), p)
-    quad = yy - bv @ pt.linalg.solve(M, bv, assume_a="pos")
+    h = bv + Pmu
+    mPm = float(Pmu @ np.linalg.solve(P, Pmu)) if np.any(Pmu) else 0.0
+    quad = yy + mPm - h @ pt.linalg.solve(M, h, assume_a="pos")
     neg2 = n * np.log(2 * np.pi) + logdetV + p * np.log(tau) + logdetM + quad
     return -0.5 * neg2
 
@@ -250,18 +320,19 @@ class GroupStructure(_WoodburyBase):
 
     def __init__(self, spec: ModelSpec) -> None:
         t0 = spec.terms[0]
-        Z = np.hstack([t.Zraw for t in spec.terms])
+        X, y, Zs = self._working_rows(spec)
+        Z = np.hstack(Zs)
         self.spec = spec
         self.G, self.q = t0.nlevels, Z.shape[1]
         self.ZtZ = _by_level(t0.codes, self.G, Z, Z)
-        self.ZtX = _by_level(t0.codes, self.G, Z, spec.X)
-        self.Zty = _by_level(t0.codes, self.G, Z, spec.y[:, None])[:, :, 0]
-        self.XtX = spec.X.T @ spec.X
-        self.Xty = spec.X.T @ spec.y
-        self.yty = float(spec.y @ spec.y)
-        self.XtX_g = _by_level(t0.codes, self.G, spec.X, spec.X)
-        self.Xty_g = _by_level(t0.codes, self.G, spec.X, spec.y[:, None])[:, :, 0]
-        self.yty_g = np.bincount(t0.codes, weights=spec.y * spec.y, minlength=self.G)
+        self.ZtX = _by_level(t0.codes, self.G, Z, X)
+        self.Zty = _by_level(t0.codes, self.G, Z, y[:, None])[:, :, 0]
+        self.XtX = X.T @ X
+        self.Xty = X.T @ y
+        self.yty = float(y @ y)
+        self.XtX_g = _by_level(t0.codes, self.G, X, X)
+        self.Xty_g = _by_level(t0.codes, self.G, X, y[:, None])[:, :, 0]
+        self.yty_g = np.bincount(t0.codes, weights=y * y, minlength=self.G)
         self.n_g = np.bincount(t0.codes, minlength=self.G)
         self.loglik_dim: str | None = t0.group
         self.loglik_labels: list[str] = list(t0.levels)
@@ -278,6 +349,7 @@ class GroupStructure(_WoodburyBase):
         self.ZtX = np.ascontiguousarray(blocks.B1[:, :, :p])
         self.Zty = np.ascontiguousarray(blocks.B1[:, :, p])
         _totals_from_F(self, blocks.F, p)
+        _from_blocks_bases(self, blocks)
         self.loglik_dim, self.loglik_labels = None, []
         return self
 
@@ -299,8 +371,8 @@ class GroupStructure(_WoodburyBase):
         """``(G,)`` ``log N(y_i; X_i beta, V_i)`` per level (``None`` when built from blocks)."""
         if self.loglik_dim is None:
             return None
-        s2, Sinv, tvec = st["s2"], st["Sinv"], self._tvec(st, beta)
-        rr = self.yty_g - 2 * self.Xty_g @ beta + np.einsum("p,gpq,q->g", beta, self.XtX_g, beta)
+        s2, Sinv, tvec, bw = st["s2"], st["Sinv"], self._tvec(st, beta), self._beta_w(beta)
+        rr = self.yty_g - 2 * self.Xty_g @ bw + np.einsum("p,gpq,q->g", bw, self.XtX_g, bw)
         quad = (rr - np.einsum("gq,gq->g", tvec, (Sinv @ tvec[:, :, None])[:, :, 0]) / s2) / s2
         return -0.5 * (self.n_g * np.log(2 * np.pi * s2) + np.linalg.slogdet(st["S"])[1] + quad)
 
@@ -312,15 +384,16 @@ class FullStructure(_WoodburyBase):
         self.spec = spec
         self.q = sum(t.ncols for t in spec.terms)
         _check_q(self.q)
-        Z = self._Z()
+        X, y, Zs = self._working_rows(spec)
+        Z = self._Z(Zs)
         ZtZ = (Z.T @ Z).toarray()
         self.ZtZ = ZtZ[None]
-        self.ZtX = (Z.T @ spec.X)[None]
-        self.Zty = (Z.T @ spec.y)[None]
-        self.XtX = spec.X.T @ spec.X
-        self.Xty = spec.X.T @ spec.y
-        self.yty = float(spec.y @ spec.y)
-        self._blocks(spec)
+        self.ZtX = (Z.T @ X)[None]
+        self.Zty = (Z.T @ y)[None]
+        self.XtX = X.T @ X
+        self.Xty = X.T @ y
+        self.yty = float(y @ y)
+        self._blocks(spec, X, y)
 
     @classmethod
     def from_blocks(cls, spec: ModelSpec, blocks: Any) -> FullStructure:
@@ -343,22 +416,23 @@ class FullStructure(_WoodburyBase):
         ZtXy = np.vstack([blocks.B1.reshape(Q1, p + 1), blocks.E])
         self.ZtZ, self.ZtX, self.Zty = ZtZ[None], ZtXy[None, :, :p], ZtXy[None, :, p]
         _totals_from_F(self, blocks.F, p)
+        _from_blocks_bases(self, blocks)
         self.loglik_dim, self.loglik_labels, self.nblocks = None, [], 0
         return self
 
-    def _Z(self) -> sp.csr_matrix:
-        """The sparse ``n x q`` random-effects design, columns level by level within each term."""
+    def _Z(self, Zs: list[np.ndarray]) -> sp.csr_matrix:
+        """The sparse ``n x q`` random-effects design of the terms' columns ``Zs``, level by level within each term."""
         spec, rows, cols, vals, off = self.spec, [], [], [], 0
-        for t in spec.terms:
+        for t, Zt in zip(spec.terms, Zs):
             for c in range(t.q):
                 rows.append(np.arange(spec.n))
                 cols.append(off + t.codes * t.q + c)
-                vals.append(t.Zraw[:, c])
+                vals.append(Zt[:, c])
             off += t.ncols
         return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                              shape=(spec.n, self.q))
 
-    def _blocks(self, spec: ModelSpec) -> None:
+    def _blocks(self, spec: ModelSpec, X: np.ndarray, y: np.ndarray) -> None:
         """Independent blocks of rows (levels linked through shared rows), for the log-likelihood per block."""
         offs = np.cumsum([0] + [t.nlevels for t in spec.terms])
         nlev = offs[-1]
@@ -384,7 +458,6 @@ class FullStructure(_WoodburyBase):
                 break
         else:
             self.loglik_dim, self.loglik_labels = "block", [str(i) for i in range(ncomp)]
-        X, y = spec.X, spec.y
         self.XtX_g = _by_level(self.row_block, ncomp, X, X)
         self.Xty_g = _by_level(self.row_block, ncomp, X, y[:, None])[:, :, 0]
         self.yty_g = np.bincount(self.row_block, weights=y * y, minlength=ncomp)
@@ -418,8 +491,8 @@ class FullStructure(_WoodburyBase):
         """Per independent block (``None`` for crossed factors: the density does not factorise)."""
         if self.loglik_dim is None:
             return None
-        s2, S, tvec = st["s2"], st["S"][0], self._tvec(st, beta)[0]
-        rr = self.yty_g - 2 * self.Xty_g @ beta + np.einsum("p,gpq,q->g", beta, self.XtX_g, beta)
+        s2, S, tvec, bw = st["s2"], st["S"][0], self._tvec(st, beta)[0], self._beta_w(beta)
+        rr = self.yty_g - 2 * self.Xty_g @ bw + np.einsum("p,gpq,q->g", bw, self.XtX_g, bw)
         out = np.empty(self.nblocks)
         for g, cols in enumerate(self.cols_g):
             Sg = S[np.ix_(cols, cols)]
@@ -567,6 +640,12 @@ class SerialStructure:
         WtW = sum(np.einsum("gsa,gsb->ab", part["W"][:, :, : p + 1], part["W"][:, :, : p + 1])
                   for part in st["parts"])
         return WtW[:p, :p], WtW[:p, p]
+
+    def np_draw_beta(self, st: dict[str, Any], tau: float, rng: np.random.Generator) -> np.ndarray:
+        """A draw of ``beta | psi, y`` under ``beta ~ N(0, tau I)``."""
+        A, bv = self.np_gls(st)
+        Mi = np.linalg.inv(A + np.eye(A.shape[0]) / tau)
+        return rng.multivariate_normal(Mi @ bv, (Mi + Mi.T) / 2)
 
     def np_draw_b(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         p, D = self.spec.p, st["D"]

@@ -16,6 +16,7 @@ from importlib import resources
 import pandas as pd
 
 from .._errors import DataError
+from .._io import NA_TOKENS
 
 _FILES = {"pig_weights": "pig_weights.csv", "sleepstudy": "sleepstudy.csv", "dyestuff": "dyestuff.csv"}
 # grouping columns are identifiers: read them as strings so they are factors
@@ -39,4 +40,6 @@ def load(name: str) -> pd.DataFrame:
         raise DataError(f"unknown dataset {name!r}; bundled datasets: {', '.join(names())}")
     path = resources.files(__package__).joinpath("data", _FILES[name])
     with path.open("r") as fh:
-        return pd.read_csv(fh, dtype={c: str for c in _STRING_COLUMNS.get(name, [])})
+        # as R's read.csv: only NA and empty fields are missing (pandas would also take 'None', 'nan'...)
+        return pd.read_csv(fh, dtype={c: str for c in _STRING_COLUMNS.get(name, [])}, keep_default_na=False,
+                           na_values=list(NA_TOKENS))

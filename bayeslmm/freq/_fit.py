@@ -86,10 +86,29 @@ def fit_spec(spec: ModelSpec, *, method: str = "REML", start: np.ndarray | None 
     with _one_blas_thread(len(spec.terms) > 1):
         blocks = CrossProducts.from_spec(spec) if blocks is None else blocks
         obj = Objective(blocks, reml=(method == "REML"))
-        rec = minimize_bobyqa(obj, spec.theta_lower(), start, names=spec.theta_names())
+        rec = optimize_objective(obj, spec.theta_lower(), start, names=spec.theta_names())
         fit = LMMFit(spec, method, obj, rec, 0.0)
     fit.fit_seconds = time.perf_counter() - t0
     return fit
+
+
+def optimize_objective(obj: Objective, lower: np.ndarray, start: np.ndarray | None, names: list[str]
+                       ) -> OptimizerRecord:
+    """Minimise the criterion over the working theta and report lme4's theta.
+
+    The optimiser sees the criterion of the working columns (:mod:`bayeslmm.linalg._basis`), so
+    that its path does not depend on shifts or units of the covariates; ``theta`` and
+    ``theta_start`` of the record are mapped back to the original columns. ``gradient`` and
+    ``hessian`` stay in the working coordinates.
+    """
+    from dataclasses import replace
+
+    from ..linalg import theta_from_working, theta_to_working
+
+    cp = obj.blocks
+    start_w = None if start is None else theta_to_working(cp, start)
+    rec = minimize_bobyqa(obj.working, lower, start_w, names=names)
+    return replace(rec, theta=theta_from_working(cp, rec.theta), theta_start=theta_from_working(cp, rec.theta_start))
 
 
 def _one_blas_thread(dense_schur: bool) -> Any:

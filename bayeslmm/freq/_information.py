@@ -44,7 +44,7 @@ MAX_Q = 1500
 
 
 def _cross_products(fit: LMMFit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Dense ``Z'Z``, ``Z'X`` and ``X'X`` assembled from the fit's cross-product blocks (no rows)."""
+    """Dense ``Z'Z``, ``Z'X`` and ``X'X`` of the working columns, from the fit's cross-product blocks (no rows)."""
     cp = fit.objective.blocks
     p = cp.p
     l1, q1, _ = cp.A11.shape
@@ -72,7 +72,7 @@ def expected_information(fit: LMMFit) -> tuple[np.ndarray, list[str]]:
     n = spec.n
     Lam = np.zeros_like(A)
     i0 = 0
-    for t, T in zip(spec.terms, fit._factor.Ts):
+    for t, T in zip(spec.terms, fit._factor.Tw):  # the blocks hold the working columns Z_w = Z A_z
         Lam[i0 : i0 + t.ncols, i0 : i0 + t.ncols] = np.kron(np.eye(t.nlevels), T)
         i0 += t.ncols
     M = Lam.T @ A @ Lam + np.eye(A.shape[0])
@@ -100,10 +100,12 @@ def expected_information(fit: LMMFit) -> tuple[np.ndarray, list[str]]:
     # psi entries: (term index, slice of the term in Q, pattern matrix)
     entries, names, offsets = [], [], []
     i0 = 0
+    zb = fit.objective.blocks.term_bases
     for k, t in enumerate(spec.terms):
         offsets.append(i0)
+        Ainv = zb[k].Ainv  # dV/dD_ab = Z (I (x) S_ab) Z' = Z_w (I (x) A_z^-1 S_ab A_z^-T) Z_w'
         for a, b in _patterns(t.q):
-            entries.append((k, _sym(t.q, a, b)))
+            entries.append((k, Ainv @ _sym(t.q, a, b) @ Ainv.T))
             names.append(f"{t.name}|{t.coef_names[b]}" + ("" if a == b else f"|{t.coef_names[a]}"))
         i0 += t.ncols
     m = len(entries)

@@ -50,12 +50,19 @@ class Objective:
     reml: bool
 
     def factor(self, theta: np.ndarray) -> BlockedFactor:
-        """The blocked Cholesky factor at ``theta``."""
+        """The blocked Cholesky factor at ``theta`` (lme4's)."""
         return factorize(self.blocks, theta)
 
     def __call__(self, theta: np.ndarray) -> float:
+        return self._value(theta, working=False)
+
+    def working(self, theta_w: np.ndarray) -> float:
+        """The criterion at the working theta (:func:`bayeslmm.linalg.theta_to_working`): what the optimiser sees."""
+        return self._value(theta_w, working=True)
+
+    def _value(self, theta: np.ndarray, working: bool) -> float:
         try:
-            f = factorize(self.blocks, theta)
+            f = factorize(self.blocks, theta, working=working)
         except np.linalg.LinAlgError:
             return np.inf
         val = criterion_from_factor(f, self.blocks.n, self.blocks.p, self.reml)

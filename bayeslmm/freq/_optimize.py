@@ -21,8 +21,10 @@ import numpy as np
 SINGULAR_TOL = 1e-4
 #: Largest acceptable |H^{-1} g| at the optimum (lme4's check.conv.grad tolerance).
 GRAD_TOL = 2e-3
-#: A Newton step shorter than this (in theta) is not worth the evaluations of a polish.
-POLISH_TOL = 1e-6
+#: A Newton step shorter than this (in theta) is not taken. The step costs one evaluation (the
+#: derivatives are those of the convergence check) and brings theta to about 1e-8 where BOBYQA,
+#: stopping on a small change of the criterion, leaves it at about 1e-6.
+POLISH_TOL = 1e-10
 #: BOBYQA restarts (smaller first step) after a failed gradient check.
 MAX_RESTARTS = 3
 
@@ -273,10 +275,17 @@ def minimize_bobyqa(
             g, H = derivatives(fun, x, idx, f0=fx)
             if np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and _newton_size(g, H) > POLISH_TOL:
                 x, fx, polished = newton_polish(fun, x, fx, lower, upper, idx, g, H)
+            if polished:  # convergence and singularity are decided at the point returned, not before the step
+                free_after = _free(x, lower, upper)
+                if np.any(free_after != free):  # the step reached a bound: check the coordinates still free
+                    free = free_after
+                    singular = bool((~free).any())
+                    idx = np.flatnonzero(free)
+                    g, H = derivatives(fun, x, idx, f0=fx) if idx.size else (np.zeros(0), np.zeros((0, 0)))
             if not np.all(np.isfinite(H)):
                 messages.append("Hessian could not be evaluated at the optimum")
                 ok = False
-            else:
+            elif idx.size:
                 try:
                     np.linalg.cholesky(H)
                     sg = np.linalg.solve(H, g)

@@ -20,6 +20,10 @@ F      (m, m)             ``[X y]'[X y]``
 
 Blocks computed from disjoint sets of rows add up. ``pairs`` holds the
 coefficients of ``C G C'`` (see :mod:`._pairs`), derived from ``C``.
+
+Every block is formed from the working columns of :mod:`._basis` (``[X y]`` shifted, each term's
+columns centred and scaled), never from the raw ones: ``basis`` and ``zbases`` (per term, in
+the blocks' order) say how to map results back.
 """
 
 from __future__ import annotations
@@ -30,20 +34,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..spec._spec import ModelSpec, ReTerm
+from ._basis import FixedBasis, TermBasis
 from ._pairs import PairOperator
 
 if TYPE_CHECKING:  # scipy.sparse is imported only for models with several terms (fast start-up)
     import scipy.sparse as sp
 
 
-def term_matrix(term: ReTerm) -> sp.csr_matrix:
-    """The sparse ``(n, nlevels * q)`` matrix ``Z_k`` of one term, columns level by level."""
+def term_matrix(term: ReTerm, Zcols: np.ndarray | None = None) -> sp.csr_matrix:
+    """The sparse ``(n, nlevels * q)`` matrix ``Z_k`` of one term, columns level by level.
+
+    ``Zcols`` replaces the term's raw columns (the working columns of :mod:`._basis`).
+    """
     import scipy.sparse as sp
 
-    n, q = term.Zraw.shape
+    Zc = term.Zraw if Zcols is None else Zcols
+    n, q = Zc.shape
     rows = np.repeat(np.arange(n), q)
     cols = (term.codes[:, None] * q + np.arange(q)[None, :]).reshape(-1)
-    return sp.csr_matrix((term.Zraw.reshape(-1), (rows, cols)), shape=(n, term.ncols))
+    return sp.csr_matrix((np.ascontiguousarray(Zc).reshape(-1), (rows, cols)), shape=(n, term.ncols))
 
 
 def _by_level(codes: np.ndarray, nlev: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -71,6 +80,22 @@ class CrossProducts:
     qs: tuple[int, ...]
     nlevels: tuple[int, ...]
     pairs: PairOperator | None = None
+    basis: FixedBasis | None = None
+    zbases: tuple[TermBasis, ...] | None = None
+
+    @property
+    def fixed_basis(self) -> FixedBasis:
+        """The shift of ``[X y]`` the blocks were formed with (identity if none)."""
+        return self.basis if self.basis is not None else FixedBasis.identity(self.p)
+
+    @property
+    def term_bases(self) -> tuple[TermBasis, ...]:
+        """Per term (blocks' order), the working columns' map (identity if none)."""
+        return self.zbases if self.zbases is not None else tuple(TermBasis.identity(q) for q in self.qs)
+
+    def working_factors(self, Ts: list[np.ndarray]) -> list[np.ndarray]:
+        """``A_z^-1 T_k``: the relative factors acting on the working columns (not triangular)."""
+        return [T if b.is_identity else b.Ainv @ T for b, T in zip(self.term_bases, Ts)]
 
     @property
     def Q1(self) -> int:
@@ -83,14 +108,24 @@ class CrossProducts:
         return sum(q * nl for q, nl in zip(self.qs[1:], self.nlevels[1:]))
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec) -> CrossProducts:
-        """Form the blocks from the rows of a model specification (one pass)."""
+    def from_spec(cls, spec: ModelSpec, basis: FixedBasis | None = None,
+                  zbases: tuple[TermBasis, ...] | None = None) -> CrossProducts:
+        """Form the blocks from the rows of a model specification (one pass).
+
+        ``basis`` and ``zbases`` fix the working columns (default: from these rows); blocks of
+        disjoint sets of rows add up when they share them.
+        """
         if not spec.terms:
             raise ValueError("a linear mixed model needs at least one random-effect term")
-        Xy = np.column_stack([spec.X, spec.y])
+        basis = FixedBasis.from_rows(spec.X, spec.y) if basis is None else basis
+        Xw, yw = basis.apply(spec.X, spec.y)
+        Xy = np.column_stack([Xw, yw])
+        if zbases is None:
+            zbases = tuple(TermBasis.from_rows(t.Zraw) for t in spec.terms)
+        Zw = [b.apply(t.Zraw) for b, t in zip(zbases, spec.terms)]
         t1 = spec.terms[0]
-        A11 = _by_level(t1.codes, t1.nlevels, t1.Zraw, t1.Zraw)
-        B1 = _by_level(t1.codes, t1.nlevels, t1.Zraw, Xy)
+        A11 = _by_level(t1.codes, t1.nlevels, Zw[0], Zw[0])
+        B1 = _by_level(t1.codes, t1.nlevels, Zw[0], Xy)
         F = Xy.T @ Xy
         pairs = None
         if len(spec.terms) == 1:
@@ -98,8 +133,8 @@ class CrossProducts:
         else:
             import scipy.sparse as sp
 
-            Z1 = term_matrix(t1)
-            Zr = sp.hstack([term_matrix(t) for t in spec.terms[1:]], format="csr")
+            Z1 = term_matrix(t1, Zw[0])
+            Zr = sp.hstack([term_matrix(t, z) for t, z in zip(spec.terms[1:], Zw[1:])], format="csr")
             ZrT = Zr.T.tocsr()
             C = (ZrT @ Z1).tocsr()
             D = (ZrT @ Zr).toarray()
@@ -117,17 +152,22 @@ class CrossProducts:
             qs=tuple(t.q for t in spec.terms),
             nlevels=tuple(t.nlevels for t in spec.terms),
             pairs=pairs,
+            basis=basis,
+            zbases=zbases,
         )
 
     def with_response(self, spec: ModelSpec, y: np.ndarray) -> CrossProducts:
         """Blocks for a new response on the same design: only the ``y`` columns change."""
         from dataclasses import replace
 
+        basis, zb = self.fixed_basis.with_response(y), self.term_bases
+        y = basis.apply_y(y)
+        Xw, _ = basis.apply(spec.X, None)
         t1 = spec.terms[0]
         B1 = self.B1.copy()
-        B1[:, :, -1] = _by_level(t1.codes, t1.nlevels, t1.Zraw, y[:, None])[:, :, 0]
+        B1[:, :, -1] = _by_level(t1.codes, t1.nlevels, zb[0].apply(t1.Zraw), y[:, None])[:, :, 0]
         F = self.F.copy()
-        Xty = spec.X.T @ y
+        Xty = Xw.T @ y
         F[-1, :-1] = Xty
         F[:-1, -1] = Xty
         F[-1, -1] = y @ y
@@ -135,7 +175,7 @@ class CrossProducts:
         if self.E is not None:
             import scipy.sparse as sp
 
-            Zr = sp.hstack([term_matrix(t) for t in spec.terms[1:]], format="csr")
+            Zr = sp.hstack([term_matrix(t, b.apply(t.Zraw)) for t, b in zip(spec.terms[1:], zb[1:])], format="csr")
             E = self.E.copy()
             E[:, -1] = Zr.T @ y
-        return replace(self, B1=B1, F=F, E=E)
+        return replace(self, B1=B1, F=F, E=E, basis=basis)

@@ -53,6 +53,28 @@ def lambda_blocks(theta: np.ndarray, qs: tuple[int, ...]) -> list[np.ndarray]:
     return out
 
 
+def pack_theta(Ts: list[np.ndarray]) -> np.ndarray:
+    """Inverse of :func:`lambda_blocks`: the lower triangles of ``T_k``, column by column."""
+    out = []
+    for T in Ts:
+        rows, cols = np.tril_indices(T.shape[0])
+        order = np.lexsort((rows, cols))
+        out.append(T[rows[order], cols[order]])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def theta_to_working(cp: CrossProducts, theta: np.ndarray) -> np.ndarray:
+    """Theta of the working columns (:mod:`._basis`): ``T_w`` lower triangular, ``T_w T_w' = A_z^-1 T T' A_z^-T``."""
+    Ts = lambda_blocks(np.asarray(theta, dtype=float), cp.qs)
+    return pack_theta([b.to_working(T) for b, T in zip(cp.term_bases, Ts)])
+
+
+def theta_from_working(cp: CrossProducts, theta_w: np.ndarray) -> np.ndarray:
+    """Theta of the original columns (lme4's) from the working one."""
+    Tw = lambda_blocks(np.asarray(theta_w, dtype=float), cp.qs)
+    return pack_theta([b.from_working(T) for b, T in zip(cp.term_bases, Tw)])
+
+
 def _lambda_rest(Ts: list[np.ndarray], nlevels: tuple[int, ...]) -> sp.csr_matrix:
     """Sparse ``blockdiag_k(I_{l_k} (x) T_k)`` for the rest terms."""
     import scipy.sparse as sp
@@ -100,19 +122,29 @@ class BlockedFactor:
 
     Attributes
     ----------
-    Ts : the ``T_k`` factors; L11 : ``(l1, q1, q1)``; W : ``(l1, q1, m)`` the ``[X y]`` part of
-    ``L21`` (``L11^{-1} T1' Z1'[X y]``); L22 : ``(Qr + m, Qr + m)`` dense lower factor.
+    Ts : the ``T_k`` factors of the original columns (lme4's ``Lambda``); Tw : those acting on the
+    working columns of the blocks (``A_z^-1 T_k``, see :mod:`._basis`); L11 : ``(l1, q1, q1)``;
+    W : ``(l1, q1, m)`` the ``[X y]`` part of ``L21`` (``L11^{-1} T1w' Z1w'[X y]_w``);
+    L22 : ``(Qr + m, Qr + m)`` dense lower factor (working ``[X y]``).
     """
 
-    def __init__(self, cp: CrossProducts, Ts: list[np.ndarray], L11: np.ndarray, W: np.ndarray,
-                 L22: np.ndarray) -> None:
+    def __init__(self, cp: CrossProducts, Ts: list[np.ndarray] | None, Tw: list[np.ndarray], L11: np.ndarray,
+                 W: np.ndarray, L22: np.ndarray) -> None:
         self.cp = cp
-        self.Ts = Ts
+        self._Ts = Ts
+        self.Tw = Tw
         self.L11 = L11
         self.W = W
         self.L22 = L22
         self.Qr = cp.Qr
         self.p = cp.p
+
+    @property
+    def Ts(self) -> list[np.ndarray]:
+        """The relative factors ``T_k`` of the original columns (``Lambda``, lme4's)."""
+        if self._Ts is None:
+            self._Ts = [b.from_working(T) for b, T in zip(self.cp.term_bases, self.Tw)]
+        return self._Ts
 
     @property
     def logdet_L(self) -> float:
@@ -121,15 +153,20 @@ class BlockedFactor:
         return logdet_chol_batched(self.L11) + 2.0 * float(np.sum(np.log(d)))
 
     @property
-    def RX(self) -> np.ndarray:
-        """``(p, p)`` lower-triangular ``R_X'`` with ``R_X'R_X = X'V_theta^-1 X`` (``V_theta = V / sigma^2``)."""
+    def RXw(self) -> np.ndarray:
+        """``(p, p)`` lower-triangular factor of ``X_w'V_theta^-1 X_w`` (working columns, ``V_theta = V / sigma^2``)."""
         s = slice(self.Qr, self.Qr + self.p)
         return self.L22[s, s]
 
     @property
+    def RX(self) -> np.ndarray:
+        """``(p, p)`` square ``R`` with ``R R' = X'V_theta^-1 X`` (original columns; triangular without a shift)."""
+        return self.cp.fixed_basis.precision_factor(self.RXw)
+
+    @property
     def logdet_RX(self) -> float:
-        """``log|R_X|^2``."""
-        return 2.0 * float(np.sum(np.log(np.diag(self.RX))))
+        """``log|R_X|^2`` (the shift of the columns has determinant 1)."""
+        return 2.0 * float(np.sum(np.log(np.diag(self.RXw))))
 
     @property
     def pwrss(self) -> float:
@@ -145,8 +182,8 @@ class BlockedFactor:
         """Sparse ``(Qr, Q1)`` block ``Lr' C T1 L11^{-T}`` of ``L`` (formed only after optimisation)."""
         if self.cp.C is None:
             return None
-        Lr = _lambda_rest(self.Ts[1:], self.cp.nlevels[1:])
-        right = _blockdiag(self.Ts[0] @ np.swapaxes(self._L11inv, 1, 2))
+        Lr = _lambda_rest(self.Tw[1:], self.cp.nlevels[1:])
+        right = _blockdiag(self.Tw[0] @ np.swapaxes(self._L11inv, 1, 2))
         return (Lr.T @ self.cp.C @ right).tocsr()
 
     def solve_modes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +204,7 @@ class BlockedFactor:
             t = t + (self.L21r.T @ u_r).reshape(l1, q1)
         rhs = (self.W[:, :, -1] - t)[:, :, None]
         u1 = solve_upper_batched(self.L11, rhs)[:, :, 0].reshape(-1)
-        return np.concatenate([u1, u_r]), beta
+        return np.concatenate([u1, u_r]), self.cp.fixed_basis.beta(beta)
 
     def cond_cov_blocks(self) -> list[np.ndarray]:
         """Diagonal blocks of ``Lambda (L_theta L_theta')^{-1} Lambda'`` per term and level.
@@ -203,16 +240,20 @@ class BlockedFactor:
         return out
 
 
-def factorize(cp: CrossProducts, theta: np.ndarray) -> BlockedFactor:
+def factorize(cp: CrossProducts, theta: np.ndarray, *, working: bool = False) -> BlockedFactor:
     """Factor ``Omega(theta)`` from the cross-product blocks (no pass over the rows).
+
+    ``theta`` is lme4's (the original columns), or with ``working=True`` that of the working
+    columns (:func:`theta_to_working`); ``Omega`` is the same matrix either way.
 
     Raises
     ------
     numpy.linalg.LinAlgError
         If a block is numerically not positive definite.
     """
-    Ts = lambda_blocks(np.asarray(theta, dtype=float), cp.qs)
-    T1 = Ts[0]
+    T_in = lambda_blocks(np.asarray(theta, dtype=float), cp.qs)
+    Ts, Tw = (None, T_in) if working else (T_in, cp.working_factors(T_in))
+    T1 = Tw[0]
     q1 = T1.shape[0]
     O11 = T1.T @ cp.A11 @ T1
     O11[:, np.arange(q1), np.arange(q1)] += 1.0
@@ -221,7 +262,7 @@ def factorize(cp: CrossProducts, theta: np.ndarray) -> BlockedFactor:
     Wf = W.reshape(-1, W.shape[2])  # (Q1, m)
     S_xx = cp.F - Wf.T @ Wf
     if cp.C is None:
-        return BlockedFactor(cp, Ts, L11, W, np.linalg.cholesky(S_xx))
+        return BlockedFactor(cp, Ts, Tw, L11, W, np.linalg.cholesky(S_xx))
     import scipy.linalg
 
     Qr, m = cp.Qr, S_xx.shape[0]
@@ -229,7 +270,7 @@ def factorize(cp: CrossProducts, theta: np.ndarray) -> BlockedFactor:
     TL = T1 @ np.swapaxes(Linv, 1, 2)  # T1 L11^{-T}
     G = TL @ np.swapaxes(TL, 1, 2)  # (l1, q1, q1): T1 (T1'A11 T1 + I)^{-1} T1'
     S = np.empty((Qr + m, Qr + m))
-    rest_T, rest_l = Ts[1:], cp.nlevels[1:]
+    rest_T, rest_l = Tw[1:], cp.nlevels[1:]
     S_rr = S[:Qr, :Qr]
     np.subtract(cp.D, cp.pairs.lower(G), out=S_rr)
     S_rr[...] = _sym_scale(S_rr, rest_T, rest_l)  # lower triangle of Lr'(D - C G C')Lr (in place for q = 1)
@@ -243,4 +284,4 @@ def factorize(cp: CrossProducts, theta: np.ndarray) -> BlockedFactor:
     L22 = U.T
     if info != 0:
         raise np.linalg.LinAlgError("Schur complement not positive definite")
-    return BlockedFactor(cp, Ts, L11, W, L22)
+    return BlockedFactor(cp, Ts, Tw, L11, W, L22)

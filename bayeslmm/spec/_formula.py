@@ -18,8 +18,26 @@ from dataclasses import dataclass
 
 from .._errors import FormulaError
 
-_NAME = r"(?:`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*)"
-_GROUP_RE = re.compile(rf"^\s*{_NAME}\s*(?:[:/]\s*{_NAME}\s*)*$")
+# a bare `.` (R's "all other columns"): not part of a name or a number such as .5 or 2.
+_DOT_RE = re.compile(r"(?<![\w.])\.(?![\w.])")
+_QUOTED_RE = re.compile(r"`[^`]*`|'[^']*'|\"[^\"]*\"")
+
+
+def is_name(text: str) -> bool:
+    """True for a column name that may be written without backticks.
+
+    Python identifiers (Unicode letters included, as :meth:`str.isidentifier`) and R's
+    names with dots (``log.dose``, ``.x``).
+    """
+    return bool(text) and text.replace(".", "_").isidentifier()
+
+
+def column_name(text: str) -> str | None:
+    """The column named by ``text`` (a bare name or a backticked one), or None."""
+    text = text.strip()
+    if len(text) > 2 and text.startswith("`") and text.endswith("`") and "`" not in text[1:-1]:
+        return text[1:-1]
+    return text if is_name(text) else None
 
 
 @dataclass(frozen=True)
@@ -80,16 +98,17 @@ def _parse_group(text: str) -> list[tuple[str, ...]]:
     text = text.strip()
     if text.startswith("(") and text.endswith(")"):
         text = text[1:-1]
-    if not _GROUP_RE.match(text):
-        raise FormulaError(
-            f"grouping factor {text!r} is not understood: write a column name, an interaction "
-            "'a:b' or a nesting 'a/b' on the right of '|'"
-        )
     out: list[tuple[str, ...]] = []
     prefix: tuple[str, ...] = ()
-    for part in text.split("/"):
-        names = tuple(_strip_backticks(n) for n in part.split(":"))
-        prefix = prefix + names
+    for part in _split_top(text, "/"):
+        names = tuple(column_name(n) for n in _split_top(part, ":"))
+        if not all(names):
+            raise FormulaError(
+                f"grouping factor {text!r} is not understood: write a column name, an interaction "
+                "'a:b' or a nesting 'a/b' on the right of '|' (a name with spaces or symbols in "
+                "backticks: `my group`)"
+            )
+        prefix = prefix + names  # type: ignore[operator]
         out.append(prefix)
     return out
 
@@ -126,6 +145,11 @@ def parse_formula(text: str) -> ParsedFormula:
     """
     if not isinstance(text, str) or not text.strip():
         raise FormulaError("the formula is empty: write it as 'response ~ predictors + (1 | group)'")
+    if _DOT_RE.search(_QUOTED_RE.sub("", text)):
+        raise FormulaError(
+            f"formula {text!r} uses '.', which R reads as 'all other columns': bayeslmm does not "
+            "support it; list the columns, e.g. 'y ~ x1 + x2 + (1 | g)'"
+        )
     sides = _split_top(text, "~")
     if len(sides) != 2:
         raise FormulaError(

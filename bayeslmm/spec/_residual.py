@@ -19,7 +19,7 @@ import pandas as pd
 from .._errors import DataError, FormulaError
 
 KINDS = ("ou", "ar1")
-_RE = re.compile(r"^\s*(ou|ar1)\s*\(\s*(`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*)\s*\|\s*(.+?)\s*\)\s*$")
+_RE = re.compile(r"^\s*(ou|ar1)\s*\(\s*(`[^`]+`|[^|`]+?)\s*\|\s*(.+?)\s*\)\s*$")
 
 
 @dataclass(frozen=True)
@@ -49,18 +49,19 @@ def parse_residual(text: str | None) -> ResidualSpec | None:
     """
     if text is None or str(text).strip().lower() in ("", "iid"):
         return None
+    from ._formula import _parse_group, column_name
+
     m = _RE.match(str(text))
-    if not m:
+    time = column_name(m.group(2)) if m else None
+    if not m or time is None:
         raise FormulaError(
             f"residual process {text!r} is not understood: write 'ou(time | group)' (OU process plus "
             "measurement error), 'ar1(time | group)' (AR(1) by order within group) or 'iid'"
         )
-    from ._formula import _parse_group, _strip_backticks
-
     groups = _parse_group(m.group(3))
     if len(groups) != 1:
         raise FormulaError(f"residual process {text!r}: the grouping must be one factor (a or a:b), not a nesting")
-    return ResidualSpec(kind=m.group(1), time=_strip_backticks(m.group(2)), factors=groups[0])
+    return ResidualSpec(kind=m.group(1), time=time, factors=groups[0])
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,20 @@ def bind_residual(res: ResidualSpec, df: pd.DataFrame) -> ResidualProcess:
     from ._design import grouping_codes
 
     col = df[res.time]
-    if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
-        raise DataError(f"time column {res.time!r} of {res} must be numeric (got dtype {col.dtype})")
+    types = pd.api.types
+    if types.is_datetime64_any_dtype(col) or types.is_timedelta64_dtype(col) or isinstance(
+        col.dtype, pd.PeriodDtype
+    ):
+        raise DataError(
+            f"time column {res.time!r} of {res} holds dates/times (dtype {col.dtype}): convert it to "
+            f"a number before fitting, e.g. days since the start: (df[{res.time!r}] - "
+            f"df[{res.time!r}].min()) / pd.Timedelta(days=1)"
+        )
+    if not (types.is_numeric_dtype(col) and not types.is_bool_dtype(col)) or types.is_complex_dtype(col):
+        raise DataError(
+            f"time column {res.time!r} of {res} must be numeric (got dtype {col.dtype}): convert it, "
+            "e.g. with pd.to_numeric"
+        )
     t = col.to_numpy(dtype=float)
     codes, levels = grouping_codes(df, res.factors)
     return ResidualProcess(kind=res.kind, time=res.time, group=res.group, factors=res.factors,

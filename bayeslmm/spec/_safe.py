@@ -7,6 +7,8 @@ accepted only if it is built from
 
 * column names of the data,
 * numbers (and strings, only as arguments of ``C`` and contrast functions),
+* the constants in :data:`ALLOWED_CONSTANTS` (``pi``, ``e``), bare or as ``np.pi``;
+  a data column of the same name takes precedence (as a column shadows a global in R),
 * arithmetic and comparison operators,
 * calls of the functions in :data:`ALLOWED_FUNCTIONS`, written either bare
   (``log(x)``) or with the ``np.``/``numpy.`` prefix (``np.log(x)``), and the
@@ -19,6 +21,7 @@ expression that passed validation cannot reach anything else.
 from __future__ import annotations
 
 import ast
+import unicodedata
 from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
@@ -52,6 +55,9 @@ ALLOWED_FUNCTIONS: dict[str, Any] = {
     "sign": np.sign,
 }
 
+#: Constants allowed in a formula (bare or as ``np.name``); a column of that name wins.
+ALLOWED_CONSTANTS: dict[str, float] = {"pi": float(np.pi), "e": float(np.e)}
+
 #: formulaic's own helpers: identity, categorical coding, stateful transforms, contrasts.
 FORMULA_HELPERS = frozenset(
     {"I", "C", "center", "scale", "standardize", "poly", "bs", "cs", "cr", "cc",
@@ -76,8 +82,9 @@ class _Validator(ast.NodeVisitor):
     def fail(self, what: str) -> None:
         raise FormulaError(
             f"{what} in formula term {self.source!r} is not allowed: a formula may use column "
-            "names, numbers, arithmetic, and the functions listed in bayeslmm.ALLOWED_FUNCTIONS "
-            "(bare or as np.<name>) and I(), C(), center(), scale(), poly(), bs()"
+            "names, numbers, the constants pi and e, arithmetic, and the functions listed in "
+            "bayeslmm.ALLOWED_FUNCTIONS (bare or as np.<name>) and I(), C(), center(), scale(), "
+            "poly(), bs()"
         )
 
     def generic_visit(self, node: ast.AST) -> None:
@@ -97,10 +104,29 @@ class _Validator(ast.NodeVisitor):
         name = node.id
         if name.startswith("__"):
             self.fail(f"the name {name!r}")
-        if name in self.columns:
+        if name in self.columns:  # a column shadows a constant of the same name
             self.used.add(name)
             return
-        self.fail(f"the name {name!r} (no such column, and not an allowed function)")
+        if name in ALLOWED_CONSTANTS:
+            return
+        same = [c for c in self.columns if c != name and unicodedata.normalize("NFKC", c) == name]
+        if same:
+            raise FormulaError(
+                f"column {ascii(same[0])} in formula term {self.source!r} is not in Unicode normal "
+                f"form (NFKC), and Python expressions read it as {ascii(name)}: rename the column "
+                "to unicodedata.normalize('NFKC', name) before fitting"
+            )
+        self.fail(f"the name {name!r} (no such column, and not an allowed function or constant)")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        # np.pi, numpy.e: the only attributes allowed outside function position
+        if (
+            isinstance(node.value, ast.Name)
+            and node.value.id in _NUMPY_PREFIXES
+            and node.attr in ALLOWED_CONSTANTS
+        ):
+            return
+        self.fail(f"the attribute {ast.unparse(node)!r}")
 
     def visit_BinOp(self, node: ast.BinOp) -> None:
         if not isinstance(node.op, _BIN_OPS):
@@ -190,8 +216,9 @@ def validate_expression(expr: str, columns: Iterable[str]) -> set[str]:
 
 def evaluation_context() -> dict[str, Any]:
     """The only names formulaic may see when it evaluates a validated formula."""
-    ns = SimpleNamespace(**ALLOWED_FUNCTIONS)  # np.<name> gives only the allowed functions
-    ctx: dict[str, Any] = dict(ALLOWED_FUNCTIONS)
+    # np.<name> gives only the allowed functions and constants
+    ns = SimpleNamespace(**ALLOWED_FUNCTIONS, **ALLOWED_CONSTANTS)
+    ctx: dict[str, Any] = {**ALLOWED_FUNCTIONS, **ALLOWED_CONSTANTS}
     ctx["np"] = ns
     ctx["numpy"] = ns
     return ctx

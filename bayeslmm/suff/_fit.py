@@ -1,7 +1,7 @@
 """Fit an LMM from its sufficient statistics: the engine of :func:`bayeslmm.lmm` without the rows.
 
 :func:`lmm_from_stats` hands the merged blocks to the same objective and optimiser as
-:func:`bayeslmm.lmm` (``Objective`` -> ``minimize_bobyqa``), so one evaluation of the
+:func:`bayeslmm.lmm` (``Objective`` -> ``optimize_objective``), so one evaluation of the
 criterion costs O(levels), never O(rows). The result, :class:`StatsFit`, is an
 :class:`~bayeslmm.LMMFit` whose specification holds no rows (:class:`StatsSpec`):
 estimates, ``vcov``, ``varcorr``, ``ranef`` (BLUPs and conditional sds), likelihood
@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
-from ..freq._fit import LMMFit, _one_blas_thread
+from ..freq._fit import LMMFit, _one_blas_thread, optimize_objective
 from ..freq._objective import Objective, check_method
-from ..freq._optimize import SINGULAR_TOL, OptimizerRecord, minimize_bobyqa
+from ..freq._optimize import SINGULAR_TOL, OptimizerRecord
 from ..freq._summary import Summary
 from ..spec._spec import ModelSpec, ReTerm
 from ._levels import LevelKeys
@@ -182,7 +182,7 @@ def lmm_from_stats(stats: SuffStats, method: str = "REML", *, start: np.ndarray 
     with _one_blas_thread(len(spec.terms) > 1):
         obj = Objective(blocks, reml=(method == "REML"))
         if theta is None:
-            rec = minimize_bobyqa(obj, spec.theta_lower(), start, names=spec.theta_names())
+            rec = optimize_objective(obj, spec.theta_lower(), start, names=spec.theta_names())
         else:
             rec = _given(obj, np.asarray(theta, dtype=float), spec.theta_lower())
         fit = StatsFit(spec, method, obj, rec, 0.0, layout=layout, schema=stats.schema)

@@ -37,8 +37,12 @@ from ..spec._design import (
 )
 from ..spec._design import _model_matrix as _design
 from ..spec._formula import ParsedFormula, parse_formula
+from ..linalg._basis import FixedBasis, TermBasis
 from ..spec._safe import evaluation_context
 from ._levels import LevelKeys
+
+#: rows of the first chunk that fix the working columns' centres and scales (see :meth:`DesignSchema.with_centres`)
+CENTRE_ROWS = 1_000_000
 
 #: formulaic transforms that learn a state (mean, sd, knots, orthogonal basis) from all the rows.
 STATEFUL = ("center", "scale", "standardize", "poly", "bs", "cs", "cr", "cc")
@@ -140,7 +144,11 @@ def chunk_levels(df: Any, formula: str) -> dict[str, np.ndarray]:
     fc = FormulaColumns.of(formula, dict(df.dtypes))
     sub = complete_rows(df, fc.columns)
     out = {}
-    for c in fc.categorical:
+    # a column categorical in every partition may be 'unknown categories' in the whole (Dask reading
+    # a pandas categorical from Parquet): collect the levels of those too
+    cats = [*fc.categorical, *(c for c in fc.design if c not in fc.categorical
+                               and isinstance(sub[c].dtype, pd.CategoricalDtype))]
+    for c in cats:
         col = sub[c]
         if isinstance(col.dtype, pd.CategoricalDtype) or _is_text(col.dtype):
             col = col.astype(str)
@@ -203,6 +211,11 @@ class DesignSchema:
         Per bar, the names of its random-effect columns.
     key
         A fingerprint: statistics are merged only between chunks built with equal keys.
+    fbasis, zbases
+        The working columns every chunk's cross-products are formed with
+        (:mod:`bayeslmm.linalg._basis`; ``zbases`` per bar in formula order): centres and scales
+        taken once from the first rows (:meth:`with_centres`), so that a large constant in a column
+        costs no digits and chunks still add up. None: the raw columns.
     """
 
     formula: str
@@ -215,6 +228,32 @@ class DesignSchema:
     key: str
     fixed_design: Any = field(repr=False)
     bar_designs: tuple[Any, ...] = field(repr=False)
+    fbasis: FixedBasis | None = field(default=None, repr=False)
+    zbases: tuple[TermBasis, ...] | None = field(default=None, repr=False)
+
+    def with_centres(self, data: Any) -> DesignSchema:
+        """This schema with the working columns' centres and scales taken from the complete rows of ``data``.
+
+        Any rows will do (the first chunk, the first partition): the centres need only be near the
+        data, not its exact means. A chunk without complete rows leaves the schema as it is.
+        """
+        from dataclasses import replace
+
+        ch = self.prepare(data)
+        if ch.y.shape[0] == 0:
+            return self
+        fb = FixedBasis.from_rows(ch.X, ch.y)
+        zb = tuple(TermBasis.from_rows(Z) for Z in ch.Z)
+        centres = (fb.intercept, fb.centres.tolist(), fb.shift_y,
+                   [(b.intercept, b.centres.tolist(), b.scales.tolist()) for b in zb])
+        return replace(self, fbasis=fb, zbases=zb, key=repr((self.key, centres)))
+
+    def working(self, ch: PreparedChunk) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """``[X_w y_w]`` and the bars' ``Z_w`` of a prepared chunk (the raw columns without centres)."""
+        if self.fbasis is None:
+            return np.column_stack([ch.X, ch.y]), ch.Z
+        Xw, yw = self.fbasis.apply(ch.X, ch.y)
+        return np.column_stack([Xw, yw]), tuple(b.apply(Z) for b, Z in zip(self.zbases, ch.Z))
 
     @property
     def p_full(self) -> int:
@@ -233,7 +272,7 @@ class DesignSchema:
         given = dict(levels or {})
         if any(c not in given for c in fc.categorical):
             given = {**chunk_levels(df.loc[:, list(fc.columns)], formula), **given}
-        return cls.from_levels(formula, dict(df.dtypes), given)
+        return cls.from_levels(formula, dict(df.dtypes), given).with_centres(df.iloc[:CENTRE_ROWS])
 
     @classmethod
     def from_levels(cls, formula: str, dtypes: Mapping[str, Any], levels: Mapping[str, Iterable[Any]]

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
+from ..linalg._basis import FixedBasis
 from ..linalg._blocks import CrossProducts, _by_level
 from ..linalg._pairs import PairOperator
 from ..spec._design import _drop_rank_deficient
@@ -131,12 +132,12 @@ class SuffStats:
             As :meth:`DesignSchema.prepare`.
         """
         ch = schema.prepare(data)
-        Xy = np.column_stack([ch.X, ch.y])
+        Xy, Zw = schema.working(ch)
         n, m = Xy.shape
         F = Xy.T @ Xy
         R = np.linalg.qr(Xy, mode="r") if n else np.zeros((0, m))
         terms = []
-        for c, k, Z in zip(ch.codes, ch.keys, ch.Z):
+        for c, k, Z in zip(ch.codes, ch.keys, Zw):
             nl = len(k)
             terms.append(TermStats(keys=k, counts=np.bincount(c, minlength=nl).astype(np.int64),
                                    ZtZ=_by_level(c, nl, Z, Z), ZtXy=_by_level(c, nl, Z, Xy)))
@@ -145,7 +146,7 @@ class SuffStats:
             nk = len(ch.keys[k])
             pc, first = pd.factorize(ch.codes[j] * nk + ch.codes[k])
             pc = pc.astype(np.int64, copy=False)
-            blocks = _by_level(pc, len(first), ch.Z[j], ch.Z[k])
+            blocks = _by_level(pc, len(first), Zw[j], Zw[k])
             first = np.asarray(first, dtype=np.int64)
             pairs.append(PairStats(left=first // nk if nk else first, right=first % nk if nk else first,
                                    blocks=blocks))
@@ -267,8 +268,14 @@ class SuffStats:
         if len(order) > 1:
             C, D, E = self._rest_blocks(order, qs, nls, layouts, cols)
             pairs = PairOperator.from_sparse(C, qs[0])
+        basis = zbases = None
+        if schema.fbasis is not None:
+            fb = schema.fbasis
+            j0 = keep.index(fb.intercept) if fb.intercept in keep else None
+            basis = FixedBasis(j0, fb.centres[keep], fb.shift_y) if j0 is not None else FixedBasis.identity(len(keep))
+            zbases = tuple(schema.zbases[k] for k in order)
         cp = CrossProducts(A11=A11, B1=B1, C=C, D=D, E=E, F=F, n=n, p=len(keep), qs=tuple(qs),
-                           nlevels=tuple(nls), pairs=pairs)
+                           nlevels=tuple(nls), pairs=pairs, basis=basis, zbases=zbases)
         layout = ModelLayout(
             order=tuple(order),
             labels=tuple(tuple(layouts[k][2]) for k in order),
