@@ -182,3 +182,23 @@ def test_pymc_restricted_density_equals_the_dense_formula_when_shifted(data, k) 
     Z = (spec.terms[0].codes[:, None] == np.arange(spec.terms[0].nlevels)[None, :]).astype(float)
     V = sd2 * Z @ Z.T + s2 * np.eye(spec.n) + tau * spec.X @ spec.X.T
     assert val == pytest.approx(scipy.stats.multivariate_normal(np.zeros(spec.n), V).logpdf(spec.y), rel=1e-8)
+
+
+def test_prediction_se_at_a_shifted_covariate(data, base) -> None:
+    c = _shift(data.x.std(), 1e8)
+    fit = bayeslmm.lmm(FORMULA, data.assign(x=data.x + c))
+    new = data.iloc[:5]
+    a = base.predict(new, re_form=False, se_fit=True)
+    b = fit.predict(new.assign(x=new.x + c), re_form=False, se_fit=True)
+    np.testing.assert_allclose(b["se_fixed"], a["se_fixed"], rtol=1e-7)
+    np.testing.assert_allclose(b["fit"], a["fit"], rtol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_linear_model_is_invariant(data, method) -> None:
+    base = bayeslmm.lm("y ~ x", data, method=method)
+    c, cx = _shift(data.y.std(), 1e8), _shift(data.x.std(), 1e8)
+    fit = bayeslmm.lm("y ~ x", data.assign(y=data.y + c, x=data.x + cx), method=method)
+    assert fit.loglik == pytest.approx(base.loglik, rel=1e-9)
+    assert fit.fixef["x"] == pytest.approx(base.fixef["x"], rel=1e-9)
+    assert np.sqrt(fit.vcov.loc["x", "x"]) == pytest.approx(np.sqrt(base.vcov.loc["x", "x"]), rel=1e-9)

@@ -209,6 +209,22 @@ class LMMFit:
         names = list(self.spec.fixef_names)
         return pd.DataFrame(V, index=names, columns=names)
 
+    def vcov_working(self) -> tuple[Any, np.ndarray]:
+        """``(basis, cov(beta_w))``: the covariance of the working coefficients (:mod:`bayeslmm.linalg._basis`).
+
+        ``x'cov(beta)x = x_w'cov(beta_w)x_w`` with ``x_w`` the shifted row: computed so, the SE of a
+        prediction at covariates carrying a large constant loses no digits.
+        """
+        f = getattr(self, "_factor", None)
+        if f is None:  # an engine without blocks (serial processes): the original columns
+            from ..linalg import FixedBasis
+
+            return FixedBasis.identity(self.spec.p), self.vcov.to_numpy()
+        RXw = f.RXw
+        p = RXw.shape[0]
+        Rinv = np.linalg.solve(RXw, np.eye(p)) if p else np.zeros((0, 0))
+        return self.objective.blocks.fixed_basis, self.sigma2 * (Rinv.T @ Rinv)
+
     @property
     def se(self) -> pd.Series:
         """Standard errors of the fixed effects."""

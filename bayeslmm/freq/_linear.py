@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
+from ..linalg._basis import FixedBasis
 from ..spec import ModelSpec
 
 
@@ -31,16 +32,23 @@ class LinearFit:
         n, p = X.shape
         if n <= p:
             raise DataError(f"{n} observations cannot estimate {p} fixed effects and a variance")
-        XtX = X.T @ X
-        self._beta = np.linalg.solve(XtX, X.T @ y)
-        r = y - X @ self._beta
+        # QR of the working columns (bayeslmm.linalg._basis): neither a large constant nor the
+        # normal equations cost digits; |X'X| = |X_w'X_w| (the shift has determinant 1)
+        basis = FixedBasis.from_rows(X, y)
+        Xw, yw = basis.apply(X, y)
+        Q, R = np.linalg.qr(Xw)
+        bw = np.linalg.solve(R, Q.T @ yw)
+        r = yw - Xw @ bw
         rss = float(r @ r)
+        self._beta = basis.beta(bw)
         self.sigma2 = rss / (n - p if method == "REML" else n)
+        logdet = 2.0 * float(np.sum(np.log(np.abs(np.diag(R)))))
         if method == "REML":
-            self.criterion = float(np.linalg.slogdet(XtX)[1] + (n - p) * (1 + np.log(2 * np.pi * rss / (n - p))))
+            self.criterion = float(logdet + (n - p) * (1 + np.log(2 * np.pi * rss / (n - p))))
         else:
             self.criterion = float(n * (1 + np.log(2 * np.pi * rss / n)))
-        self._XtX = XtX
+        Rinv = np.linalg.solve(R, np.eye(p))
+        self._XtX_inv = basis.cov(Rinv @ Rinv.T)
         self.theta = np.zeros(0)
         self.fit_seconds = time.perf_counter() - t0
 
@@ -73,7 +81,7 @@ class LinearFit:
     def vcov(self) -> pd.DataFrame:
         """``sigma^2 (X'X)^{-1}``."""
         names = list(self.spec.fixef_names)
-        return pd.DataFrame(self.sigma2 * np.linalg.inv(self._XtX), index=names, columns=names)
+        return pd.DataFrame(self.sigma2 * self._XtX_inv, index=names, columns=names)
 
     @property
     def fitted(self) -> np.ndarray:

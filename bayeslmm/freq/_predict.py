@@ -91,7 +91,12 @@ def predict(fit: LMMFit, newdata: Any = None, *, re_form: bool = True, allow_new
                 pred = pred + np.where(unseen, 0.0, contrib)
     if not se_fit:
         return pred
-    V = fit.vcov.to_numpy()
+    working = getattr(fit, "vcov_working", None)
+    if working is not None:  # in the working columns: a large constant in a covariate costs no digits
+        basis, V = working()
+        X = basis.apply(X, None)[0]
+    else:
+        V = fit.vcov.to_numpy()
     se = np.sqrt(np.einsum("np,pq,nq->n", X, V, X))
     return pd.DataFrame({"fit": pred, "se_fixed": se})
 
