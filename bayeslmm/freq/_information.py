@@ -225,17 +225,23 @@ def expected_information_serial(fit: Any) -> tuple[np.ndarray, list[str]]:
     mm = (mask[:, :, None] & mask[:, None, :]).astype(float)
     t = np.where(mask, res.t[safe], 0.0)
     lag = np.abs(t[:, :, None] - t[:, None, :]) if res.kind == "ou" else np.abs(pos_grid(nmax))[None]
-    Zs = [np.where(mask[:, :, None], tm.Zraw[safe], 0.0) for tm in spec.terms]
-    X = np.where(mask[:, :, None], spec.X[safe], 0.0)
+    # working columns (bayeslmm.linalg._basis): a large constant in a covariate costs no digits; REML's
+    # projection does not depend on the basis of X, and Z_w D_w Z_w' = Z D Z' with D_w = A_z^-1 D A_z^-T
+    obj = fit.objective
+    Zw = obj.Zw
+    offs = np.cumsum([0] + [tm.q for tm in spec.terms])
+    Zs = [np.where(mask[:, :, None], Zw[:, offs[k] : offs[k + 1]][safe], 0.0) for k, tm in enumerate(spec.terms)]
+    Ainvs = [b.Ainv for b in obj.term_bases]
+    X = np.where(mask[:, :, None], obj.Y[:, : spec.p][safe], 0.0)
     s2 = fit.scale2
     rp = fit.residual_params()
     dV, names = [], []
     V = np.zeros((G, nmax, nmax))
-    for tm, Zk, T in zip(spec.terms, Zs, fit._Ts):
-        D = s2 * (T @ T.T)
+    for tm, Zk, T, Ai in zip(spec.terms, Zs, fit._Ts, Ainvs):
+        D = s2 * (Ai @ T @ T.T @ Ai.T)
         V += Zk @ D @ np.swapaxes(Zk, 1, 2)
         for a, b in _patterns(tm.q):
-            S = _sym(tm.q, a, b)
+            S = Ai @ _sym(tm.q, a, b) @ Ai.T
             dV.append(Zk @ S @ np.swapaxes(Zk, 1, 2))
             names.append(f"{tm.name}|{tm.coef_names[b]}" + ("" if a == b else f"|{tm.coef_names[a]}"))
     eye = np.broadcast_to(np.eye(nmax), (G, nmax, nmax))

@@ -110,6 +110,9 @@ def initial_step(x0: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.nda
     bound left BOBYQA stuck on ill-conditioned serial-correlation fits.
     """
     step = np.where(np.abs(x0) > 0.2, 0.5 * np.abs(x0), 0.1)
+    # off-diagonal elements of a relative factor (unbounded) start at 0: a first step of 0.1 there
+    # made BOBYQA crawl (821 evaluations instead of 224 on a random-slope golden case)
+    step = np.where(np.isfinite(lower) | (np.abs(x0) > 0.2), step, 0.5)
     below = np.where(np.isfinite(lower), x0 - lower, np.inf)
     above = np.where(np.isfinite(upper), upper - x0, np.inf)
     dist = np.minimum(below, above)

@@ -12,14 +12,21 @@ Marginal model within group ``i`` (all random-effect terms on the process's fact
   ``s^2`` is nlme's ``sigma^2`` with ``corAR1``.
 
 ``theta`` = (lower triangles of the relative factors ``T_k``, ``D_rel = blockdiag(T_k T_k')``;
-then ``rho, nu`` or ``phi``). ``beta`` and ``s^2`` are profiled out exactly as in the
-iid engine; ``V_rel^{-1/2}[X y]`` and ``log|V_rel|`` come from the group-vectorised Kalman
-filter (:mod:`bayeslmm.linalg._kalman`), linear in the group sizes.
+then ``tau, nu`` (``rho = exp(-tau / median gap)``) or ``phi``). ``beta`` and ``s^2`` are profiled
+out exactly as in the iid engine, from ``log|V_rel|`` and the cross-products
+``[X_w y_w]'V_rel^{-1}[X_w y_w]`` of the working columns (:mod:`bayeslmm.linalg._basis`: ``X``'s
+covariates centred and ``y`` shifted, so that a large constant in the data costs no digits). Each
+evaluation whitens ``[Z X y]`` by the process alone (AR(1) in closed form, OU + nugget by the
+scalar Kalman filter) and adds the random effects by Woodbury's identity, group by group
+(:class:`bayeslmm.linalg._kalman.ProcessGram`): linear in the group sizes, a few dozen NumPy
+calls per evaluation. The full Kalman filter (state ``(w, b)``) gives the normalized residuals.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -28,7 +35,8 @@ import pandas as pd
 
 from .._errors import DataError
 from ..linalg import lambda_blocks
-from ..linalg._kalman import FilterResult, SerialLayout, kalman_smooth, kalman_whiten
+from ..linalg._basis import FixedBasis, TermBasis
+from ..linalg._kalman import FilterResult, GramResult, ProcessGram, SerialLayout, kalman_smooth, kalman_whiten
 from ..spec import ModelSpec
 from ._fit import LMMFit
 from ._optimize import minimize_bobyqa
@@ -39,8 +47,30 @@ PHI_MAX = 1 - 1e-8
 TAU_MAX = 50.0
 
 
+def _tril_index(qs: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column in ``blockdiag(T_k)`` of each random-effect entry of theta (lme4's order)."""
+    ri, ci, off = [], [], 0
+    for q in qs:
+        rows, cols = np.tril_indices(q)
+        order = np.lexsort((rows, cols))  # column-major order of the lower triangle
+        ri.append(rows[order] + off)
+        ci.append(cols[order] + off)
+        off += q
+    return (np.concatenate(ri).astype(np.int64), np.concatenate(ci).astype(np.int64)) if qs else (
+        np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
 class SerialObjective:
-    """``theta -> d(theta)``, minus twice the profiled (restricted) log-likelihood."""
+    """``theta -> d(theta)``, minus twice the profiled (restricted) log-likelihood.
+
+    The data enter in working coordinates (:mod:`bayeslmm.linalg._basis`): ``[X_w y_w]`` with
+    the non-intercept columns of ``X`` centred and ``y`` shifted (when ``X`` has an intercept),
+    and each random-effect term's columns ``Z_w = Z A_z`` (a ``q > 1`` term's covariates centred
+    on its intercept, every column scaled). ``theta`` is in the original coordinates (lme4's
+    ``T_k``, ``D_rel = blockdiag(T_k T_k')``); :meth:`working` takes the working one
+    (``T_w = A_z^-1 T``, lower triangular), which the optimiser uses, so that neither shifts nor
+    units of the data change its path. ``det A = 1``: the criterion needs no correction.
+    """
 
     def __init__(self, spec: ModelSpec, reml: bool, y: np.ndarray | None = None) -> None:
         res = spec.residual
@@ -56,13 +86,51 @@ class SerialObjective:
         self.kind = res.kind
         self.qs = tuple(t.q for t in spec.terms)
         self.nre = spec.ntheta
+        yy = spec.y if y is None else np.asarray(y, dtype=float)
+        #: original random-effect columns (``D_rel`` of :meth:`unpack` acts on these)
         self.Z = np.hstack([t.Zraw for t in spec.terms]) if spec.terms else None
-        self.Y = np.column_stack([spec.X, spec.y if y is None else y])
+        self.basis = FixedBasis.from_rows(spec.X, yy)
+        self.term_bases = [TermBasis.from_rows(t.Zraw) for t in spec.terms]
+        qt = sum(self.qs)
+        self._Ainv = np.zeros((qt, qt))  # blockdiag(A_z^-1): T_w = Ainv T, Z_w = Z Ainv^-1
+        i = 0
+        for b in self.term_bases:
+            self._Ainv[i : i + b.q, i : i + b.q] = b.Ainv
+            i += b.q
+        self._Az = np.linalg.inv(self._Ainv) if qt else self._Ainv
+        self._ti, self._tj = _tril_index(self.qs)
         self.layout = SerialLayout.build(res.codes, res.t, len(res.levels), by_order=(res.kind == "ar1"))
-        gaps = np.concatenate(self.layout.gaps[1:]) if len(self.layout.gaps) > 1 else np.ones(1)
+        gaps = self.layout.gap_all[self.layout.bounds[1]:] if self.layout.bounds.size > 1 else np.zeros(0)
         pos = gaps[gaps > 0]
         #: the OU decay is optimised as tau = -gap * log(rho): the log-correlation over the median gap
         self.gap = float(np.median(pos)) if pos.size else 1.0
+        # The kernel keeps the only copy of the working columns [Z_w X_w y_w] (FixedBasis.apply and
+        # TermBasis.apply), in its row order, written column by column (see :attr:`Y`, :attr:`Zw`).
+        closed = res.kind == "ar1"
+        rows = ProcessGram.row_order(self.layout, closed)
+        p = spec.p
+        U = np.empty((spec.n, qt + p + 1))
+        i = 0
+        for b, t in zip(self.term_bases, spec.terms):
+            U[:, i : i + b.q] = b.apply(t.Zraw[rows])
+            i += b.q
+        shift = self.basis.intercept is not None
+        for j in range(p):
+            U[:, qt + j] = spec.X[rows, j]
+            if shift:
+                U[:, qt + j] -= self.basis.centres[j]
+        U[:, qt + p] = self.basis.apply_y(yy[rows])
+        self._gram = ProcessGram(self.layout, None, None, closed_form=closed, U=U, q=qt)
+
+    @property
+    def Y(self) -> np.ndarray:
+        """Working ``[X_w y_w]``, rows in the data's order (a new array)."""
+        return self._gram.columns("Y")
+
+    @property
+    def Zw(self) -> np.ndarray | None:
+        """Working random-effect columns ``Z_w = Z A_z`` (a new array), or None."""
+        return self._gram.columns("Z")
 
     # -- parameters ---------------------------------------------------------
     def names(self) -> list[str]:
@@ -77,7 +145,7 @@ class SerialObjective:
         return np.r_[lo, -PHI_MAX], np.r_[np.full(self.nre, np.inf), PHI_MAX]
 
     def unpack(self, theta: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None, float, float, float]:
-        """``(T_k list, D_rel, decay, var_w, kappa)`` at theta."""
+        """``(T_k list, D_rel, decay, var_w, kappa)`` at theta (original coordinates)."""
         theta = np.asarray(theta, dtype=float)
         Ts = lambda_blocks(theta[: self.nre], self.qs)
         D = None
@@ -88,49 +156,137 @@ class SerialObjective:
             for T in Ts:
                 D[i : i + T.shape[0], i : i + T.shape[0]] = T @ T.T
                 i += T.shape[0]
+        return (Ts, D, *self._process(theta))
+
+    def _process(self, theta: np.ndarray) -> tuple[float, float, float]:
+        """``(decay, var_w, kappa)`` at theta."""
         if self.kind == "ou":
-            tau, nu = theta[self.nre :]
-            return Ts, D, float(np.exp(-tau / self.gap)), 1.0 - float(nu), float(nu)
-        return Ts, D, float(theta[self.nre]), 1.0, 0.0
+            tau, nu = float(theta[self.nre]), float(theta[self.nre + 1])
+            return float(np.exp(-tau / self.gap)), 1.0 - nu, nu
+        return float(theta[self.nre]), 1.0, 0.0
+
+    def _factor(self, theta: np.ndarray, working: bool) -> np.ndarray | None:
+        """``(q, q)`` factor ``T`` of the working ``D_w = Ainv D Ainv'`` (block diagonal)."""
+        if not self.nre:
+            return None
+        qt = self._Ainv.shape[0]
+        T = np.zeros((qt, qt))
+        T[self._ti, self._tj] = theta[: self.nre]
+        return T if working else self._Ainv @ T
+
+    def theta_to_working(self, theta: np.ndarray) -> np.ndarray:
+        """Working theta (``T_w`` lower triangular with ``T_w T_w' = A_z^-1 T T' A_z^-T``; process unchanged)."""
+        theta = np.array(theta, dtype=float)
+        Ts = lambda_blocks(theta[: self.nre], self.qs)
+        Tw = [b.to_working(T) for b, T in zip(self.term_bases, Ts)]
+        theta[: self.nre] = self._pack(Tw)
+        return theta
+
+    def theta_from_working(self, theta_w: np.ndarray) -> np.ndarray:
+        """Original theta from the working one."""
+        theta = np.array(theta_w, dtype=float)
+        Tw = lambda_blocks(theta[: self.nre], self.qs)
+        theta[: self.nre] = self._pack([b.from_working(T) for b, T in zip(self.term_bases, Tw)])
+        return theta
+
+    def _pack(self, Ts: list[np.ndarray]) -> np.ndarray:
+        qt = self._Ainv.shape[0]
+        full = np.zeros((qt, qt))
+        i = 0
+        for T in Ts:
+            full[i : i + T.shape[0], i : i + T.shape[0]] = T
+            i += T.shape[0]
+        return full[self._ti, self._tj]
 
     def start_candidates(self) -> list[np.ndarray]:
-        """A few starting points: RE factors 1, correlation at the median gap 0.3 or 0.7."""
+        """A few starting points (working theta): RE factors 1; OU correlation at the median gap 0.3, 0.7
+        or 0.95 with nugget share 0.2 or 0.5; AR(1) phi 0, 0.4, 0.8 or 0.95.
+
+        The best of them (one evaluation each) starts BOBYQA. phi = 0.95 is there for slowly varying
+        series (growth curves such as BodyWeight), where a random intercept and a phi near 1 are
+        nearly confounded: from phi <= 0.8 BOBYQA crawls along that valley (and on BodyWeight with a
+        random slope stopped 3.7 short of the optimum).
+        """
         re0 = np.where(np.isfinite(self.spec.theta_lower()), 1.0, 0.0)
         if self.kind == "ou":
             return [np.r_[re0, -np.log(c), nu] for c in (0.3, 0.7, 0.95) for nu in (0.2, 0.5)]
-        return [np.r_[re0, phi] for phi in (0.0, 0.4, 0.8)]
+        return [np.r_[re0, phi] for phi in (0.0, 0.4, 0.8, 0.95)]
 
     # -- evaluation ---------------------------------------------------------
-    def filter(self, theta: np.ndarray) -> FilterResult:
-        """Whitened ``[X y]`` and ``log|V_rel|`` at theta."""
-        _, D, decay, var_w, kappa = self.unpack(theta)
-        return kalman_whiten(self.layout, self.Y, self.Z, D, decay, var_w, kappa)
+    def gram(self, theta: np.ndarray, working: bool = False) -> GramResult:
+        """``log|V_rel|`` and the working cross-products ``[X_w y_w]'V_rel^{-1}[X_w y_w]`` at theta."""
+        theta = np.asarray(theta, dtype=float)
+        return self._gram(self._factor(theta, working), *self._process(theta))
 
-    def profile(self, fr: FilterResult) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """GLS at the filter's whitening: ``beta``, ``X'V_rel^-1 X``, ``r^2`` and the criterion."""
+    def filter(self, theta: np.ndarray, working: bool = False) -> FilterResult:
+        """Kalman filter at theta: whitened ``[X y]`` (``working``: ``[X_w y_w]``), ``log|V_rel|``, BLUP states.
+
+        ``a_b``/``P_b`` are those of ``b`` in the original coordinates (of the working ``b_w`` with
+        ``working``); the columns of ``white`` and ``a_b`` follow ``[X y]``.
+        """
+        theta = np.asarray(theta, dtype=float)
+        T = self._factor(theta, False)
+        D = None if T is None else T @ T.T
+        g = self._gram
+        fr = kalman_whiten(self.layout, g.columns("Y"), g.columns("Z"), D, *self._process(theta))
+        if working or not np.isfinite(fr.logdet):
+            return fr
+        Minv = self._to_original()
+        a_b, P_b = fr.a_b, fr.P_b
+        if a_b is not None:
+            a_b = self._Az @ a_b @ Minv
+            P_b = self._Az @ P_b @ self._Az.T
+        return FilterResult(fr.white @ Minv, fr.logdet, a_b, P_b)
+
+    def _to_original(self) -> np.ndarray:
+        """``(c, c)`` map of columns: ``[X y] = [X_w y_w] M``."""
+        p = self.spec.p
+        M = np.eye(p + 1)
+        b = self.basis
+        if b.intercept is not None:
+            M[b.intercept, :p] += b.centres
+            M[b.intercept, p] = b.shift_y
+        return M
+
+    def profile(self, g: GramResult) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """GLS from the working cross-products: ``beta_w``, ``X_w'V_rel^-1 X_w``, ``r^2`` and the criterion."""
+        p = self.spec.p
+        L = np.linalg.cholesky(g.C)
+        r2 = float(L[p, p] ** 2)
+        L11 = L[:p, :p]
+        beta = np.linalg.solve(L11.T, L[p, :p]) if p else np.zeros(0)
+        return beta, g.C[:p, :p], r2, self._criterion(g.logdet, L)
+
+    def _criterion(self, logdet: float, L: np.ndarray) -> float:
+        """The criterion from ``log|V_rel|`` and the Cholesky factor of the working cross-products."""
         n, p = self.spec.n, self.spec.p
-        Xs, ys = fr.white[:, :p], fr.white[:, p]
-        XtX = Xs.T @ Xs
-        R = np.linalg.cholesky(XtX) if p else np.zeros((0, 0))
-        beta = np.linalg.solve(XtX, Xs.T @ ys) if p else np.zeros(0)
-        r = ys - Xs @ beta
-        r2 = float(r @ r)
+        d = np.diagonal(L)
+        r2 = float(d[p]) ** 2
+        if not (r2 > 0.0 and np.isfinite(r2)):
+            return np.inf
         if self.reml:
             nmp = n - p
-            crit = fr.logdet + 2.0 * np.sum(np.log(np.diag(R))) + nmp * (1.0 + np.log(2.0 * np.pi * r2 / nmp))
-        else:
-            crit = fr.logdet + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
-        return beta, XtX, r2, float(crit)
+            return float(logdet + 2.0 * float(np.log(d[:p]).sum()) + nmp * (1.0 + math.log(2.0 * math.pi * r2 / nmp)))
+        return float(logdet + n * (1.0 + math.log(2.0 * math.pi * r2 / n)))
 
-    def __call__(self, theta: np.ndarray) -> float:
-        fr = self.filter(theta)
-        if not np.isfinite(fr.logdet):
+    def _evaluate(self, theta: np.ndarray, working: bool) -> float:
+        theta = np.asarray(theta, dtype=float)
+        g = self._gram(self._factor(theta, working), *self._process(theta))
+        if not np.isfinite(g.logdet):
             return np.inf
         try:
-            val = self.profile(fr)[3]
+            L = np.linalg.cholesky(g.C)
         except np.linalg.LinAlgError:
             return np.inf
+        val = self._criterion(g.logdet, L)
         return val if np.isfinite(val) else np.inf
+
+    def __call__(self, theta: np.ndarray) -> float:
+        return self._evaluate(theta, False)
+
+    def working(self, theta_w: np.ndarray) -> float:
+        """The criterion at the working theta (what the optimiser sees)."""
+        return self._evaluate(theta_w, True)
 
 
 def fit_serial(spec: ModelSpec, method: str, start: np.ndarray | None = None, y: np.ndarray | None = None
@@ -139,10 +295,16 @@ def fit_serial(spec: ModelSpec, method: str, start: np.ndarray | None = None, y:
     t0 = time.perf_counter()
     obj = SerialObjective(spec, reml=(method == "REML"), y=y)
     lo, hi = obj.bounds()
+    extra = 0
     if start is None:
         cands = obj.start_candidates()
-        start = cands[int(np.argmin([obj(c) for c in cands]))]
-    rec = minimize_bobyqa(obj, lo, start, upper=hi, names=obj.names())
+        start_w = cands[int(np.argmin([obj.working(c) for c in cands]))]
+        extra = len(cands)
+    else:
+        start_w = obj.theta_to_working(np.asarray(start, dtype=float))
+    rec = minimize_bobyqa(obj.working, lo, start_w, upper=hi, names=obj.names())
+    rec = replace(rec, theta=obj.theta_from_working(rec.theta), theta_start=obj.theta_from_working(rec.theta_start),
+                  n_evals=rec.n_evals + extra)
     return SerialFit(spec if y is None else spec.with_response(y), method, obj, rec, time.perf_counter() - t0)
 
 
@@ -157,13 +319,14 @@ class SerialFit(LMMFit):
     objective: SerialObjective
 
     def _estimate(self) -> None:
-        """beta, the scale ``s^2``, the process and the criterion at theta_hat (from the filter)."""
+        """beta, the scale ``s^2``, the process and the criterion at theta_hat (working coordinates, mapped back)."""
         spec, method, objective = self.spec, self.method, self.objective
-        fr = objective.filter(self.theta)
-        beta, XtX, r2, crit = objective.profile(fr)
-        self._filter = fr
-        self._beta = beta
-        self._XtX = XtX
+        g = objective.gram(self.theta)
+        beta_w, XtX_w, r2, crit = objective.profile(g)
+        self._gram = g
+        self._beta_w = beta_w
+        self._XtX_w = XtX_w  # X_w'V_rel^-1 X_w; X'V_rel^-1 X = A^-T (.) A^-1
+        self._beta = objective.basis.beta(beta_w)
         n, p = spec.n, spec.p
         self.scale2 = r2 / (n - p if method == "REML" else n)  # s^2
         self.criterion = crit
@@ -183,10 +346,15 @@ class SerialFit(LMMFit):
         return {"kind": "ar1", "phi": self._decay, "sigma2": self.scale2}
 
     @cached_property
+    def _filter(self) -> FilterResult:
+        """The Kalman filter at theta_hat on the working columns (normalized residuals)."""
+        return self.objective.filter(self.theta, working=True)
+
+    @cached_property
     def vcov(self) -> pd.DataFrame:
-        """``cov(beta_hat) = s^2 (X'V_rel^{-1}X)^{-1}``."""
+        """``cov(beta_hat) = s^2 (X'V_rel^{-1}X)^{-1} = A cov(beta_w) A'``."""
         names = list(self.spec.fixef_names)
-        V = self.scale2 * np.linalg.inv(self._XtX) if names else np.zeros((0, 0))
+        V = self.objective.basis.cov(self.scale2 * np.linalg.inv(self._XtX_w)) if names else np.zeros((0, 0))
         return pd.DataFrame(V, index=names, columns=names)
 
     def cov_matrices(self) -> dict[str, np.ndarray]:
@@ -201,13 +369,19 @@ class SerialFit(LMMFit):
         return slot
 
     @cached_property
+    def _blup_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``E(b_w | y)`` per working column ``(G, q, c)`` and ``cov(b_w | y) / s^2``, level order."""
+        a, P = self._gram.blup()
+        return a[self._group_slot], P[self._group_slot]
+
+    @cached_property
     def _b(self) -> list[np.ndarray]:
-        """BLUPs per term: the filtered state of ``b`` after a group's last observation."""
+        """BLUPs per term: ``b = A_z b_w`` with ``b_w = D_w Z_w'V^-1 (y_w - X_w beta_w)`` (Woodbury pieces)."""
         if not self.spec.terms:
             return []
-        a_b = self._filter.a_b[self._group_slot]  # (G, q, c) in level order
+        a_b = self._blup_parts[0]  # (G, q, c) in level order
         p = self.spec.p
-        b = a_b[:, :, p] - a_b[:, :, :p] @ self._beta  # (G, q)
+        b = (a_b[:, :, p] - a_b[:, :, :p] @ self._beta_w) @ self.objective._Az.T  # (G, q)
         out, i = [], 0
         for t in self.spec.terms:
             out.append(b[:, i : i + t.q])
@@ -218,7 +392,8 @@ class SerialFit(LMMFit):
     def _condcov(self) -> list[np.ndarray]:
         if not self.spec.terms:
             return []
-        P = self.scale2 * self._filter.P_b[self._group_slot]
+        Az = self.objective._Az
+        P = self.scale2 * (Az @ self._blup_parts[1] @ Az.T)
         out, i = [], 0
         for t in self.spec.terms:
             out.append(P[:, i : i + t.q, i : i + t.q])
@@ -232,21 +407,24 @@ class SerialFit(LMMFit):
     def deviance_varpar(self, varpar: np.ndarray) -> float:
         """Minus twice the (restricted) log-likelihood at ``(theta, s)`` with beta profiled."""
         theta, s = np.asarray(varpar[:-1], float), float(varpar[-1])
-        fr = self.objective.filter(theta)
-        if not np.isfinite(fr.logdet):
+        g = self.objective.gram(theta)
+        if not np.isfinite(g.logdet):
             return np.inf
-        _, XtX, r2, _ = self.objective.profile(fr)
+        try:
+            _, XtX_w, r2, _ = self.objective.profile(g)
+        except np.linalg.LinAlgError:
+            return np.inf
         s2 = s * s
         n, p = self.spec.n, self.spec.p
-        dev = fr.logdet + r2 / s2 + n * np.log(2 * np.pi * s2)
-        if self.reml:
-            dev += np.linalg.slogdet(XtX)[1] - p * np.log(2 * np.pi * s2)
+        dev = g.logdet + r2 / s2 + n * np.log(2 * np.pi * s2)
+        if self.reml:  # log|X'V^-1 X| = log|X_w'V^-1 X_w| (det A = 1)
+            dev += np.linalg.slogdet(XtX_w)[1] - p * np.log(2 * np.pi * s2)
         return float(dev)
 
     def vcov_varpar(self, varpar: np.ndarray) -> np.ndarray:
         """``cov(beta_hat) = s^2 (X'V_rel^{-1}X)^{-1}`` as a function of ``(theta, s)``."""
-        _, XtX, _, _ = self.objective.profile(self.objective.filter(np.asarray(varpar[:-1], float)))
-        return float(varpar[-1]) ** 2 * np.linalg.inv(XtX)
+        _, XtX_w, _, _ = self.objective.profile(self.objective.gram(np.asarray(varpar[:-1], float)))
+        return self.objective.basis.cov(float(varpar[-1]) ** 2 * np.linalg.inv(XtX_w))
 
     def residuals(self, scaled: bool = False) -> np.ndarray:
         """Raw residuals ``y - X beta_hat - Z b_hat``; with ``scaled``, the normalized residuals.
@@ -259,8 +437,8 @@ class SerialFit(LMMFit):
         if not scaled:
             return self.spec.y - self.fitted
         p = self.spec.p
-        w = self._filter.white
-        return (w[:, p] - w[:, :p] @ self._beta) / np.sqrt(self.scale2)
+        w = self._filter.white  # working columns
+        return (w[:, p] - w[:, :p] @ self._beta_w) / np.sqrt(self.scale2)
 
     def process(self, newdata: Any = None) -> pd.DataFrame:
         """Conditional mean and sd of the serial process at observed or new times.
@@ -305,7 +483,8 @@ class SerialFit(LMMFit):
         codes = np.concatenate([res.codes, codes_new[known]])
         t_all = np.concatenate([res.t, t_new[known]])
         observed = np.r_[np.ones(n, bool), np.zeros(int(known.sum()), bool)]
-        resid = np.r_[spec.y - spec.X @ self._beta, np.zeros(int(known.sum()))]
+        Yw, p = self.objective.Y, spec.p  # y - X beta, computed in the working columns
+        resid = np.r_[Yw[:, p] - Yw[:, :p] @ self._beta_w, np.zeros(int(known.sum()))]
         Z = np.vstack([self.objective.Z, Z_new[known]]) if spec.terms else None
         _, D, decay, var_w, kappa = self.objective.unpack(self.theta)
         layout = SerialLayout.build(codes, t_all, len(res.levels), by_order=(res.kind == "ar1"))

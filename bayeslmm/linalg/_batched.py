@@ -12,6 +12,8 @@ import numpy as np
 
 #: Largest block size handled by the vectorised loops; larger blocks use LAPACK.
 SMALL_Q = 4
+#: Up to this many entries in the stack, NumPy's stacked LAPACK is faster than the loops (fixed costs).
+SMALL_STACK = 2000
 
 
 def chol_batched(A: np.ndarray) -> np.ndarray:
@@ -36,7 +38,7 @@ def chol_batched(A: np.ndarray) -> np.ndarray:
         if np.any(A[:, 0, 0] <= 0):
             raise np.linalg.LinAlgError("matrix not positive definite")
         return np.sqrt(A)
-    if q > SMALL_Q:
+    if q > SMALL_Q or m * q * q <= SMALL_STACK:
         return np.linalg.cholesky(A)
     L = np.zeros_like(A)
     for j in range(q):

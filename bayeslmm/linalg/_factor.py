@@ -23,6 +23,7 @@ Everything the profiled criteria need is read off ``L``: ``log|L_theta|^2``,
 
 from __future__ import annotations
 
+import functools
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,14 @@ if TYPE_CHECKING:  # scipy.sparse is imported only for models with several terms
     import scipy.sparse as sp
 
 
+@functools.cache
+def _tril_colmajor(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the lower triangle of a ``q x q`` matrix, column by column."""
+    rows, cols = np.tril_indices(q)
+    order = np.lexsort((rows, cols))
+    return rows[order], cols[order]
+
+
 def lambda_blocks(theta: np.ndarray, qs: tuple[int, ...]) -> list[np.ndarray]:
     """Split theta into the lower-triangular ``q_k x q_k`` factors ``T_k``.
 
@@ -43,11 +52,14 @@ def lambda_blocks(theta: np.ndarray, qs: tuple[int, ...]) -> list[np.ndarray]:
     """
     out, i = [], 0
     for q in qs:
+        if q == 1:
+            out.append(np.array([[theta[i]]], dtype=float))
+            i += 1
+            continue
         T = np.zeros((q, q))
-        rows, cols = np.tril_indices(q)
-        order = np.lexsort((rows, cols))  # column-major order of the lower triangle
-        k = q * (q + 1) // 2
-        T[rows[order], cols[order]] = theta[i : i + k]
+        r, c = _tril_colmajor(q)
+        k = r.size
+        T[r, c] = theta[i : i + k]
         out.append(T)
         i += k
     return out
@@ -57,9 +69,8 @@ def pack_theta(Ts: list[np.ndarray]) -> np.ndarray:
     """Inverse of :func:`lambda_blocks`: the lower triangles of ``T_k``, column by column."""
     out = []
     for T in Ts:
-        rows, cols = np.tril_indices(T.shape[0])
-        order = np.lexsort((rows, cols))
-        out.append(T[rows[order], cols[order]])
+        r, c = _tril_colmajor(T.shape[0])
+        out.append(T[r, c])
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -13,13 +13,23 @@ whitened ``V_rel^{-1/2}[X y]`` (``V = s^2 V_rel``), together with
 dimension): linear in the group size, and never an ``n x n`` matrix. Groups are
 processed together, step by step: groups sorted by decreasing size make the active
 groups at step ``k`` a prefix.
+
+The criterion itself (:class:`ProcessGram`) is computed in two stages: the process alone
+(``R = var_w P + kappa I``, a scalar state) whitens ``[Z X y]``, in closed form without a nugget
+(AR(1): ``(u_t - phi u_{t-1}) / sqrt(var_w (1 - phi^2))``, one vectorised pass) and by the scalar
+filter with one; the random effects then enter by Woodbury's identity per group,
+``log|V| = log|R| + sum_i log|I + T'Z_i'R_i^-1 Z_i T|``. Every operation is on whole arrays,
+so an evaluation costs a few dozen NumPy calls however many steps the groups have.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+
+from ._batched import chol_batched, solve_lower_batched
 
 
 @dataclass(frozen=True)
@@ -36,11 +46,24 @@ class SerialLayout:
         (``gaps[0]`` is all zeros).
     group_order
         ``(G,)`` group codes in filter order.
+    order
+        ``(n,)`` rows group by group (groups in ``group_order``, each in time order).
+    starts
+        ``(G,)`` first position of each group in ``order``.
+    bounds
+        ``(K + 1,)`` offsets of the steps in ``perm``.
+    perm, gap_all
+        ``(n,)`` rows and gaps in step order: ``rows[k]``/``gaps[k]`` are their slices ``bounds[k]:bounds[k+1]``.
     """
 
     rows: list[np.ndarray]
     gaps: list[np.ndarray]
     group_order: np.ndarray
+    order: np.ndarray | None = None
+    starts: np.ndarray | None = None
+    bounds: np.ndarray | None = None
+    perm: np.ndarray | None = None
+    gap_all: np.ndarray | None = None
 
     @classmethod
     def build(cls, codes: np.ndarray, t: np.ndarray, ngroups: int, by_order: bool) -> SerialLayout:
@@ -53,19 +76,28 @@ class SerialLayout:
         srt = np.lexsort((np.arange(n), t, rank[codes]))
         sorted_sizes = sizes[group_order]
         starts = np.cumsum(sorted_sizes) - sorted_sizes
-        pos = np.arange(n) - np.repeat(starts, sorted_sizes)
-        rows, gaps = [], []
-        kmax = int(sorted_sizes.max()) if n else 0
-        prev = None
-        for k in range(kmax):
-            r = srt[pos == k]
-            rows.append(r)
-            if prev is None:
-                gaps.append(np.zeros(r.size))
-            else:
-                gaps.append(np.ones(r.size) if by_order else t[r] - t[prev[: r.size]])
-            prev = r
-        return cls(rows=rows, gaps=gaps, group_order=group_order[sorted_sizes > 0])
+        pos = np.arange(n)
+        pos -= np.repeat(starts, sorted_sizes)  # position within the group
+        # gap to the group's previous observation, in the group-by-group order (0 at a first row)
+        if by_order:
+            gap_g = np.ones(n)
+        else:
+            gap_g = t[srt]
+            gap_g[1:] -= gap_g[:-1].copy()
+        gap_g[pos == 0] = 0.0
+        # step order: stable sort by position within the group (O(n log n), whatever the group sizes)
+        counts = np.bincount(pos, minlength=1) if n else np.zeros(0, dtype=np.int64)
+        by_step = np.argsort(pos, kind="stable")
+        del pos
+        bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        perm = srt[by_step]
+        gap_s = gap_g[by_step]
+        del by_step, gap_g
+        rows = [perm[bounds[k] : bounds[k + 1]] for k in range(counts.size)]
+        gaps = [gap_s[bounds[k] : bounds[k + 1]] for k in range(counts.size)]
+        nonempty = sorted_sizes > 0
+        return cls(rows=rows, gaps=gaps, group_order=group_order[nonempty], order=srt,
+                   starts=starts[nonempty].astype(np.int64), bounds=bounds, perm=perm, gap_all=gap_s)
 
 
 @dataclass
@@ -210,3 +242,250 @@ def kalman_smooth(layout: SerialLayout, r: np.ndarray, observed: np.ndarray, Z: 
         cov[rows] = P_k
         sm_a, sm_P = a_k, P_k
     return mean, cov
+
+
+#: Above this many entries of the per-row products ``n q (q + c)``, group sums go column pair by pair.
+_SMALL_GRAM = 1_000_000
+#: Up to this many entries ``G q^2`` of the per-group Woodbury matrices, NumPy's stacked LAPACK is used.
+_SMALL_STACK = 2_000
+
+
+@dataclass
+class GramResult:
+    """Output of :class:`ProcessGram`: the pieces of the profiled criterion at one parameter value.
+
+    ``logdet`` is ``log|V_rel|`` (``inf`` where ``V_rel`` is singular) and ``C`` the ``(c, c)``
+    cross-products ``Y'V_rel^{-1}Y`` of the columns ``Y`` (``[X y]``). With random effects,
+    ``T`` is the factor used (``D_rel = T T'``), ``L`` the ``(G, q, q)`` Cholesky factors of
+    ``M_i = I + T'Z_i'R_i^-1 Z_i T`` and ``Lb`` the ``(G, q, c)`` solutions ``L_i^-1 T'Z_i'R_i^-1 Y_i``,
+    groups in filter order; :meth:`blup` turns them into the conditional means and covariances of ``b``.
+    """
+
+    logdet: float
+    C: np.ndarray
+    T: np.ndarray | None = None
+    L: np.ndarray | None = None
+    Lb: np.ndarray | None = None
+
+    def blup(self) -> tuple[np.ndarray, np.ndarray]:
+        """``E(b | Y_i)`` per column ``(G, q, c)`` and ``cov(b | y_i) / s^2`` ``(G, q, q)``.
+
+        ``T M_i^-1 T' Z_i'R_i^-1 Y_i`` and ``T M_i^-1 T'``, groups in filter order.
+        """
+        G, q, _ = self.L.shape
+        Lt = np.swapaxes(self.L, 1, 2)
+        u = np.linalg.solve(Lt, self.Lb)  # M^-1 T'Z'R^-1 Y
+        Linv = np.linalg.solve(self.L, np.broadcast_to(np.eye(q), (G, q, q)))
+        Minv = np.swapaxes(Linv, 1, 2) @ Linv
+        return self.T @ u, self.T @ Minv @ self.T.T
+
+
+class ProcessGram:
+    """``log|V_rel|`` and ``Y'V_rel^{-1}Y`` for fixed data, as a function of the covariance parameters.
+
+    Built once per data set (the rows are put in the order the kernel needs); each call
+    then whitens ``[Z Y]`` by the process alone and adds the random effects by Woodbury's
+    identity (module docstring).
+
+    Parameters
+    ----------
+    layout
+        Row order (:class:`SerialLayout`).
+    Y
+        ``(n, c)`` columns (``[X y]``).
+    Z
+        ``(n, q)`` random-effect columns of the process's grouping factor, or None.
+    closed_form
+        Whiten in closed form (AR(1) by order, or any process without a nugget): the call's
+        ``kappa`` must then be 0. Otherwise the scalar Kalman filter runs step by step.
+    """
+
+    def __init__(self, layout: SerialLayout, Y: np.ndarray | None, Z: np.ndarray | None, closed_form: bool,
+                 *, U: np.ndarray | None = None, q: int | None = None) -> None:
+        self.layout = layout
+        self.closed_form = closed_form
+        rows = self.row_order(layout, closed_form)
+        self._rows = rows
+        if U is None:  # [Z Y] in the kernel's row order (the only copy kept)
+            self.q = 0 if Z is None else Z.shape[1]
+            U = np.empty((Y.shape[0], self.q + Y.shape[1]))
+            if self.q:
+                U[:, : self.q] = Z[rows]
+            U[:, self.q :] = Y[rows]
+        else:  # already in row_order(): [Z Y] with q columns of Z
+            self.q = int(q or 0)
+        self.U = U
+        self.n = U.shape[0]
+        self.c = U.shape[1] - self.q
+        self.G = int(layout.starts.size)
+        if closed_form:
+            first = np.zeros(self.n, dtype=bool)
+            first[layout.starts] = True
+            self.first = first
+            gap = np.empty(self.n)
+            inv = np.empty(self.n, dtype=np.int64)
+            inv[layout.order] = np.arange(self.n)
+            gap[inv[layout.perm]] = layout.gap_all  # gap to the previous row of the group, in this order
+            self.gap = gap
+            self.unit_gaps = bool(np.all(gap[~first] == 1.0))
+        else:
+            self.gap = layout.gap_all
+            self.bounds = [(int(a), int(b)) for a, b in zip(layout.bounds[:-1], layout.bounds[1:])]
+
+    @staticmethod
+    def row_order(layout: SerialLayout, closed_form: bool) -> np.ndarray:
+        """The rows of the data in the kernel's order (``U = [Z Y][row_order]``)."""
+        return layout.order if closed_form else layout.perm
+
+    def columns(self, which: str) -> np.ndarray | None:
+        """``Y`` (``"Y"``) or ``Z`` (``"Z"``) as given, rows in the original order (a new array)."""
+        if which == "Z" and not self.q:
+            return None
+        sl = slice(0, self.q) if which == "Z" else slice(self.q, None)
+        out = np.empty((self.n, sl.indices(self.U.shape[1])[1] - sl.indices(self.U.shape[1])[0]))
+        out[self._rows] = self.U[:, sl]
+        return out
+
+    @cached_property
+    def step_to_group(self) -> np.ndarray:
+        """Step-order position of each row of ``layout.order`` (for the group sums of small problems)."""
+        pos = np.empty(self.n, dtype=np.int64)
+        pos[self.layout.perm] = np.arange(self.n)
+        return pos[self.layout.order]
+
+    @cached_property
+    def step_group(self) -> np.ndarray:
+        """Group (filter order) of each row in step order: step ``k`` holds groups ``0 .. A_k - 1``."""
+        if not self.bounds:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(b - a) for a, b in self.bounds])
+
+    # -- the process alone ---------------------------------------------------
+    def _whiten_closed(self, decay: float, var_w: float) -> tuple[np.ndarray, float]:
+        """``R^{-1/2}U`` group by group (rows in ``layout.order``) for a process without a nugget.
+
+        Row ``t`` of a group becomes ``(u_t - r_t u_{t-1}) / sqrt(var_w (1 - r_t^2))`` with ``r_t`` the
+        decay since the previous row (0 at a group's first row): the innovations of the process.
+        """
+        U = self.U
+        n = self.n
+        if self.unit_gaps:  # AR(1): one decay, first rows patched
+            e = var_w * (1.0 - decay * decay)
+            W = np.empty_like(U)
+            if n:
+                np.multiply(U[:-1], -decay, out=W[1:])
+                W[1:] += U[1:]
+                W *= 1.0 / np.sqrt(e)
+                st = self.layout.starts
+                W[st] = U[st] * (1.0 / np.sqrt(var_w))
+            return W, float(self.G * np.log(var_w) + (n - self.G) * np.log(e))
+        r = np.where(self.first, 0.0, np.power(decay, self.gap))
+        e = var_w * (1.0 - r * r)
+        s = 1.0 / np.sqrt(e)
+        W = np.empty_like(U)
+        if n:
+            W[0] = U[0] * s[0]
+            np.multiply(U[:-1], -r[1:, None], out=W[1:])
+            W[1:] += U[1:]
+            W[1:] *= s[1:, None]
+        return W, float(np.sum(np.log(e)))
+
+    def _whiten_steps(self, decay: float, var_w: float, kappa: float) -> tuple[np.ndarray, np.ndarray]:
+        """``R^{-1/2}U`` (rows in step order) and the innovation variances, by the scalar filter.
+
+        The variances and gains do not depend on the data: a first pass over the steps runs the
+        Riccati recursion on ``(A_k,)`` vectors, the second whitens all columns of ``U`` at once.
+        """
+        U, n = self.U, self.n
+        r = np.power(decay, self.gap)  # per row; 1 at a group's first row
+        F = np.empty(n)
+        P = np.full(self.G, float(var_w))  # filtered variance of w after the previous step
+        for k, (o0, o1) in enumerate(self.bounds):
+            A = o1 - o0
+            Pk = P[:A]
+            if k:
+                rk = r[o0:o1]
+                Pk -= var_w
+                Pk *= rk * rk
+                Pk += var_w
+            Fk = F[o0:o1]
+            np.add(Pk, kappa, out=Fk)
+            Pk *= kappa / Fk
+        W = np.empty_like(U)
+        a = np.zeros((self.G, U.shape[1]))
+        for k, (o0, o1) in enumerate(self.bounds):
+            A = o1 - o0
+            ak, Fk = a[:A], F[o0:o1]
+            if k:
+                ak *= r[o0:o1, None]
+            v = U[o0:o1] - ak
+            ak += (1.0 - kappa / Fk)[:, None] * v  # gain P_pred / F
+            np.multiply(v, (1.0 / np.sqrt(Fk))[:, None], out=W[o0:o1])
+        return W, F
+
+    def _group_gram(self, W: np.ndarray, grouped: bool) -> np.ndarray:
+        """``(G, q, q + c)`` sums over each group's rows of ``w_z w'`` (rows group by group, or in step order)."""
+        q, m, G = self.q, W.shape[1], self.G
+        if self.n * q * m <= _SMALL_GRAM:  # one product array: fewest calls
+            Wg = W if grouped else W[self.step_to_group]
+            return np.add.reduceat(Wg[:, :q, None] * Wg[:, None, :], self.layout.starts, axis=0)
+        Gz = np.empty((G, q, m))  # column pair by column pair: one row-length temporary at a time
+        for i in range(q):
+            for j in range(m):
+                if j < i:
+                    Gz[:, i, j] = Gz[:, j, i]
+                    continue
+                prod = W[:, i] * W[:, j]
+                Gz[:, i, j] = (np.add.reduceat(prod, self.layout.starts) if grouped
+                               else np.bincount(self.step_group, weights=prod, minlength=G))
+        return Gz
+
+    def __call__(self, T: np.ndarray | None, decay: float, var_w: float, kappa: float) -> GramResult:
+        """The criterion's pieces at ``D_rel = T T'`` (``T`` any ``(q, q)`` factor) and the process.
+
+        ``decay`` is ``rho`` per unit of time (OU) or ``phi`` per step (AR(1)), ``var_w`` the process's
+        and ``kappa`` the nugget's variance, relative to ``s^2``. Returns ``logdet = inf`` where ``V_rel``
+        is singular.
+        """
+        q, G = self.q, self.G
+        if self.closed_form:
+            if kappa != 0.0:
+                raise ValueError("the closed-form whitening holds for a process without a nugget")
+            if not (var_w > 0.0 and abs(decay) < 1.0):
+                return GramResult(np.inf, np.full((self.c, self.c), np.nan))
+            W, logdet = self._whiten_closed(decay, var_w)
+            Gz = self._group_gram(W, grouped=True) if q else None
+        else:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                W, F = self._whiten_steps(decay, var_w, kappa)
+            if not np.all(F > 1e-300):
+                return GramResult(np.inf, np.full((self.c, self.c), np.nan))
+            logdet = float(np.log(F).sum())
+            Gz = self._group_gram(W, grouped=False) if q else None
+        Cw = W.T @ W
+        if not q:
+            return GramResult(logdet, Cw)
+        Cyy = Cw[q:, q:]
+        if q == 1:
+            t = float(T[0, 0])
+            g = Gz[:, 0, :]
+            M = g[:, 0] * (t * t)
+            M += 1.0
+            sq = np.sqrt(M)
+            Lb = g[:, 1:] * (t / sq)[:, None]
+            logdet += float(np.log(M).sum())
+            Lf = Lb
+            L, Lb = sq[:, None, None], Lb[:, None, :]
+        else:
+            Wzz, Wzy = Gz[:, :, :q], Gz[:, :, q:]
+            M = T.T @ Wzz @ T
+            M[:, np.arange(q), np.arange(q)] += 1.0
+            if G * q * q <= _SMALL_STACK:  # LAPACK per matrix: fewer calls
+                L = np.linalg.cholesky(M)
+                Lb = np.linalg.solve(L, T.T @ Wzy)
+            else:  # many groups: loops over the small dimension, vectorised over the groups
+                L = chol_batched(M)
+                Lb = solve_lower_batched(L, T.T @ Wzy)
+            logdet += 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
+            Lf = Lb.reshape(G * q, self.c)
+        return GramResult(logdet, Cyy - Lf.T @ Lf, np.asarray(T, dtype=float), L, Lb)

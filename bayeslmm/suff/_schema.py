@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError, FormulaError
+from ..linalg._basis import FixedBasis, TermBasis
 from ..spec._design import (
     _checked_expression,
     _formula_columns,
@@ -37,7 +38,6 @@ from ..spec._design import (
 )
 from ..spec._design import _model_matrix as _design
 from ..spec._formula import ParsedFormula, parse_formula
-from ..linalg._basis import FixedBasis, TermBasis
 from ..spec._safe import evaluation_context
 from ._levels import LevelKeys
 
