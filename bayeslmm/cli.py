@@ -1,6 +1,8 @@
 """The command line: a thin layer over the public API.
 
-User errors print one line (``bayeslmm: error: ...``) and exit with status 2.
+User errors print one line (``bayeslmm: error: ...``) and exit with status 2; Ctrl-C prints
+``bayeslmm: interrupted`` and exits with status 130 (:mod:`bayeslmm._interrupt`). Output paths are
+checked before the work, and results are printed before files are written.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 EXIT_USER_ERROR = 2
+#: exit status when stdout's reader has gone (``| head``): 128 + SIGPIPE, as a shell reports it
+EXIT_BROKEN_PIPE = 141
 #: seconds ``fit --scheduler ADDRESS`` waits to reach a distributed scheduler
 SCHEDULER_TIMEOUT_S = 5.0
 #: ``--scheduler`` values that name Dask's local schedulers rather than an address
@@ -31,15 +36,40 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
-def read_data(source: str) -> Any:
-    """A CSV or Parquet path, or the name of a bundled dataset."""
+#: what was read last (:class:`bayeslmm._io.ReadInfo`): names the tokens read as missing in the dropped-rows note
+_LAST_READ: list[Any] = []
+
+
+def _note(message: str) -> None:
+    print(f"bayeslmm: note: {message}", file=sys.stderr, flush=True)
+
+
+def parse_na_values(text: str | None) -> list[str]:
+    """``--na-values 'None,-'`` as a list of tokens (spaces around each are dropped)."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def read_data(source: str, na_values: list[str] | None = None) -> Any:
+    """A CSV or Parquet path, or the name of a bundled dataset.
+
+    A CSV file is read as R's ``read.csv`` reads it (:func:`bayeslmm._io.read_csv`): only
+    ``NA``, empty fields and ``na_values`` are missing, so ``None``, ``null`` or ``nan`` in a
+    text column are levels; a column whose other entries are all numbers is numeric. The
+    separator (``,``, ``;``, tab, ``|``) is read from the header line, with a note on stderr
+    when it is not the one the file name suggests; a ``;`` file may use decimal commas.
+    ``na_values`` also applies to the text columns of Parquet files and bundled datasets.
+    """
     import pandas as pd
 
-    from . import datasets
+    from . import _io, datasets
     from ._errors import DataError
 
+    tokens = list(na_values or [])
+    _LAST_READ.clear()
     if source in datasets.names() and not os.path.exists(source):
-        return datasets.load(source)
+        df, masked = _io.mask_tokens(datasets.load(source), tokens)
+        _LAST_READ.append(_io.ReadInfo(df, masked=masked))
+        return df
     if not os.path.exists(source):
         if _has_glob(source):
             raise DataError(f"{source!r} is a glob; give a CSV or Parquet file (only 'bayeslmm fit' reads a glob "
@@ -50,12 +80,31 @@ def read_data(source: str) -> Any:
                         "directory of Parquet files, out of core)")
     try:
         if source.lower().endswith((".parquet", ".pq")):
-            return pd.read_parquet(source)
-        return pd.read_csv(source)
+            df, masked = _io.mask_tokens(pd.read_parquet(source), tokens)
+            info = _io.ReadInfo(df, masked=masked, null_note="null in the Parquet file")
+        else:
+            info = _io.read_csv(source, tokens)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file {source!r} is empty") from None
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as e:
         raise DataError(f"cannot read {source!r} as a table: {str(e).splitlines()[0]}") from None
+    df = info.frame
+    if info.sep is not None:
+        header = str(df.columns[0]) if df.shape[1] == 1 else ""
+        other = next((c for c in _io.SEPARATORS[1:] if c in header), None)
+        if other is not None:  # not sniffed (a compressed file): one column named 'a;b;c'
+            raise DataError(f"{source!r} has one column, {header!r}: it seems to be separated by "
+                            f"{_io.sep_name(other)}, and bayeslmm reads a compressed file as comma-separated; "
+                            "decompress it, or write it with commas")
+        expected = "\t" if source.lower().endswith((".tsv", ".tab")) else ","
+        if info.sep != expected:
+            what = f"{os.path.basename(source)!r} is separated by {_io.sep_name(info.sep)}, not "
+            what += "tabs" if expected == "\t" else "commas"
+            if info.decimal_comma:
+                what += f"; read {', '.join(map(repr, info.decimal_comma))} with decimal commas"
+            _note(what)
+    _LAST_READ.append(info)
+    return df
 
 
 def _not_found(source: str) -> str:
@@ -158,6 +207,10 @@ def dask_scheduler(value: str | None) -> Iterator[Any]:
         _check_dask(distributed=False)
         import dask
 
+        if value.lower() == "processes":  # a pool that ends at once on Ctrl-C, its workers deaf to it
+            with _process_pool(dask) as pool, dask.config.set(scheduler="processes", pool=pool):
+                yield None
+            return
         with dask.config.set(scheduler=value.lower()):
             yield None
         return
@@ -181,6 +234,25 @@ def dask_scheduler(value: str | None) -> Iterator[Any]:
         client.close()
 
 
+def _process_pool(dask: Any) -> Any:
+    """The worker pool of ``--scheduler processes``: what Dask would start, as a ``multiprocessing.Pool``.
+
+    Dask's own pool (a ``ProcessPoolExecutor`` shut down with ``wait=True``) finishes its running
+    tasks before a Ctrl-C takes effect, and its workers, started on demand, print a traceback when
+    the terminal's Ctrl-C reaches them. This pool starts its workers at once with SIGINT ignored,
+    and leaving the ``with`` block terminates them.
+    """
+    from dask.multiprocessing import get_context, initialize_worker_process
+
+    from ._interrupt import ignoring_sigint
+
+    if os.environ.get("PYTHONHASHSEED") in (None, "0"):  # as Dask does: one string hash in every worker
+        os.environ["PYTHONHASHSEED"] = "6640"
+    n = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    with ignoring_sigint():
+        return get_context().Pool(n, initializer=initialize_worker_process)
+
+
 _OOC_NOTE = ("fitted values and residuals (and the scaled-residual quantiles of the summary) need a second pass "
              "over the rows and were not computed: use bayeslmm.suff.fitted_dask")
 
@@ -197,6 +269,9 @@ def _fit_out_of_core(args: argparse.Namespace, source: str | list[str]) -> tuple
                           "in order and in memory, but a Parquet directory or glob (or --scheduler) is fitted out of "
                           "core from sufficient statistics, with independent errors only; fit one CSV or Parquet "
                           "file without --scheduler, or drop --residual")
+    if parse_na_values(args.na_values):
+        raise OptionError("--na-values applies to data read into memory (a CSV or Parquet file without "
+                          "--scheduler); out of core, Parquet nulls are the missing values")
     with dask_scheduler(args.scheduler) as client:
         from .suff import lmm_dask
 
@@ -213,27 +288,49 @@ def _fit_out_of_core(args: argparse.Namespace, source: str | list[str]) -> tuple
             import dask
 
             used = dask.config.get("scheduler", None) or "threads"
+    spec = fit.spec
+    if spec.n_dropped:  # counted per partition, not per column
+        _note(f"dropped {spec.n_dropped} of {spec.n + spec.n_dropped} rows with missing values in the columns "
+              "the formula uses (out of core: not counted per column)")
     t = fit.timings
     info = {"engine": "dask", "scheduler": str(used), "npartitions": int(t.get("npartitions", 0)),
             "levels_s": t.get("levels_s"), "pass_s": t.get("pass_s"), "fit_s": t.get("fit_s"), "note": _OOC_NOTE}
     return fit, info
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with NumPy scalars and arrays as Python values and every NaN or infinity as None (null)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
+    if isinstance(o, (np.integer, np.floating, np.bool_, np.ndarray)):
+        return _finite(o)
     raise TypeError(f"cannot serialise {type(o).__name__}")
 
 
 def to_json(obj: Any) -> str:
-    """One-line JSON with NumPy scalars converted (NaN is not valid JSON: callers map it to null)."""
-    return json.dumps(obj, default=_json_default, allow_nan=False)
+    """One-line JSON with NumPy scalars and arrays converted and NaN or infinity written as null."""
+    return json.dumps(_finite(obj), default=_json_default, allow_nan=False)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -241,7 +338,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     source = parquet_source(args.data, args.scheduler)
     if source is None:
-        fit = lmm(args.formula, read_data(args.data[0]), method=args.method, residual=args.residual)
+        fit = lmm(args.formula, read_data(args.data[0], parse_na_values(args.na_values)), method=args.method,
+                  residual=args.residual)
         info = None
     else:
         fit, info = _fit_out_of_core(args, source)
@@ -267,7 +365,7 @@ def _cmd_lrt(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise OptionError("--bootstrap must be 0 or a positive number of samples")
-    data = read_data(args.data)
+    data = read_data(args.data, parse_na_values(args.na_values))
     res = lrt_formulas(data, args.null, args.alt, method=args.method, residual=args.residual,
                        bootstrap=args.bootstrap, seed=args.seed, progress=not args.json and sys.stderr.isatty())
     print(to_json(res.to_dict()) if args.json else res)
@@ -283,7 +381,8 @@ def _cmd_limit(args: argparse.Namespace) -> int:
         tvals = [float(v) for v in args.beta_prior_vars.split(",") if v.strip()]
     except ValueError:
         raise OptionError(f"--beta-prior-vars must be comma-separated numbers, got {args.beta_prior_vars!r}") from None
-    fit = lmm(args.formula, read_data(args.data), method="REML", residual=args.residual)
+    fit = lmm(args.formula, read_data(args.data, parse_na_values(args.na_values)), method="REML",
+              residual=args.residual)
     path = reml_limit(fit, tvals)
     if args.json:
         print(to_json(path.to_dict()))
@@ -325,30 +424,56 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from ._paths import check_file
     from .bayes import sample_summary
     from .bayes._sample import sample
     from .spec import build_spec
 
     t_start = time.perf_counter()
+    if args.out:
+        check_file(args.out, "--out", "posterior.nc")
     priors = _sample_options(args)
-    spec = build_spec(args.formula, read_data(args.data), residual=args.residual)
+    spec = build_spec(args.formula, read_data(args.data, parse_na_values(args.na_values)), residual=args.residual)
     t0 = time.perf_counter()
     idata = sample(spec, param=args.param, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
                    sampler=args.sampler, progressbar=not args.json and sys.stderr.isatty(), **priors)
     sampling = time.perf_counter() - t0
-    if args.out:
-        idata.to_netcdf(args.out)
     out = sample_summary(spec, idata)
     out.update(param=args.param, draws=args.draws, chains=args.chains, sampling_seconds=sampling,
                seconds=time.perf_counter() - t_start)
-    if args.json:
-        print(to_json(out))
-    else:
-        import pandas as pd
+    if args.out:
+        out["out"] = args.out
+    try:
+        if args.json:
+            print(to_json(out), flush=True)
+        else:
+            import pandas as pd
 
-        print(pd.DataFrame(out["params"]).to_string(index=False, float_format=lambda v: f"{v:.5g}"))
-        print(f"divergences: {out['divergences']}; sampling {sampling:.1f} s")
+            print(pd.DataFrame(out["params"]).to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+            print(f"divergences: {out['divergences']}; sampling {sampling:.1f} s", flush=True)
+    except BrokenPipeError:  # the reader of stdout left (| head): the file is still wanted
+        if args.out:
+            _write_netcdf(idata, args.out)
+        raise
+    if args.out:  # after the results are printed: a failed write loses nothing
+        _write_netcdf(idata, args.out)
+        if not args.json:
+            print(f"wrote {args.out}")
     return 0
+
+
+def _write_netcdf(idata: Any, path: str) -> None:
+    """``idata.to_netcdf(path)``, failing with one line (:class:`OptionError`, status 2)."""
+    from ._errors import OptionError
+
+    try:
+        idata.to_netcdf(path)
+    except (OSError, RuntimeError, ValueError) as e:
+        with contextlib.suppress(OSError):
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                os.unlink(path)
+        why = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise OptionError(f"the results are above, but --out {path!r} could not be written: {why}") from None
 
 
 def _parse_limit(text: str | None) -> list[float] | None:
@@ -380,19 +505,48 @@ def _side_by_side(args: argparse.Namespace, data: Any, formula: str, residual: s
     idata = sample(fit.spec, param=args.param, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
                    sampler=getattr(args, "sampler", "pymc"), progressbar=show, **priors)
     path = reml_limit(fit, limit) if limit else None
-    return side_by_side(fit, idata, limit=path, out_dir=out_dir, html_path=html_path, title=title)
+    return side_by_side(fit, idata, limit=path, out_dir=out_dir, html_path=html_path, title=title, write=False)
+
+
+def _check_report_paths(out_dir: str | None, html_path: str | None) -> None:
+    """``--out DIR`` and ``--html FILE`` can be written: checked before the sampling, not after it."""
+    from ._paths import check_dir, check_file
+    from .compare._report import FIGURES, REPORT
+
+    if out_dir is not None:
+        check_dir(out_dir, "--out", tuple(f"{n}.png" for n in FIGURES) + ((REPORT,) if html_path is None else ()))
+    if html_path is not None:
+        check_file(html_path, "--html", REPORT)
+
+
+def _write_report(res: Any) -> None:
+    """Write the figures and report of ``res`` after its results were printed (one-line error, status 2)."""
+    from ._errors import OptionError
+
+    try:
+        res.write()
+    except OptionError as e:
+        raise OptionError(f"the results are above, but {e}") from None
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    _check_report_paths(args.out, args.html)
     priors = _sample_options(args)
-    res = _side_by_side(args, read_data(args.data), args.formula, args.residual, args.method, _parse_limit(args.limit),
+    data = read_data(args.data, parse_na_values(args.na_values))
+    res = _side_by_side(args, data, args.formula, args.residual, args.method, _parse_limit(args.limit),
                         args.out, args.html, priors)
     res.data["seconds"] = time.perf_counter() - t0
-    if args.json:
-        print(to_json(res.data))
-    else:
-        print(res.text)
+    try:
+        if args.json:  # "files" lists what is written next
+            print(to_json(res.data), flush=True)
+        else:
+            print(res.text, flush=True)
+    except BrokenPipeError:  # the reader of stdout left (| head): the files are still wanted
+        _write_report(res)
+        raise
+    _write_report(res)
+    if not args.json:
         for f in res.files:
             print(f"wrote {f}")
     return 0
@@ -406,6 +560,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.draws < 1 or args.tune < 1:
         raise OptionError("--draws and --tune must be positive integers")
+    _check_report_paths(args.out, None)
     pig = datasets.load("pig_weights")
     formula = "weight ~ num_weeks + (1 | id_num)"
     print("bayeslmm demo: 48 pigs weighed weekly for 9 weeks (bundled dataset 'pig_weights')")
@@ -419,7 +574,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     args.param, args.chains = "marginal", 2
     res = _side_by_side(args, pig, formula, None, "REML", [1.0, 10.0, 1e3, 1e5, 1e8], args.out, None,
                         {"beta_prior_var": 1e4}, title="bayeslmm demo: pig weights, REML and Bayes side by side")
-    print(res.text)
+    print(res.text, flush=True)
+    _write_report(res)
     print(f"\nfigures and a self-contained HTML report written to {os.path.abspath(args.out)}/:")
     for f in res.files:
         print(f"  {os.path.basename(f)}")
@@ -446,6 +602,12 @@ def _add_sampling(sp: argparse.ArgumentParser, param_default: str) -> None:
     sp.add_argument("--seed", type=int, default=None)
 
 
+def _add_na_values(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--na-values", default=None, metavar="TOKENS",
+                    help="comma-separated extra missing-value markers, e.g. 'None,-,.'; a CSV is read as R's "
+                         "read.csv reads it, where only NA and empty fields are missing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayeslmm`` command."""
     from . import __version__
@@ -468,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV or Parquet file, or a bundled dataset name (pig_weights, sleepstudy, dyestuff); or, "
                         "read out of core, a directory of Parquet files, a glob such as 'data/part.*.parquet' "
                         "(quote it, or let the shell expand it into several files) or a URL")
+    _add_na_values(f)
     f.add_argument("--formula", "-f", required=True, help="lme4 formula, e.g. 'y ~ x + (1 | g)'")
     f.add_argument("--method", default="REML", help="REML (default) or ML")
     f.add_argument("--residual", default=None,
@@ -482,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_fit)
     t = sub.add_parser("lrt", help="likelihood-ratio test of two nested models (boundary-corrected, bootstrap)")
     t.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    _add_na_values(t)
     t.add_argument("--null", required=True, help="formula of the null model (may have no random effects)")
     t.add_argument("--alt", required=True, help="formula of the alternative model")
     t.add_argument("--method", default="REML", help="REML (default) or ML; REML fits whose fixed effects differ "
@@ -493,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_lrt)
     lm_ = sub.add_parser("limit", help="the REML limit: posterior modes as the prior variance of beta grows")
     lm_.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    _add_na_values(lm_)
     lm_.add_argument("--formula", "-f", required=True, help="lme4 formula")
     lm_.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
     lm_.add_argument("--beta-prior-vars", default="10,1e3,1e8",
@@ -501,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm_.set_defaults(func=_cmd_limit)
     sm = sub.add_parser("sample", help="sample the Bayesian model (PyMC) and summarise the posterior")
     sm.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    _add_na_values(sm)
     sm.add_argument("--formula", "-f", required=True, help="lme4 formula")
     sm.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
     _add_sampling(sm, "conditional")
@@ -509,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(func=_cmd_sample)
     c = sub.add_parser("compare", help="REML and the posterior side by side: tables, diagnostics, figures, report")
     c.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    _add_na_values(c)
     c.add_argument("--formula", "-f", required=True, help="lme4 formula")
     c.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
     c.add_argument("--method", default="REML", help="REML (default) or ML for the frequentist fit")
@@ -529,13 +696,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warnings(shown: set[str]) -> Any:
+    """A ``warnings.showwarning`` that prints the dropped-rows warning as a note naming the tokens read as missing.
+
+    Other warnings go to the original function; a note is printed once per command.
+    """
+    from ._errors import MissingValuesWarning
+
+    original = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if not isinstance(message, MissingValuesWarning):
+            original(message, category, filename, lineno, file, line)
+            return
+        tokens = _LAST_READ[0].describe_tokens(message.counts) if _LAST_READ else {}
+        text = message.describe(tokens)
+        if text not in shown:
+            shown.add(text)
+            _note(text)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``bayeslmm`` command."""
-    from ._errors import BayesLMMError
+    """Entry point of the ``bayeslmm`` command; returns the exit status.
+
+    0: done; 2 (:data:`EXIT_USER_ERROR`): a user error, one line on stderr; 1: a bug;
+    141 (:data:`EXIT_BROKEN_PIPE`, as a process killed by SIGPIPE): stdout was closed
+    by its reader (``bayeslmm fit ... | head -3``), quietly, with nothing on stderr;
+    130 (``bayeslmm._interrupt.EXIT_INTERRUPTED``): Ctrl-C, ``bayeslmm: interrupted`` on stderr.
+    """
+    from ._errors import BayesLMMError, MissingValuesWarning
 
     args = build_parser().parse_args(argv)
+    _LAST_READ.clear()
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", MissingValuesWarning)
+            warnings.showwarning = _show_warnings(set())
+            return int(args.func(args))
+    except BrokenPipeError:  # the reader of stdout is gone: stop quietly
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # Ctrl-C: one line, status 130, no worker process left (bayeslmm._interrupt)
+        from ._interrupt import report
+
+        return report()
     except BayesLMMError as e:
         print(f"bayeslmm: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -548,6 +753,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bayeslmm: internal error: {type(e).__name__}: {e} (set BAYESLMM_DEBUG=1 for the traceback "
               "and please report it)", file=sys.stderr)
         return 1
+    finally:
+        _LAST_READ.clear()
+
+
+def _stdout_to_devnull() -> None:
+    """Point file descriptor 1 at /dev/null, so that flushing what is left of stdout cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def entry() -> None:
@@ -555,10 +770,24 @@ def entry() -> None:
 
     Tearing down NumPy, pandas and SciPy takes a noticeable share of a short
     command's wall time; nothing is left to clean up once the output is flushed.
+    A closed stdout (``bayeslmm fit ... | head -3``) ends quietly with status 141
+    (:data:`EXIT_BROKEN_PIPE`), what a shell reports for a command killed by SIGPIPE.
+    Ctrl-C ends the command within :data:`bayeslmm._interrupt.GRACE_S` seconds even in native
+    code, with status 130 (:func:`bayeslmm._interrupt.install`).
     """
+    from ._interrupt import install
+
+    install()
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    if code == EXIT_BROKEN_PIPE:
+        _stdout_to_devnull()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the output was buffered and the reader left before the flush
+        _stdout_to_devnull()
+        code = EXIT_BROKEN_PIPE
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
     os._exit(code)
 
 

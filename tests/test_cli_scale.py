@@ -56,7 +56,8 @@ def assert_same_estimates(d: dict, ref: dict) -> None:
         assert d[k] == ref[k], k
     for k in ("fixef", "se", "df"):
         assert list(d[k]) == list(ref[k]), k
-        assert _rel(list(d[k].values()), list(ref[k].values())) < RTOL, k
+        # Satterthwaite's df come from finite differences of the criterion (~1e-6 relative)
+        assert _rel(list(d[k].values()), list(ref[k].values())) < (10 * RTOL if k == "df" else RTOL), k
     for k in ("sigma", "loglik", "aic", "bic", "reml_criterion"):
         assert _rel(d[k], ref[k]) < RTOL, k
     # the optimiser works on centred columns whose centres come from the first partition out of core

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+#: each notebook samples and renders figures (15-60 s apiece): the slow tier, which CI runs
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 PNG = re.compile(r"""["']([\w\-.]+\.png)["']""")
 

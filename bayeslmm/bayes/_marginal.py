@@ -100,9 +100,26 @@ def log_marginal(fit: Any, varpar: np.ndarray, beta_prior_var: float) -> float:
     return -0.5 * neg2_log_marginal(fit, varpar, beta_prior_var)
 
 
+def _entry_scales(vc: pd.DataFrame) -> np.ndarray:
+    """The scale each ``varcorr()`` entry is compared on: a variance its own size, a covariance the
+    product of the two sds (a difference in it is then one in the correlation), and never below
+    1e-8 of the largest entry."""
+    v = vc.vcov.to_numpy(dtype=float)
+    var = {(g, a): x for g, a, b, x in zip(vc.grp, vc.var1, vc.var2, v) if b is None or b != b}
+    out = np.abs(v).copy()
+    for k, (g, a, b) in enumerate(zip(vc.grp, vc.var1, vc.var2)):
+        if b is not None and b == b and (g, a) in var and (g, b) in var:
+            out[k] = np.sqrt(abs(var[g, a] * var[g, b]))
+    return np.maximum(out, 1e-8 * np.max(np.abs(v)))
+
+
 @dataclass
 class LimitPath:
-    """Posterior modes of the variance parameters along a sequence of ``beta_prior_var``."""
+    """Posterior modes of the variance parameters along a sequence of ``beta_prior_var``.
+
+    ``max_rel_diff``: per prior variance, the largest difference of a ``varcorr()`` entry from REML,
+    relative to the entry for a variance and to the product of the two sds for a covariance.
+    """
 
     reml: pd.DataFrame
     beta_prior_vars: list[float]
@@ -185,12 +202,14 @@ def reml_limit(fit: Any, beta_prior_vars: list[float] = (10.0, 1e3, 1e5, 1e8)) -
     else:
         lo_t, hi_t = fit.spec.theta_lower(), np.full(fit.theta.size, np.inf)
     lower, upper = np.r_[lo_t, 1e-12], np.r_[hi_t, np.inf]
-    tight = {"upper": upper, "ftol_abs": 1e-12, "ftol_rel": 1e-15, "xtol_abs": 1e-12}
+    # warm starts (the fit's estimate, then the REML optimum): a small first step keeps BOBYQA near
+    # them, where the criteria are flat to their rounding
+    tight = {"upper": upper, "ftol_abs": 1e-12, "ftol_rel": 1e-15, "xtol_abs": 1e-12, "step_scale": 0.01}
     # the REML estimate itself to the same tight tolerance (the fit's default stops at ~1e-6 relative)
     vp0 = minimize_bobyqa(fit.deviance_varpar, lower, vp0, **tight).theta
     reml = _varcorr_at(fit, vp0)
     ref = reml.vcov.to_numpy()
-    scale = np.maximum(np.abs(ref), 1e-8 * np.max(np.abs(ref)))
+    scale = _entry_scales(reml)
     modes, diffs = [], []
     for t in tvals:
         rec = minimize_bobyqa(lambda v, t=t: neg2_log_marginal(fit, v, t), lower, vp0, **tight)

@@ -10,13 +10,20 @@ and embedded (base64) in ``report.html`` there, so the report is one file that o
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._errors import OptionError
+from .._paths import check_dir, check_file
+
+#: the figures :func:`side_by_side` may write (``<name>.png``), and the report
+FIGURES = ("shrinkage", "caterpillar", "residuals", "qq", "trace", "ppc", "limit")
+REPORT = "report.html"
 
 
 @dataclass
@@ -73,15 +80,35 @@ def _png(fig: Any) -> bytes:
 
 @dataclass
 class SideBySide:
-    """What :func:`side_by_side` produced: the text printed, the JSON object, the files written."""
+    """What :func:`side_by_side` produced: the text printed, the JSON object, the files written.
+
+    With ``side_by_side(..., write=False)`` nothing is written yet and ``files`` lists the files
+    :meth:`write` will write (also ``data["files"]``): a caller prints the results first, so that a
+    failed write loses nothing.
+    """
 
     text: str
     data: dict[str, Any]
     files: list[str]
+    _writer: Callable[[], None] | None = field(default=None, repr=False)
+
+    def write(self) -> list[str]:
+        """Write the figures and the report not written yet; the files.
+
+        Raises
+        ------
+        OptionError
+            When the folder cannot be created or a file cannot be written.
+        """
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer()
+        return self.files
 
 
 def side_by_side(fit: Any, idata: Any, *, limit: Any = None, out_dir: str | Path | None = None,
-                 html_path: str | Path | None = None, title: str | None = None, ranef_rows: int = 10) -> SideBySide:
+                 html_path: str | Path | None = None, title: str | None = None, ranef_rows: int = 10,
+                 write: bool = True) -> SideBySide:
     """The REML fit and the posterior side by side (see the module docstring).
 
     Parameters
@@ -96,12 +123,19 @@ def side_by_side(fit: Any, idata: Any, *, limit: Any = None, out_dir: str | Path
         Folder for the PNG figures and ``report.html``; ``None`` writes no figures unless ``html_path``.
     html_path
         Where to write the HTML report (default ``out_dir/report.html`` when ``out_dir`` is given).
+    write
+        Write the files now (default); ``False`` leaves it to :meth:`SideBySide.write`. Either
+        way the paths are checked first (:class:`~bayeslmm.OptionError` when one cannot be written).
     """
     from . import _plots
     from ._checks import diagnose, plot_trace
     from ._ppc import plot_ppc
     from ._table import compare, compare_ranef
 
+    if out_dir is not None:
+        check_dir(out_dir, "out_dir", tuple(f"{n}.png" for n in FIGURES) + ((REPORT,) if html_path is None else ()))
+    if html_path is not None:
+        check_file(html_path, "html_path", REPORT)
     title = title or f"bayeslmm: {fit.spec.formula}, REML and Bayes side by side"
     cmp = compare(fit, idata)
     ran = compare_ranef(fit, idata)
@@ -128,6 +162,7 @@ def side_by_side(fit: Any, idata: Any, *, limit: Any = None, out_dir: str | Path
         rep.heading("REML as a Bayesian limit")
         rep.table(limit.table())
     files: list[str] = []
+    writer: Callable[[], None] | None = None
     if out_dir is not None or html_path is not None:
         figs: list[tuple[str, str, Any]] = []
         single_intercept = len(fit.spec.terms) == 1 and fit.spec.terms[0].q == 1 and fit.spec.residual is None
@@ -145,30 +180,43 @@ def side_by_side(fit: Any, idata: Any, *, limit: Any = None, out_dir: str | Path
             figs.append(("limit", "Posterior mode of the variances vs beta_prior_var",
                          lambda: _plots.plot_limit(limit)))
         folder = Path(out_dir) if out_dir is not None else None
+        target = Path(html_path) if html_path is not None else folder / REPORT
         if folder is not None:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise OptionError(f"cannot create the output folder {str(folder)!r}: {e.strerror}") from None
-        rep.heading("Figures")
-        import matplotlib.pyplot as plt
-
-        for name, caption, make in figs:
-            fig = make()
-            png = _png(fig)
-            plt.close("all")
-            rep.figure(png, caption)
-            if folder is not None:
-                (folder / f"{name}.png").write_bytes(png)
-                files.append(str(folder / f"{name}.png"))
-        target = Path(html_path) if html_path is not None else folder / "report.html"
-        try:
-            target.write_text(rep.html(), encoding="utf-8")
-        except OSError as e:
-            raise OptionError(f"cannot write the report {str(target)!r}: {e.strerror}") from None
+            files += [str(folder / f"{name}.png") for name, _, _ in figs]
         files.append(str(target))
+        writer = functools.partial(_write_files, rep, figs, folder, target)
     data["files"] = files
-    return SideBySide(text="\n".join(lines), data=data, files=files)
+    out = SideBySide(text="\n".join(lines), data=data, files=files, _writer=writer)
+    if write:
+        out.write()
+    return out
+
+
+def _write_files(rep: Report, figs: list[tuple[str, str, Any]], folder: Path | None, target: Path) -> None:
+    """Draw the figures, write them to ``folder`` (if any) and the report with them embedded to ``target``."""
+    import matplotlib.pyplot as plt
+
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OptionError(f"cannot create the output folder {str(folder)!r}: {e.strerror}") from None
+    rep.heading("Figures")
+    for name, caption, make in figs:
+        fig = make()
+        png = _png(fig)
+        plt.close("all")
+        rep.figure(png, caption)
+        if folder is not None:
+            path = folder / f"{name}.png"
+            try:
+                path.write_bytes(png)
+            except OSError as e:
+                raise OptionError(f"cannot write the figure {str(path)!r}: {e.strerror}") from None
+    try:
+        target.write_text(rep.html(), encoding="utf-8")
+    except OSError as e:
+        raise OptionError(f"cannot write the report {str(target)!r}: {e.strerror}") from None
 
 
 def _head(cmp: Any, n: int) -> str:

@@ -4,6 +4,8 @@ Every replicate ``i`` draws from its own generator, spawned from one
 ``numpy.random.SeedSequence(seed)``, so results do not depend on the number of
 workers or the order in which they finish. Workers are forked processes that
 inherit the fitted models (nothing is pickled) and run with one BLAS thread.
+Ctrl-C raises ``KeyboardInterrupt`` in the caller at once; the workers ignore it
+and are terminated with the pool.
 """
 
 from __future__ import annotations
@@ -31,8 +33,13 @@ def _tqdm() -> Any:
 
 
 def _init_worker() -> None:
+    import signal
+
     from threadpoolctl import threadpool_limits
 
+    # Ctrl-C in a terminal reaches every process of the group: the parent stops the pool (and
+    # raises KeyboardInterrupt); a worker would only print its own traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1)
 
 

@@ -195,6 +195,7 @@ def minimize_bobyqa(
     xtol_abs: float = 1e-8,
     maxeval: int = 100_000,
     check: bool = True,
+    step_scale: float = 1.0,
 ) -> OptimizerRecord:
     """Minimise ``fun`` over ``theta >= lower`` with BOBYQA and check the optimum.
 
@@ -210,6 +211,9 @@ def minimize_bobyqa(
         Starting theta; default :func:`choose_start`.
     check
         Compute the finite-difference gradient and Hessian at the optimum.
+    step_scale
+        Multiplies BOBYQA's first trust-region radius (:func:`initial_step`): below 1 for a
+        start already near the optimum.
     """
     import nlopt
 
@@ -252,7 +256,7 @@ def minimize_bobyqa(
         except (RuntimeError, ValueError) as e:
             return -1, [f"optimiser error: {e}"]
 
-    step = initial_step(x0, lower, upper)
+    step = step_scale * initial_step(x0, lower, upper)
     x_start = x0
     restarts = 0
     f_prev = np.inf

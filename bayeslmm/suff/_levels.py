@@ -209,10 +209,11 @@ def _labels(v: np.ndarray, kind: FactorKind) -> list[str]:
 def _merge_kinds(kinds: Sequence[FactorKind]) -> FactorKind:
     first = kinds[0]
     if any(k.kind != first.kind for k in kinds):
-        raise DataError(
-            "a grouping column holds numbers in some chunks and text or categories in others; "
-            "give it one type in every chunk (e.g. cast it to string before fitting)"
-        )
+        found = {k.kind for k in kinds}
+        what = ("holds numbers in some chunks and text or categories in others" if "num" in found
+                else "is categorical in some chunks and text in others")
+        raise DataError(f"a grouping column {what}; give it one type in every chunk (e.g. cast it to string "
+                        "before fitting)")
     if first.kind != "cat":
         return first
     cats = {k.categories for k in kinds}
