@@ -19,25 +19,42 @@ a clash with the covariance parameters the library calls that prior variance
 
 from __future__ import annotations
 
-from . import datasets
+from typing import TYPE_CHECKING
+
 from ._errors import BayesLMMError, DataError, FormulaError, MissingValuesWarning, OptionError
-from .freq import LMMFit, bootstrap, lm, lmm, lrt
-from .spec import ALLOWED_FUNCTIONS, ModelSpec, parse_formula
-from .spec import build_spec as model_spec
+
+if TYPE_CHECKING:
+    from . import datasets
+    from .freq import LMMFit, bootstrap, lm, lmm, lrt
+    from .spec import ALLOWED_FUNCTIONS, ModelSpec, parse_formula
+    from .spec import build_spec as model_spec
 
 __version__ = "0.1.0"
 
 #: submodules imported on first use (``bayeslmm.bayes`` pulls in PyMC, ``bayeslmm.suff`` imports Dask only
-#: inside its Dask functions), so ``import bayeslmm`` stays fast
-_LAZY = ("bayes", "compare", "suff")
+#: inside its Dask functions)
+_LAZY = ("bayes", "compare", "suff", "datasets", "freq", "spec", "linalg")
+#: public names and the submodule that defines them, imported on first use as well: ``import bayeslmm``
+#: imports neither NumPy nor pandas, so the command line installs its Ctrl-C handling before they load
+_NAMES = {"LMMFit": "freq", "bootstrap": "freq", "lm": "freq", "lmm": "freq", "lrt": "freq",
+          "ALLOWED_FUNCTIONS": "spec", "ModelSpec": "spec", "parse_formula": "spec", "model_spec": "spec"}
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        mod = importlib.import_module(f".{_NAMES[name]}", __name__)
+        value = getattr(mod, "build_spec" if name == "model_spec" else name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'bayeslmm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY))
 
 
 __all__ = ["ALLOWED_FUNCTIONS", "BayesLMMError", "DataError", "FormulaError", "LMMFit", "MissingValuesWarning",

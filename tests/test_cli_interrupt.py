@@ -104,6 +104,16 @@ def has_children(proc: psutil.Process, err: str) -> bool:
     return bool(proc.children()) or proc.cpu_times().user > 3.0
 
 
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.6])
+def test_ctrl_c_at_start_up(delay: float) -> None:
+    """While NumPy, pandas and SciPy are imported: ``import bayeslmm`` loads none of them, so the
+    handling is installed before they load."""
+    r = interrupt(["fit", "sleepstudy", "-f", "Reaction ~ Days + (Days | Subject)", "--json"],
+                  lambda proc, err: True, delay)
+    r.check()
+    assert r.out == ""
+
+
 def test_ctrl_c_during_the_bootstrap(tmp_path: Path) -> None:
     args = ["lrt", "pig_weights", "--null", "weight ~ num_weeks", "--alt", PIG, "--bootstrap", "100000", "--seed", "1"]
     r = interrupt(args, has_children, 1.0)

@@ -64,3 +64,13 @@ def test_many_groups_random_slopes() -> None:
     D = fit.cov_matrices()["g"]
     np.testing.assert_allclose(D, [[1.0, 0.3], [0.3, 0.5]], atol=0.05)
     assert fit.sigma == pytest.approx(0.7, rel=0.02)
+
+
+def test_import_loads_no_numerical_stack() -> None:
+    """``import bayeslmm`` (and its command line) loads neither NumPy nor pandas: the command line
+    installs its Ctrl-C handling before they load, and a start-up that needs none of them stays short."""
+    code = ("import sys, bayeslmm, bayeslmm.cli; "
+            "print(sorted(m for m in ('numpy', 'pandas', 'scipy') if m in sys.modules)); "
+            "print(callable(bayeslmm.lmm), 'lmm' in dir(bayeslmm))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True True"
