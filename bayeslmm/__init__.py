@@ -12,7 +12,7 @@ theta   covariance parameters: the lower triangles of the relative factors ``T_k
 sigma   residual standard deviation; ``R = sigma^2 I`` for independent errors
 V       marginal covariance ``Z D Z' + R``
 
-The lecture writes the prior of the fixed effects as ``beta ~ N(0, theta I)``; to avoid
+The prior of the fixed effects is often written ``beta ~ N(0, theta I)``; to avoid
 a clash with the covariance parameters the library calls that prior variance
 ``beta_prior_var``.
 """

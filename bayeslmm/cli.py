@@ -588,7 +588,8 @@ def _add_sampling(sp: argparse.ArgumentParser, param_default: str) -> None:
                     help=f"parameterisation (default {param_default}): random effects explicit, integrated out, "
                          "or beta integrated out as well")
     sp.add_argument("--beta-prior-var", type=float, default=None,
-                    help="prior variance of each fixed effect (the lecture's theta); default 100 var(y)")
+                    help="prior variance of each fixed effect; default 100 max(var(y), b_j^2), b the least-squares "
+                         "coefficients")
     sp.add_argument("--sd-prior", default=None, help="'halfnormal:S': HalfNormal(S) on every standard deviation")
     sp.add_argument("--lkj-eta", type=float, default=2.0, help="LKJ shape of the correlation matrices")
     sp.add_argument("--prior", action="append", metavar="KEY=DIST",

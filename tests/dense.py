@@ -1,4 +1,4 @@
-"""Dense N x N reference formulas of the lecture, for property tests on small designs."""
+"""Dense N x N reference formulas of the model, for property tests on small designs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def dense_parts(spec: ModelSpec, theta: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def dense_fit(spec: ModelSpec, theta: np.ndarray, reml: bool) -> dict:
-    """GLS, profiled sigma^2, the lecture's -2 log-likelihood, BLUPs and cov(beta_hat) at theta.
+    """GLS, profiled sigma^2, the dense -2 log-likelihood, BLUPs and cov(beta_hat) at theta.
 
     ``-2 l_REML = log|V| + log|X'V^-1X| + r'V^-1r + (N - p) log 2 pi`` and
     ``-2 l_ML = log|V| + r'V^-1r + N log 2 pi`` with ``V = sigma^2 V_theta`` at the

@@ -1,4 +1,4 @@
-"""The blocked engine against the lecture's dense N x N formulas, and its kernels."""
+"""The blocked engine against the dense N x N formulas, and its kernels."""
 
 from __future__ import annotations
 

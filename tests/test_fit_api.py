@@ -24,7 +24,7 @@ def sleepfit():
     return bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", bayeslmm.datasets.load("sleepstudy"))
 
 
-def test_pig_example_matches_the_lecture(pigfit) -> None:
+def test_pig_example_matches_the_published_lme4_fit(pigfit) -> None:
     assert pigfit.criterion == pytest.approx(2033.8, abs=0.05)
     vc = pigfit.varcorr()
     assert vc.vcov.tolist() == pytest.approx([15.142, 4.395], abs=5e-4)

@@ -1,6 +1,6 @@
 """The marginalisation module: beta integrated out of the ``beta ~ N(0, beta_prior_var I)`` model.
 
-The lecture writes the prior as ``beta ~ N(0, theta I)``; here that prior variance is
+The prior is often written ``beta ~ N(0, theta I)``; here that prior variance is
 ``beta_prior_var`` (``t`` below), so it is not confused with the covariance parameters.
 
 Derivation
@@ -187,7 +187,7 @@ def reml_limit(fit: Any, beta_prior_vars: list[float] = (10.0, 1e3, 1e5, 1e8)) -
     fit
         A REML fit (:func:`bayeslmm.lmm`), with or without a serial process.
     beta_prior_vars
-        Prior variances of the fixed effects (the lecture's theta), each > 0.
+        Prior variances of the fixed effects (``theta`` in ``beta ~ N(0, theta I)``), each > 0.
     """
     from ..freq._optimize import minimize_bobyqa
 

@@ -1,8 +1,8 @@
 """PyMC models from a :class:`ModelSpec`, in three parameterisations.
 
-Model (the lecture's, with its prior on beta)::
+Model (a Gaussian LMM with a Gaussian prior on beta)::
 
-    beta        ~ N(0, beta_prior_var I)                  (the lecture's theta; renamed here)
+    beta        ~ N(0, beta_prior_var I)                  (often written theta; renamed here)
     sd_k        ~ HalfNormal(sd_scale)                    one per random-effect column of term k
     Corr_k      ~ LKJ(lkj_eta)                            terms with several columns
     b_k         ~ N(0, D_k) per level,  D_k = L_k L_k'    (L_k = diag(sd_k) chol(Corr_k))
