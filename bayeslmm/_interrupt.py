@@ -34,6 +34,8 @@ EXIT_INTERRUPTED = 130
 MESSAGE = "bayeslmm: interrupted"
 #: seconds the main thread has to unwind after Ctrl-C before the watcher exits the process itself
 GRACE_S = 1.5
+#: the warning filter handed to multiprocessing's resource tracker (see :func:`install`)
+TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
 
 
 class Interrupted(BaseException):
@@ -262,6 +264,11 @@ def install(grace: float = GRACE_S) -> bool:
     _installed_pid = os.getpid()
     _sockets[:] = [r, w]
     sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
+    # after Ctrl-C the command exits without running finalisers, so multiprocessing's resource
+    # tracker (started later, with this process's -W options) frees a worker pool's semaphores
+    # itself; its warning that they "leaked" would be a second line after "bayeslmm: interrupted"
+    if TRACKER_FILTER not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_FILTER)
     if hasattr(signal, "pthread_sigmask"):
         os.register_at_fork(before=_block_for_fork, after_in_parent=_unblock_after_fork,
                             after_in_child=_reset_in_child)
