@@ -173,8 +173,11 @@ def parquet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["processes", "threads"])
 def test_ctrl_c_during_an_out_of_core_fit(parquet_dir: Path, scheduler: str) -> None:
-    ready = has_children if scheduler == "processes" else (lambda proc, err: proc.cpu_times().user > 1.5)
-    r = interrupt(["fit", str(parquet_dir), "-f", "y ~ x + (1 | g)", "--scheduler", scheduler], ready, 0.5)
+    # the whole threaded command takes about 2.7 s of CPU: the signal must land well before its end
+    ready = has_children if scheduler == "processes" else (lambda proc, err: proc.cpu_times().user > 0.8)
+    delay = 0.5 if scheduler == "processes" else 0.2
+    r = interrupt(["fit", str(parquet_dir), "-f", "y ~ x + I(x**2) + (x | g)", "--scheduler", scheduler], ready,
+                  delay)
     r.check()
     assert r.out == ""
 
