@@ -50,7 +50,7 @@ def _gls_parts(fit: Any, theta: np.ndarray) -> tuple[float, np.ndarray, Any] | N
         fr = fit.objective.filter(theta)
         if not np.isfinite(fr.logdet):
             return None
-        return fr.logdet, fr.white.T @ fr.white, getattr(fr, "basis", None)
+        return fr.logdet, fr.white.T @ fr.white, None  # the filter whitens the original columns
     try:
         f = fit.objective.factor(theta)
     except np.linalg.LinAlgError:
