@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._errors import BayesLMMError, DataError, FormulaError, MissingValuesWarning, OptionError
+from ._errors import BayesLMMError, DataError, FormulaError, MissingValuesWarning, OptionError, StructureError
 
 if TYPE_CHECKING:
     from . import datasets
@@ -36,8 +36,17 @@ __version__ = "0.1.0"
 _LAZY = ("bayes", "compare", "suff", "datasets", "freq", "spec", "linalg")
 #: public names and the submodule that defines them, imported on first use as well: ``import bayeslmm``
 #: imports neither NumPy nor pandas, so the command line installs its Ctrl-C handling before they load
-_NAMES = {"LMMFit": "freq", "bootstrap": "freq", "lm": "freq", "lmm": "freq", "lrt": "freq",
-          "ALLOWED_FUNCTIONS": "spec", "ModelSpec": "spec", "parse_formula": "spec", "model_spec": "spec"}
+_NAMES = {
+    "LMMFit": "freq",
+    "bootstrap": "freq",
+    "lm": "freq",
+    "lmm": "freq",
+    "lrt": "freq",
+    "ALLOWED_FUNCTIONS": "spec",
+    "ModelSpec": "spec",
+    "parse_formula": "spec",
+    "model_spec": "spec",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -57,5 +66,21 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | set(_LAZY))
 
 
-__all__ = ["ALLOWED_FUNCTIONS", "BayesLMMError", "DataError", "FormulaError", "LMMFit", "MissingValuesWarning",
-           "ModelSpec", "OptionError", "bootstrap", "datasets", "lm", "lmm", "lrt", "model_spec", "parse_formula"]
+__all__ = [
+    "ALLOWED_FUNCTIONS",
+    "BayesLMMError",
+    "DataError",
+    "FormulaError",
+    "LMMFit",
+    "MissingValuesWarning",
+    "ModelSpec",
+    "OptionError",
+    "StructureError",
+    "bootstrap",
+    "datasets",
+    "lm",
+    "lmm",
+    "lrt",
+    "model_spec",
+    "parse_formula",
+]

@@ -24,6 +24,11 @@ class OptionError(BayesLMMError):
     """An option has a value that is not allowed."""
 
 
+class StructureError(DataError, OptionError):
+    """Random-effect terms and a residual structure that cannot be combined in one model (raised by both
+    estimation paths from the same check; a data error and an option error at once)."""
+
+
 class MissingValuesWarning(UserWarning):
     """Rows were dropped because a column the model uses has missing values (lme4's ``na.omit``).
 
@@ -43,5 +48,4 @@ class MissingValuesWarning(UserWarning):
         """``dropped 18 of 72 rows with missing values: 18 in 'Date'``, with ``notes[column]`` in brackets."""
         notes = notes or {}
         cols = ", ".join(f"{k} in {c!r}" + (f" ({notes[c]})" if notes.get(c) else "") for c, k in self.counts.items())
-        return (f"dropped {self.n_dropped} of {self.n_rows} row{'s' * (self.n_rows != 1)} with missing values: "
-                f"{cols}")
+        return f"dropped {self.n_dropped} of {self.n_rows} row{'s' * (self.n_rows != 1)} with missing values: {cols}"

@@ -270,8 +270,7 @@ def install(grace: float = GRACE_S) -> bool:
     if TRACKER_FILTER not in sys.warnoptions:
         sys.warnoptions.append(TRACKER_FILTER)
     if hasattr(signal, "pthread_sigmask"):
-        os.register_at_fork(before=_block_for_fork, after_in_parent=_unblock_after_fork,
-                            after_in_child=_reset_in_child)
+        os.register_at_fork(before=_block_for_fork, after_in_parent=_unblock_after_fork, after_in_child=_reset_in_child)
     else:
         os.register_at_fork(after_in_child=_reset_in_child)
     threading.Thread(target=_watch, args=(r, grace), name="bayeslmm-interrupt", daemon=True).start()

@@ -6,11 +6,13 @@ Here a text column keeps every value but ``NA`` and the empty field; a column wh
 entries are all numbers is numeric, with ``NaN`` (any case, as R's ``type.convert``) and
 pandas' usual markers (``None``, ``null``, ``N/A``, ...) missing in it. The separator
 (``,``, ``;``, tab or ``|``) is read from the header line, and a ``;``-separated file may
-use decimal commas (``1,5``: R's ``read.csv2``).
+use decimal commas (``1,5``: R's ``read.csv2``). :func:`read_table` reads a CSV or Parquet
+file into memory as the command line does, with one-line errors.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,16 +21,50 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._errors import DataError
+
 #: what R's ``read.csv`` reads as missing (``na.strings = "NA"`` and empty fields)
 NA_TOKENS = ("NA", "")
 #: separators recognised in the header line, the first preferred on a tie
 SEPARATORS = (",", ";", "\t", "|")
 _SEP_NAMES = {",": "','", ";": "';'", "\t": "tabs", "|": "'|'"}
 #: pandas' default missing-value markers: missing in an otherwise numeric column, values in a text column
-NUMERIC_NA = frozenset({"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                        "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+NUMERIC_NA = frozenset(
+    {
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
+#: file name suffixes read as Parquet
+PARQUET_SUFFIXES = (".parquet", ".pq")
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
 _SAMPLE = 200
+
+
+def is_parquet(path: str) -> bool:
+    """Whether the name of ``path`` ends in one of :data:`PARQUET_SUFFIXES` (any case)."""
+    return path.lower().endswith(PARQUET_SUFFIXES)
+
+
+def has_glob(path: str) -> bool:
+    """Whether ``path`` has a glob character (``*``, ``?`` or ``[``)."""
+    return any(ch in path for ch in "*?[")
 
 
 def sep_name(sep: str) -> str:
@@ -57,8 +93,9 @@ def sniff_separator(path: str) -> str | None:
 
 
 def _is_text(dtype: Any) -> bool:
-    return pd.api.types.is_object_dtype(dtype) or (pd.api.types.is_string_dtype(dtype)
-                                                   and not isinstance(dtype, pd.CategoricalDtype))
+    return pd.api.types.is_object_dtype(dtype) or (
+        pd.api.types.is_string_dtype(dtype) and not isinstance(dtype, pd.CategoricalDtype)
+    )
 
 
 def _parse(values: pd.Series) -> pd.Series | None:
@@ -144,14 +181,28 @@ class ReadInfo:
                 out[c] = tok
             return out
         try:
-            raw = pd.read_csv(self.path, sep=self.sep, usecols=cols, dtype=str, keep_default_na=False,
-                              na_filter=False)
+            raw = pd.read_csv(self.path, sep=self.sep, usecols=cols, dtype=str, keep_default_na=False, na_filter=False)
         except Exception:  # only a message depends on it
             return {}
         if len(raw) != len(self.frame):
             return {}
-        return {c: dict(Counter(raw[c].to_numpy(dtype=object)[self.frame[c].isna().to_numpy()]).most_common())
-                for c in cols}
+        return {
+            c: dict(Counter(raw[c].to_numpy(dtype=object)[self.frame[c].isna().to_numpy()]).most_common()) for c in cols
+        }
+
+    def separator_note(self) -> str | None:
+        """What to say when a CSV file's separator is not the one its name suggests (tabs for ``.tsv`` and
+        ``.tab``, commas otherwise), naming the columns read with decimal commas; None when it is."""
+        if self.sep is None or self.path is None:
+            return None
+        expected = "\t" if self.path.lower().endswith((".tsv", ".tab")) else ","
+        if self.sep == expected:
+            return None
+        what = f"{os.path.basename(self.path)!r} is separated by {sep_name(self.sep)}, not "
+        what += "tabs" if expected == "\t" else "commas"
+        if self.decimal_comma:
+            what += f"; read {', '.join(map(repr, self.decimal_comma))} with decimal commas"
+        return what
 
     def describe_tokens(self, columns: Iterable[str]) -> dict[str, str]:
         """``{column: "read as missing: 'NA' 16, empty field 2"}`` for :meth:`MissingValuesWarning.describe`."""
@@ -218,3 +269,34 @@ def mask_tokens(df: pd.DataFrame, tokens: Sequence[str]) -> tuple[pd.DataFrame, 
         else:
             out[c] = col.mask(hit)
     return out, counts
+
+
+def read_table(path: str, na_values: Sequence[str] = ()) -> ReadInfo:
+    """A CSV file (:func:`read_csv`) or a Parquet file (``na_values`` masked in its text columns) read into memory.
+
+    Raises
+    ------
+    DataError
+        For an empty or unreadable file, and for a compressed file read as one column whose name
+        holds another separator (a compressed file is read as comma-separated).
+    """
+    try:
+        if is_parquet(path):
+            df, masked = mask_tokens(pd.read_parquet(path), na_values)
+            info = ReadInfo(df, masked=masked, null_note="null in the Parquet file")
+        else:
+            info = read_csv(path, na_values)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"data file {path!r} is empty") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as e:
+        raise DataError(f"cannot read {path!r} as a table: {str(e).splitlines()[0]}") from None
+    if info.sep is not None:
+        header = str(info.frame.columns[0]) if info.frame.shape[1] == 1 else ""
+        other = next((c for c in SEPARATORS[1:] if c in header), None)
+        if other is not None:  # not sniffed (a compressed file): one column named 'a;b;c'
+            raise DataError(
+                f"{path!r} has one column, {header!r}: it seems to be separated by {sep_name(other)}, "
+                "and bayeslmm reads a compressed file as comma-separated; decompress it, or write it "
+                "with commas"
+            )
+    return info

@@ -60,8 +60,9 @@ def check_file(path: str | os.PathLike[str], option: str, example: str = "out") 
         head, _ = _existing_ancestor(folder)
         if not os.path.isdir(head):
             raise OptionError(f"{option} {p!r}: {head!r} is not a directory")
-        raise OptionError(f"{option} {p!r}: the folder {os.path.dirname(p) or folder!r} does not exist; create it "
-                          "first")
+        raise OptionError(
+            f"{option} {p!r}: the folder {os.path.dirname(p) or folder!r} does not exist; create it first"
+        )
     if not os.path.isdir(folder):
         raise OptionError(f"{option} {p!r}: {folder!r} is not a directory")
     if os.path.exists(p):
@@ -92,8 +93,10 @@ def check_dir(path: str | os.PathLike[str], option: str, files: tuple[str, ...] 
             raise OptionError(f"{option} {p!r} is a file, not a folder")
         for f in files:
             if os.path.isdir(os.path.join(p, f)):
-                raise OptionError(f"{option} {p!r}: {os.path.join(p, f)!r} is a directory, and a file of that "
-                                  "name is to be written there")
+                raise OptionError(
+                    f"{option} {p!r}: {os.path.join(p, f)!r} is a directory, and a file of that "
+                    "name is to be written there"
+                )
         why = _probe(p)
         if why is not None:
             raise OptionError(f"{option} {p!r}: cannot write in this folder: {why}")

@@ -9,29 +9,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
-import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_USER_ERROR = 2
 #: exit status when stdout's reader has gone (``| head``): 128 + SIGPIPE, as a shell reports it
 EXIT_BROKEN_PIPE = 141
 #: seconds ``fit --scheduler ADDRESS`` waits to reach a distributed scheduler
 SCHEDULER_TIMEOUT_S = 5.0
-#: ``--scheduler`` values that name Dask's local schedulers rather than an address
-LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
-_PARQUET = (".parquet", ".pq")
-_INSTALL_DASK = "install with pip install 'bayeslmm[dask]'"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, status 2 (argparse's own usage dump is noise)
+    def error(self, message: str) -> NoReturn:  # one line, status 2 (argparse's own usage dump is noise)
         print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
@@ -59,8 +52,6 @@ def read_data(source: str, na_values: list[str] | None = None) -> Any:
     when it is not the one the file name suggests; a ``;`` file may use decimal commas.
     ``na_values`` also applies to the text columns of Parquet files and bundled datasets.
     """
-    import pandas as pd
-
     from . import _io, datasets
     from ._errors import DataError
 
@@ -68,233 +59,58 @@ def read_data(source: str, na_values: list[str] | None = None) -> Any:
     _LAST_READ.clear()
     if source in datasets.names() and not os.path.exists(source):
         df, masked = _io.mask_tokens(datasets.load(source), tokens)
-        _LAST_READ.append(_io.ReadInfo(df, masked=masked))
-        return df
-    if not os.path.exists(source):
-        if _has_glob(source):
-            raise DataError(f"{source!r} is a glob; give a CSV or Parquet file (only 'bayeslmm fit' reads a glob "
-                            "of Parquet files, out of core)")
-        raise DataError(_not_found(source))
-    if os.path.isdir(source):
-        raise DataError(f"{source!r} is a directory; give a CSV or Parquet file (only 'bayeslmm fit' reads a "
-                        "directory of Parquet files, out of core)")
-    try:
-        if source.lower().endswith((".parquet", ".pq")):
-            df, masked = _io.mask_tokens(pd.read_parquet(source), tokens)
-            info = _io.ReadInfo(df, masked=masked, null_note="null in the Parquet file")
-        else:
-            info = _io.read_csv(source, tokens)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"data file {source!r} is empty") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as e:
-        raise DataError(f"cannot read {source!r} as a table: {str(e).splitlines()[0]}") from None
-    df = info.frame
-    if info.sep is not None:
-        header = str(df.columns[0]) if df.shape[1] == 1 else ""
-        other = next((c for c in _io.SEPARATORS[1:] if c in header), None)
-        if other is not None:  # not sniffed (a compressed file): one column named 'a;b;c'
-            raise DataError(f"{source!r} has one column, {header!r}: it seems to be separated by "
-                            f"{_io.sep_name(other)}, and bayeslmm reads a compressed file as comma-separated; "
-                            "decompress it, or write it with commas")
-        expected = "\t" if source.lower().endswith((".tsv", ".tab")) else ","
-        if info.sep != expected:
-            what = f"{os.path.basename(source)!r} is separated by {_io.sep_name(info.sep)}, not "
-            what += "tabs" if expected == "\t" else "commas"
-            if info.decimal_comma:
-                what += f"; read {', '.join(map(repr, info.decimal_comma))} with decimal commas"
-            _note(what)
+        info = _io.ReadInfo(df, masked=masked)
+    elif not os.path.exists(source):
+        if _io.has_glob(source):
+            raise DataError(
+                f"{source!r} is a glob; give a CSV or Parquet file (only 'bayeslmm fit' reads a glob "
+                "of Parquet files, out of core)"
+            )
+        raise DataError(
+            f"data file {source!r} not found; give a CSV or Parquet path or a bundled dataset "
+            f"({', '.join(datasets.names())})"
+        )
+    elif os.path.isdir(source):
+        raise DataError(
+            f"{source!r} is a directory; give a CSV or Parquet file (only 'bayeslmm fit' reads a "
+            "directory of Parquet files, out of core)"
+        )
+    else:
+        info = _io.read_table(source, tokens)
+        note = info.separator_note()
+        if note is not None:
+            _note(note)
     _LAST_READ.append(info)
-    return df
-
-
-def _not_found(source: str) -> str:
-    from . import datasets
-
-    return (f"data file {source!r} not found; give a CSV or Parquet path or a bundled dataset "
-            f"({', '.join(datasets.names())})")
-
-
-def _has_glob(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
-
-
-def _is_parquet(path: str) -> bool:
-    return path.lower().endswith(_PARQUET)
-
-
-def parquet_source(sources: list[str], scheduler: str | None) -> str | list[str] | None:
-    """What ``bayeslmm fit`` reads out of core with Dask, or None to read ``sources[0]`` in memory.
-
-    Out of core: a directory of Parquet files, a glob (matched here), several Parquet files
-    (a glob the shell expanded), a URL, or any Parquet file when ``scheduler`` is given.
-
-    Raises
-    ------
-    DataError
-        For a glob that matches nothing, a directory without Parquet files, or data that
-        is not Parquet where Parquet is needed.
-    """
-    from . import datasets
-    from ._errors import DataError
-
-    if len(sources) > 1:
-        for p in sources:
-            if not os.path.isfile(p) or not _is_parquet(p):
-                what = "not found" if not os.path.exists(p) else "not a Parquet file (*.parquet, *.pq)"
-                raise DataError(f"several DATA paths are read out of core as Parquet files, but {p!r} is {what}")
-        return list(sources)
-    src = sources[0]
-    if "://" in src:  # a URL (s3://, gs://, file://): Dask and fsspec read it
-        return src
-    if os.path.isdir(src):
-        if not any(_is_parquet(f) for _, _, files in os.walk(src) for f in files):
-            raise DataError(f"{src!r} is a directory without Parquet files (*.parquet, *.pq); give a CSV or Parquet "
-                            "file, or a directory or glob of Parquet files")
-        return src
-    if not os.path.exists(src) and _has_glob(src):
-        matches = sorted(glob.glob(src, recursive=True))
-        if not matches:
-            raise DataError(f"no file matches {src!r}; give a directory or glob of Parquet files, e.g. "
-                            "'data/*.parquet' (quoted, or let the shell expand it)")
-        bad = [m for m in matches if not (os.path.isfile(m) and _is_parquet(m))]
-        if bad:
-            raise DataError(f"{src!r} matches {bad[0]!r}, which is not a Parquet file (*.parquet, *.pq); a glob "
-                            "must match Parquet files only")
-        return matches
-    if scheduler is None:
-        return None
-    if os.path.isfile(src) and _is_parquet(src):
-        return src
-    if not os.path.exists(src) and src not in datasets.names():
-        raise DataError(_not_found(src))
-    raise DataError(f"--scheduler fits Parquet data out of core (a file, a directory or a glob) and {src!r} is not "
-                    "Parquet: drop --scheduler to fit it in memory, or write it to Parquet first")
-
-
-def _check_dask(distributed: bool) -> None:
-    from ._errors import OptionError
-
-    mods = ("dask", "dask.dataframe", "pyarrow") + (("distributed",) if distributed else ())
-    for mod in mods:
-        try:
-            __import__(mod)
-        except ImportError:
-            raise OptionError(f"an out-of-core fit (a Parquet directory or glob, or --scheduler) needs Dask, which is "
-                              f"not installed ({mod} is missing): {_INSTALL_DASK}") from None
-
-
-@contextlib.contextmanager
-def dask_scheduler(value: str | None) -> Iterator[Any]:
-    """The ``distributed.Client`` of ``--scheduler ADDRESS`` (closed on exit), or None with a local scheduler set.
-
-    ``None`` keeps Dask's default (its threaded scheduler); ``threads``, ``processes`` and
-    ``synchronous`` select that local scheduler.
-
-    Raises
-    ------
-    OptionError
-        For a value that is neither a local scheduler nor an address, or missing Dask.
-    DataError
-        When the scheduler cannot be reached within :data:`SCHEDULER_TIMEOUT_S` seconds.
-    """
-    from ._errors import DataError, OptionError
-
-    if value is None:
-        _check_dask(distributed=False)
-        yield None
-        return
-    if value.lower() in LOCAL_SCHEDULERS:
-        _check_dask(distributed=False)
-        import dask
-
-        if value.lower() == "processes":  # a pool that ends at once on Ctrl-C, its workers deaf to it
-            with _process_pool(dask) as pool, dask.config.set(scheduler="processes", pool=pool):
-                yield None
-            return
-        with dask.config.set(scheduler=value.lower()):
-            yield None
-        return
-    if "://" not in value and not re.fullmatch(r"[\w.\-]+:\d+", value):
-        raise OptionError(f"--scheduler must be {', '.join(LOCAL_SCHEDULERS)} or a Dask scheduler address such as "
-                          f"tcp://127.0.0.1:8786, got {value!r}")
-    _check_dask(distributed=True)
-    from distributed import Client
-
-    try:
-        client = Client(value, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
-    except ValueError as e:  # an unknown address scheme
-        raise OptionError(f"--scheduler {value!r}: {str(e).splitlines()[0]}") from None
-    except (OSError, TimeoutError) as e:
-        raise DataError(f"cannot reach the Dask scheduler at {value!r} within {SCHEDULER_TIMEOUT_S:g} s "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); start one with 'dask scheduler' "
-                        "and workers with 'dask worker ADDRESS', or use --scheduler threads") from None
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def _process_pool(dask: Any) -> Any:
-    """The worker pool of ``--scheduler processes``: what Dask would start, as a ``multiprocessing.Pool``.
-
-    Dask's own pool (a ``ProcessPoolExecutor`` shut down with ``wait=True``) finishes its running
-    tasks before a Ctrl-C takes effect, and its workers, started on demand, print a traceback when
-    the terminal's Ctrl-C reaches them. This pool starts its workers at once with SIGINT ignored,
-    and leaving the ``with`` block terminates them.
-    """
-    from dask.multiprocessing import get_context, initialize_worker_process
-
-    from ._interrupt import ignoring_sigint
-
-    if os.environ.get("PYTHONHASHSEED") in (None, "0"):  # as Dask does: one string hash in every worker
-        os.environ["PYTHONHASHSEED"] = "6640"
-    n = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-    with ignoring_sigint():
-        return get_context().Pool(n, initializer=initialize_worker_process)
-
-
-_OOC_NOTE = ("fitted values and residuals (and the scaled-residual quantiles of the summary) need a second pass "
-             "over the rows and were not computed: use bayeslmm.suff.fitted_dask")
+    return info.frame
 
 
 def _fit_out_of_core(args: argparse.Namespace, source: str | list[str]) -> tuple[Any, dict[str, Any]]:
-    """Fit through :func:`bayeslmm.suff.lmm_dask`; the fit and what the ``out_of_core`` JSON key reports."""
-    from ._errors import DataError, OptionError
-    from .freq._objective import check_method
-    from .spec._residual import parse_residual
+    """Fit through :func:`bayeslmm.suff.fit_out_of_core`; the fit and what the ``out_of_core`` JSON key reports."""
+    from ._errors import OptionError
+    from .freq import check_method
+    from .spec import parse_residual
+    from .suff import fit_out_of_core
 
     method = check_method(args.method)
     if parse_residual(args.residual) is not None:
-        raise OptionError(f"--residual {args.residual!r}: a serial residual process needs the rows of each group "
-                          "in order and in memory, but a Parquet directory or glob (or --scheduler) is fitted out of "
-                          "core from sufficient statistics, with independent errors only; fit one CSV or Parquet "
-                          "file without --scheduler, or drop --residual")
+        raise OptionError(
+            f"--residual {args.residual!r}: a serial residual process needs the rows of each group "
+            "in order and in memory, but a Parquet directory or glob (or --scheduler) is fitted out of "
+            "core from sufficient statistics, with independent errors only; fit one CSV or Parquet "
+            "file without --scheduler, or drop --residual"
+        )
     if parse_na_values(args.na_values):
-        raise OptionError("--na-values applies to data read into memory (a CSV or Parquet file without "
-                          "--scheduler); out of core, Parquet nulls are the missing values")
-    with dask_scheduler(args.scheduler) as client:
-        from .suff import lmm_dask
-
-        try:
-            fit = lmm_dask(args.formula, source, method, client=client)
-        except DataError as e:  # messages from Parquet readers can span lines: one line
-            msg = str(e)
-            if "\n" not in msg:
-                raise
-            raise DataError(" ".join(msg.split())) from None
-        if client is not None:
-            used = client.scheduler.address
-        else:
-            import dask
-
-            used = dask.config.get("scheduler", None) or "threads"
+        raise OptionError(
+            "--na-values applies to data read into memory (a CSV or Parquet file without "
+            "--scheduler); out of core, Parquet nulls are the missing values"
+        )
+    fit, info = fit_out_of_core(args.formula, source, method, scheduler=args.scheduler, timeout=SCHEDULER_TIMEOUT_S)
     spec = fit.spec
     if spec.n_dropped:  # counted per partition, not per column
-        _note(f"dropped {spec.n_dropped} of {spec.n + spec.n_dropped} rows with missing values in the columns "
-              "the formula uses (out of core: not counted per column)")
-    t = fit.timings
-    info = {"engine": "dask", "scheduler": str(used), "npartitions": int(t.get("npartitions", 0)),
-            "levels_s": t.get("levels_s"), "pass_s": t.get("pass_s"), "fit_s": t.get("fit_s"), "note": _OOC_NOTE}
+        _note(
+            f"dropped {spec.n_dropped} of {spec.n + spec.n_dropped} rows with missing values in the columns "
+            "the formula uses (out of core: not counted per column)"
+        )
     return fit, info
 
 
@@ -335,11 +151,16 @@ def to_json(obj: Any) -> str:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .freq import lmm
+    from .suff import out_of_core_source
 
-    source = parquet_source(args.data, args.scheduler)
+    source = out_of_core_source(args.data, args.scheduler)
     if source is None:
-        fit = lmm(args.formula, read_data(args.data[0], parse_na_values(args.na_values)), method=args.method,
-                  residual=args.residual)
+        fit = lmm(
+            args.formula,
+            read_data(args.data[0], parse_na_values(args.na_values)),
+            method=args.method,
+            residual=args.residual,
+        )
         info = None
     else:
         fit, info = _fit_out_of_core(args, source)
@@ -352,22 +173,32 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         print(fit.summary())
         if info is not None:
             n = info["npartitions"]
-            print(f"\nOut of core with Dask ({info['scheduler']} scheduler, {n} partition{'s' * (n != 1)}): levels "
-                  f"pass {info['levels_s']:.2f} s, statistics pass {info['pass_s']:.2f} s, fit {info['fit_s']:.2f} s."
-                  "\nFitted values and residuals were not computed (a second pass over the rows: "
-                  "bayeslmm.suff.fitted_dask).")
+            print(
+                f"\nOut of core with Dask ({info['scheduler']} scheduler, {n} partition{'s' * (n != 1)}): levels "
+                f"pass {info['levels_s']:.2f} s, statistics pass {info['pass_s']:.2f} s, fit {info['fit_s']:.2f} s."
+                "\nFitted values and residuals were not computed (a second pass over the rows: "
+                "bayeslmm.suff.fitted_dask)."
+            )
     return 0
 
 
 def _cmd_lrt(args: argparse.Namespace) -> int:
     from ._errors import OptionError
-    from .freq._lrt import lrt_formulas
+    from .freq import lrt_formulas
 
     if args.bootstrap < 0:
         raise OptionError("--bootstrap must be 0 or a positive number of samples")
     data = read_data(args.data, parse_na_values(args.na_values))
-    res = lrt_formulas(data, args.null, args.alt, method=args.method, residual=args.residual,
-                       bootstrap=args.bootstrap, seed=args.seed, progress=not args.json and sys.stderr.isatty())
+    res = lrt_formulas(
+        data,
+        args.null,
+        args.alt,
+        method=args.method,
+        residual=args.residual,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        progress=not args.json and sys.stderr.isatty(),
+    )
     print(to_json(res.to_dict()) if args.json else res)
     return 0
 
@@ -381,8 +212,9 @@ def _cmd_limit(args: argparse.Namespace) -> int:
         tvals = [float(v) for v in args.beta_prior_vars.split(",") if v.strip()]
     except ValueError:
         raise OptionError(f"--beta-prior-vars must be comma-separated numbers, got {args.beta_prior_vars!r}") from None
-    fit = lmm(args.formula, read_data(args.data, parse_na_values(args.na_values)), method="REML",
-              residual=args.residual)
+    fit = lmm(
+        args.formula, read_data(args.data, parse_na_values(args.na_values)), method="REML", residual=args.residual
+    )
     path = reml_limit(fit, tvals)
     if args.json:
         print(to_json(path.to_dict()))
@@ -412,8 +244,9 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.prior or []:
         key, eq, dist = item.partition("=")
         if not eq or not key.strip() or not dist.strip():
-            raise OptionError(f"--prior must be KEY=DISTRIBUTION, e.g. 'sigma=HalfStudentT(nu=3, sigma=10)'; got "
-                              f"{item!r}")
+            raise OptionError(
+                f"--prior must be KEY=DISTRIBUTION, e.g. 'sigma=HalfStudentT(nu=3, sigma=10)'; got {item!r}"
+            )
         user[key.strip()] = dist.strip()
     if user:
         priors["priors"] = user
@@ -424,9 +257,9 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from . import bayes  # bayes.sample looked up at call time (tests replace it)
     from ._paths import check_file
     from .bayes import sample_summary
-    from .bayes._sample import sample
     from .spec import build_spec
 
     t_start = time.perf_counter()
@@ -435,12 +268,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     priors = _sample_options(args)
     spec = build_spec(args.formula, read_data(args.data, parse_na_values(args.na_values)), residual=args.residual)
     t0 = time.perf_counter()
-    idata = sample(spec, param=args.param, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
-                   sampler=args.sampler, progressbar=not args.json and sys.stderr.isatty(), **priors)
+    idata = bayes.sample(
+        spec,
+        param=args.param,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        seed=args.seed,
+        sampler=args.sampler,
+        progressbar=not args.json and sys.stderr.isatty(),
+        **priors,
+    )
     sampling = time.perf_counter() - t0
     out = sample_summary(spec, idata)
-    out.update(param=args.param, draws=args.draws, chains=args.chains, sampling_seconds=sampling,
-               seconds=time.perf_counter() - t_start)
+    out.update(
+        param=args.param,
+        draws=args.draws,
+        chains=args.chains,
+        sampling_seconds=sampling,
+        seconds=time.perf_counter() - t_start,
+    )
     if args.out:
         out["out"] = args.out
     try:
@@ -487,23 +334,45 @@ def _parse_limit(text: str | None) -> list[float] | None:
         raise OptionError(f"--limit must be comma-separated numbers, got {text!r}") from None
 
 
-def _side_by_side(args: argparse.Namespace, data: Any, formula: str, residual: str | None, method: str,
-                  limit: list[float] | None, out_dir: str | None, html_path: str | None, priors: dict[str, Any],
-                  title: str | None = None) -> Any:
+def _side_by_side(
+    args: argparse.Namespace,
+    data: Any,
+    formula: str,
+    residual: str | None,
+    method: str,
+    limit: list[float] | None,
+    out_dir: str | None,
+    html_path: str | None,
+    priors: dict[str, Any],
+    title: str | None = None,
+) -> Any:
     """Fit, sample, compare; figures and report when asked. Returns the :class:`SideBySide`."""
     os.environ.setdefault("MPLBACKEND", "Agg")
+    from . import bayes  # bayes.sample looked up at call time (tests replace it)
     from .bayes import reml_limit
-    from .bayes._sample import sample
-    from .compare._report import side_by_side
+    from .compare import side_by_side
     from .freq import lmm
 
     fit = lmm(formula, data, method=method, residual=residual)
     show = not getattr(args, "json", False) and sys.stderr.isatty()
     if not getattr(args, "json", False):
-        print(f"sampling the {args.param} model: {args.chains} chains x {args.draws} draws after {args.tune} "
-              "tuning steps ...", file=sys.stderr, flush=True)
-    idata = sample(fit.spec, param=args.param, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
-                   sampler=getattr(args, "sampler", "pymc"), progressbar=show, **priors)
+        print(
+            f"sampling the {args.param} model: {args.chains} chains x {args.draws} draws after {args.tune} "
+            "tuning steps ...",
+            file=sys.stderr,
+            flush=True,
+        )
+    idata = bayes.sample(
+        fit.spec,
+        param=args.param,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        seed=args.seed,
+        sampler=getattr(args, "sampler", "pymc"),
+        progressbar=show,
+        **priors,
+    )
     path = reml_limit(fit, limit) if limit else None
     return side_by_side(fit, idata, limit=path, out_dir=out_dir, html_path=html_path, title=title, write=False)
 
@@ -511,7 +380,7 @@ def _side_by_side(args: argparse.Namespace, data: Any, formula: str, residual: s
 def _check_report_paths(out_dir: str | None, html_path: str | None) -> None:
     """``--out DIR`` and ``--html FILE`` can be written: checked before the sampling, not after it."""
     from ._paths import check_dir, check_file
-    from .compare._report import FIGURES, REPORT
+    from .compare import FIGURES, REPORT
 
     if out_dir is not None:
         check_dir(out_dir, "--out", tuple(f"{n}.png" for n in FIGURES) + ((REPORT,) if html_path is None else ()))
@@ -534,8 +403,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _check_report_paths(args.out, args.html)
     priors = _sample_options(args)
     data = read_data(args.data, parse_na_values(args.na_values))
-    res = _side_by_side(args, data, args.formula, args.residual, args.method, _parse_limit(args.limit),
-                        args.out, args.html, priors)
+    res = _side_by_side(
+        args, data, args.formula, args.residual, args.method, _parse_limit(args.limit), args.out, args.html, priors
+    )
     res.data["seconds"] = time.perf_counter() - t0
     try:
         if args.json:  # "files" lists what is written next
@@ -572,8 +442,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     gap = float((shr.factor * shr.mean_resid - shr.blup).abs().max())
     print(f"max |factor x mean residual - BLUP| over all {len(shr)} pigs: {gap:.2e}\n")
     args.param, args.chains = "marginal", 2
-    res = _side_by_side(args, pig, formula, None, "REML", [1.0, 10.0, 1e3, 1e5, 1e8], args.out, None,
-                        {"beta_prior_var": 1e4}, title="bayeslmm demo: pig weights, REML and Bayes side by side")
+    res = _side_by_side(
+        args,
+        pig,
+        formula,
+        None,
+        "REML",
+        [1.0, 10.0, 1e3, 1e5, 1e8],
+        args.out,
+        None,
+        {"beta_prior_var": 1e4},
+        title="bayeslmm demo: pig weights, REML and Bayes side by side",
+    )
     print(res.text, flush=True)
     _write_report(res)
     print(f"\nfigures and a self-contained HTML report written to {os.path.abspath(args.out)}/:")
@@ -584,19 +464,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_sampling(sp: argparse.ArgumentParser, param_default: str) -> None:
-    sp.add_argument("--param", default=param_default, choices=["conditional", "marginal", "restricted"],
-                    help=f"parameterisation (default {param_default}): random effects explicit, integrated out, "
-                         "or beta integrated out as well")
-    sp.add_argument("--beta-prior-var", type=float, default=None,
-                    help="prior variance of each fixed effect; default 100 max(var(y), b_j^2), b the least-squares "
-                         "coefficients")
+    sp.add_argument(
+        "--param",
+        default=param_default,
+        choices=["conditional", "marginal", "restricted"],
+        help=f"parameterisation (default {param_default}): random effects explicit, integrated out, "
+        "or beta integrated out as well",
+    )
+    sp.add_argument(
+        "--beta-prior-var",
+        type=float,
+        default=None,
+        help="prior variance of each fixed effect; default 100 max(var(y), b_j^2), b the least-squares coefficients",
+    )
     sp.add_argument("--sd-prior", default=None, help="'halfnormal:S': HalfNormal(S) on every standard deviation")
     sp.add_argument("--lkj-eta", type=float, default=2.0, help="LKJ shape of the correlation matrices")
-    sp.add_argument("--prior", action="append", metavar="KEY=DIST",
-                    help="replace one prior, e.g. 'sigma=HalfStudentT(nu=3, sigma=10)', 'rho=Beta(alpha=2, beta=2)'; "
-                         "keys sd_<term>, sigma, sd_process, rho, phi; repeatable")
-    sp.add_argument("--sampler", default="pymc", choices=["pymc", "nutpie", "numpyro", "blackjax"],
-                    help="NUTS implementation (default pymc; numpyro/blackjax need pip install 'bayeslmm[jax]')")
+    sp.add_argument(
+        "--prior",
+        action="append",
+        metavar="KEY=DIST",
+        help="replace one prior, e.g. 'sigma=HalfStudentT(nu=3, sigma=10)', 'rho=Beta(alpha=2, beta=2)'; "
+        "keys sd_<term>, sigma, sd_process, rho, phi; repeatable",
+    )
+    sp.add_argument(
+        "--sampler",
+        default="pymc",
+        choices=["pymc", "nutpie", "numpyro", "blackjax"],
+        help="NUTS implementation (default pymc; numpyro/blackjax need pip install 'bayeslmm[jax]')",
+    )
     sp.add_argument("--draws", type=int, default=1000)
     sp.add_argument("--tune", type=int, default=1000)
     sp.add_argument("--chains", type=int, default=2)
@@ -604,9 +499,13 @@ def _add_sampling(sp: argparse.ArgumentParser, param_default: str) -> None:
 
 
 def _add_na_values(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--na-values", default=None, metavar="TOKENS",
-                    help="comma-separated extra missing-value markers, e.g. 'None,-,.'; a CSV is read as R's "
-                         "read.csv reads it, where only NA and empty fields are missing")
+    sp.add_argument(
+        "--na-values",
+        default=None,
+        metavar="TOKENS",
+        help="comma-separated extra missing-value markers, e.g. 'None,-,.'; a CSV is read as R's "
+        "read.csv reads it, where only NA and empty fields are missing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -617,40 +516,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"bayeslmm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     f = sub.add_parser(
-        "fit", help="fit a model by REML or ML and print the summary (or JSON)",
+        "fit",
+        help="fit a model by REML or ML and print the summary (or JSON)",
         description="Fit a linear mixed model by REML or ML. A CSV or Parquet file is read into memory. A "
-                    "directory or glob of Parquet files (or any Parquet data with --scheduler) is fitted out of "
-                    "core with Dask: one pass computes the sufficient statistics of each partition and merges "
-                    "them, and the fit gives the same estimates as in memory. Out of core needs pip install "
-                    "'bayeslmm[dask]', allows independent errors only, and computes no fitted values or "
-                    "residuals.",
+        "directory or glob of Parquet files (or any Parquet data with --scheduler) is fitted out of "
+        "core with Dask: one pass computes the sufficient statistics of each partition and merges "
+        "them, and the fit gives the same estimates as in memory. Out of core needs pip install "
+        "'bayeslmm[dask]', allows independent errors only, and computes no fitted values or "
+        "residuals.",
         epilog="examples: bayeslmm fit sleepstudy -f 'Reaction ~ Days + (Days | Subject)'; "
-               "bayeslmm fit 'data/*.parquet' -f 'y ~ x + (1 | g)' --json; "
-               "bayeslmm fit data/ -f 'y ~ x + (1 | g)' --scheduler tcp://10.0.0.5:8786")
-    f.add_argument("data", nargs="+", metavar="DATA",
-                   help="CSV or Parquet file, or a bundled dataset name (pig_weights, sleepstudy, dyestuff); or, "
-                        "read out of core, a directory of Parquet files, a glob such as 'data/part.*.parquet' "
-                        "(quote it, or let the shell expand it into several files) or a URL")
+        "bayeslmm fit 'data/*.parquet' -f 'y ~ x + (1 | g)' --json; "
+        "bayeslmm fit data/ -f 'y ~ x + (1 | g)' --scheduler tcp://10.0.0.5:8786",
+    )
+    f.add_argument(
+        "data",
+        nargs="+",
+        metavar="DATA",
+        help="CSV or Parquet file, or a bundled dataset name (pig_weights, sleepstudy, dyestuff); or, "
+        "read out of core, a directory of Parquet files, a glob such as 'data/part.*.parquet' "
+        "(quote it, or let the shell expand it into several files) or a URL",
+    )
     _add_na_values(f)
     f.add_argument("--formula", "-f", required=True, help="lme4 formula, e.g. 'y ~ x + (1 | g)'")
     f.add_argument("--method", default="REML", help="REML (default) or ML")
-    f.add_argument("--residual", default=None,
-                   help="residual process: 'iid' (default), 'ou(t | g)' (Ornstein-Uhlenbeck in time t within g "
-                        "plus a nugget) or 'ar1(t | g)' (AR(1) by order of t within g)")
+    f.add_argument(
+        "--residual",
+        default=None,
+        help="residual process: 'iid' (default), 'ou(t | g)' (Ornstein-Uhlenbeck in time t within g "
+        "plus a nugget) or 'ar1(t | g)' (AR(1) by order of t within g)",
+    )
     f.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
-    f.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="fit out of core on this Dask scheduler: a distributed address such as tcp://host:8786 "
-                        f"(reached within {SCHEDULER_TIMEOUT_S:g} s; workers must be able to read DATA), or "
-                        "threads, processes or synchronous for a local scheduler (default for a Parquet directory "
-                        "or glob: Dask's threaded scheduler)")
+    f.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="fit out of core on this Dask scheduler: a distributed address such as tcp://host:8786 "
+        f"(reached within {SCHEDULER_TIMEOUT_S:g} s; workers must be able to read DATA), or "
+        "threads, processes or synchronous for a local scheduler (default for a Parquet directory "
+        "or glob: Dask's threaded scheduler)",
+    )
     f.set_defaults(func=_cmd_fit)
     t = sub.add_parser("lrt", help="likelihood-ratio test of two nested models (boundary-corrected, bootstrap)")
     t.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
     _add_na_values(t)
     t.add_argument("--null", required=True, help="formula of the null model (may have no random effects)")
     t.add_argument("--alt", required=True, help="formula of the alternative model")
-    t.add_argument("--method", default="REML", help="REML (default) or ML; REML fits whose fixed effects differ "
-                   "are refitted by ML")
+    t.add_argument(
+        "--method", default="REML", help="REML (default) or ML; REML fits whose fixed effects differ are refitted by ML"
+    )
     t.add_argument("--residual", default=None, help="residual process of both models: iid, 'ou(t | g)', 'ar1(t | g)'")
     t.add_argument("--bootstrap", type=int, default=0, help="parametric-bootstrap samples (default 0: none)")
     t.add_argument("--seed", type=int, default=None, help="seed of the bootstrap")
@@ -661,8 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_na_values(lm_)
     lm_.add_argument("--formula", "-f", required=True, help="lme4 formula")
     lm_.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
-    lm_.add_argument("--beta-prior-vars", default="10,1e3,1e8",
-                     help="comma-separated prior variances of the fixed effects (default 10,1e3,1e8)")
+    lm_.add_argument(
+        "--beta-prior-vars",
+        default="10,1e3,1e8",
+        help="comma-separated prior variances of the fixed effects (default 10,1e3,1e8)",
+    )
     lm_.add_argument("--json", action="store_true", help="print one JSON object")
     lm_.set_defaults(func=_cmd_limit)
     sm = sub.add_parser("sample", help="sample the Bayesian model (PyMC) and summarise the posterior")
@@ -681,15 +597,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
     c.add_argument("--method", default="REML", help="REML (default) or ML for the frequentist fit")
     _add_sampling(c, "marginal")
-    c.add_argument("--limit", default=None, metavar="V1,V2,...",
-                   help="also show the REML-limit path at these beta_prior_var values, e.g. 10,1e3,1e8")
+    c.add_argument(
+        "--limit",
+        default=None,
+        metavar="V1,V2,...",
+        help="also show the REML-limit path at these beta_prior_var values, e.g. 10,1e3,1e8",
+    )
     c.add_argument("--out", default=None, metavar="DIR", help="write the figures (PNG) and report.html to DIR")
     c.add_argument("--html", default=None, metavar="FILE", help="write the self-contained HTML report to FILE")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=_cmd_compare)
     d = sub.add_parser("demo", help="the pig-weights example end to end: REML and Bayes side by side, with a report")
-    d.add_argument("--out", default="bayeslmm-demo", metavar="DIR",
-                   help="folder for the figures and report.html (default ./bayeslmm-demo)")
+    d.add_argument(
+        "--out",
+        default="bayeslmm-demo",
+        metavar="DIR",
+        help="folder for the figures and report.html (default ./bayeslmm-demo)",
+    )
     d.add_argument("--draws", type=int, default=1000, help="posterior draws per chain (default 1000)")
     d.add_argument("--tune", type=int, default=1000, help="tuning steps per chain (default 1000)")
     d.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -751,8 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not a user error: one line, the traceback on request
         if os.environ.get("BAYESLMM_DEBUG"):
             raise
-        print(f"bayeslmm: internal error: {type(e).__name__}: {e} (set BAYESLMM_DEBUG=1 for the traceback "
-              "and please report it)", file=sys.stderr)
+        print(
+            f"bayeslmm: internal error: {type(e).__name__}: {e} (set BAYESLMM_DEBUG=1 for the traceback "
+            "and please report it)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         _LAST_READ.clear()

@@ -72,8 +72,12 @@ SLEEP_TARGET_S = 15.0
 RHAT_MAX = 1.01
 BUSY_RATIO = 1.3  # wall > this x CPU time: the run waited for a CPU
 #: Table rows common to both tables: label, key of a run's dict, format.
-ROWS = [("whole process, s", "wall", "{:.2f}"), ("sampling in-process, s", "fit", "{:.2f}"),
-        ("divergences", "div", "{:.0f}"), ("max R-hat", "r_hat", "{:.4f}")]
+ROWS = [
+    ("whole process, s", "wall", "{:.2f}"),
+    ("sampling in-process, s", "fit", "{:.2f}"),
+    ("divergences", "div", "{:.0f}"),
+    ("max R-hat", "r_hat", "{:.4f}"),
+]
 
 BAMBI = r"""
 import json, sys, time
@@ -121,25 +125,69 @@ def run(argv: list[str]) -> tuple[dict[str, float], subprocess.CompletedProcess]
 def bayeslmm(csv: Path, formula: str, param: str, seed: int, draws: int = DRAWS, tune: int = TUNE) -> dict:
     exe = Path(sys.executable).parent / "bayeslmm"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bayeslmm.cli"]
-    m, cp = run([*cmd, "sample", str(csv), "--formula", formula, "--param", param, "--draws", str(draws),
-                 "--tune", str(tune), "--chains", str(CHAINS), "--seed", str(seed), "--json"])
+    m, cp = run(
+        [
+            *cmd,
+            "sample",
+            str(csv),
+            "--formula",
+            formula,
+            "--param",
+            param,
+            "--draws",
+            str(draws),
+            "--tune",
+            str(tune),
+            "--chains",
+            str(CHAINS),
+            "--seed",
+            str(seed),
+            "--json",
+        ]
+    )
     d = json.loads(cp.stdout)
     name = lambda r: r.get("name") or "/".join(str(r[k]) for k in ("grp", "var1", "var2") if r.get(k))  # noqa: E731
     vc, worst = [r for r in d["params"] if r["kind"] == "varcorr"], max(d["params"], key=lambda r: r["r_hat"])
-    return {**m, "ess": min(r["ess_bulk"] for r in vc), "ess_all": min(r["ess_bulk"] for r in d["params"]),
-            "r_hat": worst["r_hat"], "r_hat_at": name(worst),
-            "div": d["divergences"], "fit": d["sampling_seconds"], "seconds": d["seconds"],
-            "ess_rows": {name(r): r["ess_bulk"] for r in vc}}
+    return {
+        **m,
+        "ess": min(r["ess_bulk"] for r in vc),
+        "ess_all": min(r["ess_bulk"] for r in d["params"]),
+        "r_hat": worst["r_hat"],
+        "r_hat_at": name(worst),
+        "div": d["divergences"],
+        "fit": d["sampling_seconds"],
+        "seconds": d["seconds"],
+        "ess_rows": {name(r): r["ess_bulk"] for r in vc},
+    }
 
 
 def bambi(csv: Path, formula: str, seed: int, variant: str, draws: int = DRAWS, tune: int = TUNE) -> dict:
-    m, cp = run([sys.executable, "-c", BAMBI, str(csv), formula.replace(" | ", "|"), str(draws), str(tune),
-                 str(CHAINS), str(seed), variant])
+    m, cp = run(
+        [
+            sys.executable,
+            "-c",
+            BAMBI,
+            str(csv),
+            formula.replace(" | ", "|"),
+            str(draws),
+            str(tune),
+            str(CHAINS),
+            str(seed),
+            variant,
+        ]
+    )
     d = json.loads(next(ln for ln in cp.stdout.splitlines() if ln.startswith("BENCH "))[6:])
     worst = max(d["rhat_rows"], key=d["rhat_rows"].get)
     var = {k: v for k, v in d["ess"].items() if k == "sigma" or k.endswith("_sigma")}
-    return {**m, **d, "ess_rows": var, "ess": min(var.values()), "ess_all": min(d["ess"].values()),
-            "r_hat": d["rhat_rows"][worst], "r_hat_at": worst}
+    return {
+        **m,
+        **d,
+        "ess_rows": var,
+        "ess": min(var.values()),
+        "ess_all": min(d["ess"].values()),
+        "r_hat": d["rhat_rows"][worst],
+        "r_hat_at": worst,
+    }
 
 
 def cell(runs: list[dict], key: str, fmt: str = "{:.2f}") -> str:
@@ -202,23 +250,37 @@ def main(argv: list[str] | None = None) -> int:
     # ---- report
     version = next((r["version"] for r in runs["bambi default"]), status.get("bambi default", "?"))
     git = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "bayeslmm"],
-                           capture_output=True, text=True).stdout.split("\n")
-    out = [f"bayeslmm posterior-sampling benchmark ({'quick' if args.quick else 'full'} run, "
-           f"{started}); {os.cpu_count()} CPUs, load average at start {load0:.2f}",
-           f"bayeslmm git {git.stdout.strip() or '?'}" + (" + uncommitted changes in bayeslmm/" if any(dirty) else "")
-           + f"; bambi {version}; {CHAINS} chains x {DRAWS} draws after {TUNE} tuning steps; "
-           f"median [min-max] over {reps} run(s), seeds {SEED}..{SEED + reps - 1}", "",
-           f"1. pig: {PIG[1]} ({pig})", ""]
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "bayeslmm"], capture_output=True, text=True
+    ).stdout.split("\n")
+    out = [
+        f"bayeslmm posterior-sampling benchmark ({'quick' if args.quick else 'full'} run, "
+        f"{started}); {os.cpu_count()} CPUs, load average at start {load0:.2f}",
+        f"bayeslmm git {git.stdout.strip() or '?'}"
+        + (" + uncommitted changes in bayeslmm/" if any(dirty) else "")
+        + f"; bambi {version}; {CHAINS} chains x {DRAWS} draws after {TUNE} tuning steps; "
+        f"median [min-max] over {reps} run(s), seeds {SEED}..{SEED + reps - 1}",
+        "",
+        f"1. pig: {PIG[1]} ({pig})",
+        "",
+    ]
     ok = {k: v for k, v in runs.items() if v}
-    rows = [[label, *(cell(ok[k], key, fmt) if k in ok else status.get(k, "-") for k in tools)]
-            for label, key, fmt in ROWS[:2] + [("min bulk ESS, variances", "ess", "{:.0f}"),
-                                               ("ESS / s (whole process)", "ess_per_s", "{:.0f}"),
-                                               ("min bulk ESS, all reported", "ess_all", "{:.0f}")] + ROWS[2:]]
+    rows = [
+        [label, *(cell(ok[k], key, fmt) if k in ok else status.get(k, "-") for k in tools)]
+        for label, key, fmt in ROWS[:2]
+        + [
+            ("min bulk ESS, variances", "ess", "{:.0f}"),
+            ("ESS / s (whole process)", "ess_per_s", "{:.0f}"),
+            ("min bulk ESS, all reported", "ess_all", "{:.0f}"),
+        ]
+        + ROWS[2:]
+    ]
     out += table(["", *tools], rows)
     out.append("   bulk ESS (median) of each variance parameter:")
-    out += [f"     {k}: " + ", ".join(f"{n} {statistics.median(r['ess_rows'][n] for r in v):.0f}"
-                                      for n in v[0]["ess_rows"]) for k, v in ok.items()]
+    out += [
+        f"     {k}: " + ", ".join(f"{n} {statistics.median(r['ess_rows'][n] for r in v):.0f}" for n in v[0]["ess_rows"])
+        for k, v in ok.items()
+    ]
     hows = {v[0]["how"] for v in ok.values()}
     out += [f"   every tool: {hows.pop()}"] if len(hows) == 1 else [f"   {k}: {v[0]['how']}" for k, v in ok.items()]
     eps = {k: statistics.median(r["ess_per_s"] for r in v) for k, v in ok.items()}
@@ -227,47 +289,90 @@ def main(argv: list[str] | None = None) -> int:
     ratio = eps[best] / eps["bambi default"] if best and "bambi default" in eps else None
     cols = [(b, e) for b in ("bambi default", "bambi centred") if b in eps for e in (eps, eps_all)]
     if best and cols:
-        out += ["", *table(["ESS/s ratio, bayeslmm / ...", *(f"{b.split()[1]}: {'variances' if e is eps else 'all'}"
-                                                              for b, e in cols)],
-                           [[k, *(f"{e[k] / e[b]:.1f} x" for b, e in cols)] for k in eps if k.startswith("bayeslmm")])]
-        out += ["   variances: min bulk ESS over the variance parameters (the target: vs bambi default); all: min bulk "
-                "ESS", "   over every reported parameter; both per second of the whole process. bambi centred = "
-                "noncentered=False, for context."]
+        out += [
+            "",
+            *table(
+                [
+                    "ESS/s ratio, bayeslmm / ...",
+                    *(f"{b.split()[1]}: {'variances' if e is eps else 'all'}" for b, e in cols),
+                ],
+                [[k, *(f"{e[k] / e[b]:.1f} x" for b, e in cols)] for k in eps if k.startswith("bayeslmm")],
+            ),
+        ]
+        out += [
+            "   variances: min bulk ESS over the variance parameters (the target: vs bambi default); all: min bulk ESS",
+            "   over every reported parameter; both per second of the whole process. bambi centred = "
+            "noncentered=False, for context.",
+        ]
 
     out += ["", f"2. sleepstudy: {SLEEP[1]} ({sleep}), bayeslmm sample --param marginal", ""]
-    out += table(["", "bayeslmm marginal"], [[label, cell(sleep_runs, key, fmt)] for label, key, fmt in
-                                             ROWS[:2] + [("min bulk ESS, variances+corr", "ess", "{:.0f}")] + ROWS[2:]])
-    out += [f"   bambi {version} is not compared: for '{SLEEP[1]}' it builds the free variables "
-            f"{', '.join(bambi_sleep_vars)}", "   - independent sds for the intercept and the slope and no "
-            "correlation parameter, i.e. lme4's (Days || Subject), a different model."]
+    out += table(
+        ["", "bayeslmm marginal"],
+        [
+            [label, cell(sleep_runs, key, fmt)]
+            for label, key, fmt in ROWS[:2] + [("min bulk ESS, variances+corr", "ess", "{:.0f}")] + ROWS[2:]
+        ],
+    )
+    out += [
+        f"   bambi {version} is not compared: for '{SLEEP[1]}' it builds the free variables "
+        f"{', '.join(bambi_sleep_vars)}",
+        "   - independent sds for the intercept and the slope and no "
+        "correlation parameter, i.e. lme4's (Days || Subject), a different model.",
+    ]
 
     sleep_med = statistics.median(r["wall"] for r in sleep_runs)
     mark = {True: "MET", False: "MISSED", None: "n/a"}
     met_pig = None if ratio is None else ratio >= ESS_RATIO_TARGET
     met_sleep = sleep_med < SLEEP_TARGET_S
-    out += ["", "Targets",
-            f"  [{mark[met_pig]:^6}] pig: best bayeslmm ESS/s >= {ESS_RATIO_TARGET:g} x bambi's: "
-            + (f"{best} {eps[best]:.0f} / bambi {eps['bambi default']:.0f} = {ratio:.1f} x" if ratio else "n/a"),
-            f"  [{mark[met_sleep]:^6}] sleepstudy correlated slopes, marginal: whole process "
-            f"< {SLEEP_TARGET_S:g} s: {sleep_med:.2f} s"]
-    problems = [f"{k}: {r['div']} divergences (seed {SEED + i})" for k, v in [*ok.items(), ("sleepstudy", sleep_runs)]
-                for i, r in enumerate(v) if r["div"]]
-    problems += [f"{k}: R-hat {r['r_hat']:.4f} > {RHAT_MAX} for {r['r_hat_at']} (seed {SEED + i})"
-                 for k, v in [*ok.items(), ("sleepstudy", sleep_runs)] for i, r in enumerate(v)
-                 if r["r_hat"] > RHAT_MAX]
-    problems += [f"{k}: run {i + 1} waited for a CPU (wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s)"
-                 for k, v in [*ok.items(), ("sleepstudy", sleep_runs)] for i, r in enumerate(v)
-                 if r["wall"] > BUSY_RATIO * r["cpu"]]
+    out += [
+        "",
+        "Targets",
+        f"  [{mark[met_pig]:^6}] pig: best bayeslmm ESS/s >= {ESS_RATIO_TARGET:g} x bambi's: "
+        + (f"{best} {eps[best]:.0f} / bambi {eps['bambi default']:.0f} = {ratio:.1f} x" if ratio else "n/a"),
+        f"  [{mark[met_sleep]:^6}] sleepstudy correlated slopes, marginal: whole process "
+        f"< {SLEEP_TARGET_S:g} s: {sleep_med:.2f} s",
+    ]
+    problems = [
+        f"{k}: {r['div']} divergences (seed {SEED + i})"
+        for k, v in [*ok.items(), ("sleepstudy", sleep_runs)]
+        for i, r in enumerate(v)
+        if r["div"]
+    ]
+    problems += [
+        f"{k}: R-hat {r['r_hat']:.4f} > {RHAT_MAX} for {r['r_hat_at']} (seed {SEED + i})"
+        for k, v in [*ok.items(), ("sleepstudy", sleep_runs)]
+        for i, r in enumerate(v)
+        if r["r_hat"] > RHAT_MAX
+    ]
+    problems += [
+        f"{k}: run {i + 1} waited for a CPU (wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s)"
+        for k, v in [*ok.items(), ("sleepstudy", sleep_runs)]
+        for i, r in enumerate(v)
+        if r["wall"] > BUSY_RATIO * r["cpu"]
+    ]
     problems += [f"{k}: {s}" for k, s in status.items()]
     out += ["", "Checks", *([f"  ! {x}" for x in problems] or ["  no divergences, all R-hat <= 1.01"])]
     out.append(f"\n(benchmark took {time.perf_counter() - t_start:.0f} s)")
     print("\n".join(out))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "quick": args.quick, "bambi": version, "pig": runs, "status": status, "sleepstudy": sleep_runs,
-            "bambi_sleepstudy_free_vars": bambi_sleep_vars, "ess_ratio": ratio, "best": best,
-            "targets": {"pig_ess_ratio": met_pig, "sleepstudy_s": met_sleep}, "problems": problems}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "quick": args.quick,
+                    "bambi": version,
+                    "pig": runs,
+                    "status": status,
+                    "sleepstudy": sleep_runs,
+                    "bambi_sleepstudy_free_vars": bambi_sleep_vars,
+                    "ess_ratio": ratio,
+                    "best": best,
+                    "targets": {"pig_ess_ratio": met_pig, "sleepstudy_s": met_sleep},
+                    "problems": problems,
+                },
+                indent=2,
+            )
+        )
     ours = [x for x in problems if not x.startswith("bambi")]  # bambi's own R-hat is reported, not failed on
     return 1 if args.check and (ours or met_pig is False or not met_sleep) else 0
 

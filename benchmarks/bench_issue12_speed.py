@@ -58,17 +58,35 @@ REPO = HERE.parent
 DATA = HERE / "data"
 
 DESIGNS = {
-    "q3": {"formula": "y ~ x1 + x2 + (x1 + x2 | g)", "residual": None,
-           "r_call": "lmer(y ~ x1 + x2 + (x1 + x2 | g), d, REML = TRUE)", "ref": "lme4"},
-    "pixel": {"formula": "pixel ~ day + I(day**2) + (day | Dog) + (1 | Dog:Side)", "residual": None,
-              "r_call": "lmer(pixel ~ day + I(day^2) + (day | Dog) + (1 | Dog:Side), d, REML = TRUE)", "ref": "lme4"},
-    "bw_ar1": {"formula": "weight ~ Time * Diet + (1 | Rat)", "residual": "ar1(Time | Rat)",
-               "r_call": ("lme(weight ~ Time * Diet, random = ~ 1 | Rat, data = d, correlation = corAR1(form = ~ 1 | "
-                          "Rat), method = 'REML', control = lmeControl(opt = 'optim'))"), "ref": "nlme"},
+    "q3": {
+        "formula": "y ~ x1 + x2 + (x1 + x2 | g)",
+        "residual": None,
+        "r_call": "lmer(y ~ x1 + x2 + (x1 + x2 | g), d, REML = TRUE)",
+        "ref": "lme4",
+    },
+    "pixel": {
+        "formula": "pixel ~ day + I(day**2) + (day | Dog) + (1 | Dog:Side)",
+        "residual": None,
+        "r_call": "lmer(pixel ~ day + I(day^2) + (day | Dog) + (1 | Dog:Side), d, REML = TRUE)",
+        "ref": "lme4",
+    },
+    "bw_ar1": {
+        "formula": "weight ~ Time * Diet + (1 | Rat)",
+        "residual": "ar1(Time | Rat)",
+        "r_call": (
+            "lme(weight ~ Time * Diet, random = ~ 1 | Rat, data = d, correlation = corAR1(form = ~ 1 | "
+            "Rat), method = 'REML', control = lmeControl(opt = 'optim'))"
+        ),
+        "ref": "nlme",
+    },
 }
-R_EXTRA = {"bw_ar1": ("nlme, corAR1(~Time|Rat) [other model]",
-                      "lme(weight ~ Time * Diet, random = ~ 1 | Rat, data = d, correlation = corAR1(form = ~ Time | "
-                      "Rat), method = 'REML')")}
+R_EXTRA = {
+    "bw_ar1": (
+        "nlme, corAR1(~Time|Rat) [other model]",
+        "lme(weight ~ Time * Diet, random = ~ 1 | Rat, data = d, correlation = corAR1(form = ~ Time | "
+        "Rat), method = 'REML')",
+    )
+}
 DTYPES = {"q3": {"g": str}, "pixel": {"Dog": str, "Side": str}, "bw_ar1": {"Rat": str, "Diet": str}}
 
 
@@ -94,8 +112,14 @@ def simulate_pixel(seed: int = 2) -> pd.DataFrame:
         for side in "LR":
             s = rng.normal(0, 16)
             for d in days:
-                rows.append({"Dog": str(dog), "Side": side, "day": float(d),
-                             "pixel": 1073 + 6.1 * d - 0.37 * d * d + b0 + b1 * d + s + rng.normal(0, 9)})
+                rows.append(
+                    {
+                        "Dog": str(dog),
+                        "Side": side,
+                        "day": float(d),
+                        "pixel": 1073 + 6.1 * d - 0.37 * d * d + b0 + b1 * d + s + rng.normal(0, 9),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -109,9 +133,11 @@ def prepare_data(rscript: str | None) -> dict[str, tuple[Path, str]]:
     px = DATA / "pixel.csv"
     src = "nlme::Pixel (exported from R)"
     if not px.exists() and rscript:
-        code = ('suppressMessages(library(nlme)); d <- as.data.frame(Pixel)[, c("Dog", "Side", "day", "pixel")]; '
-                'd$Dog <- as.character(d$Dog); d$Side <- as.character(d$Side); '
-                f'write.csv(d, "{px}", row.names = FALSE)')
+        code = (
+            'suppressMessages(library(nlme)); d <- as.data.frame(Pixel)[, c("Dog", "Side", "day", "pixel")]; '
+            "d$Dog <- as.character(d$Dog); d$Side <- as.character(d$Side); "
+            f'write.csv(d, "{px}", row.names = FALSE)'
+        )
         subprocess.run([rscript, "-e", code], capture_output=True, text=True, timeout=120)
     if not px.exists():
         px = DATA / "pixel_sim.csv"
@@ -128,14 +154,8 @@ def prepare_data(rscript: str | None) -> dict[str, tuple[Path, str]]:
 # ----------------------------------------------------------------------------------------- bayeslmm
 def evaluation_cost(fit: Any, n: int = 2000) -> float:
     """Median seconds of one objective evaluation at the optimum (the function the optimiser calls)."""
-    obj = fit.objective
-    if fit.spec.residual is not None:
-        f = getattr(obj, "working", obj)
-        x = obj.theta_to_working(fit.theta) if hasattr(obj, "theta_to_working") else fit.theta
-    else:
-        from bayeslmm.linalg import theta_to_working
-
-        f, x = obj.working, theta_to_working(obj.blocks, fit.theta)
+    obj = fit.objective  # the engine: the same interface for every model
+    f, x = obj.working, obj.to_working(fit.psi)
     f(x)
     per = []
     for _ in range(5):
@@ -159,9 +179,16 @@ def run_bayeslmm(key: str, csv: Path, reps: int) -> dict[str, Any]:
         walls.append(time.perf_counter() - t0)
         engine.append(fit.fit_seconds)
     rec = fit.optimizer
-    return {"fit_s": walls, "engine_s": engine, "evals": rec.n_evals, "restarts": rec.restarts,
-            "per_eval_s": evaluation_cost(fit), "loglik": fit.loglik, "converged": fit.converged,
-            "singular": fit.singular}
+    return {
+        "fit_s": walls,
+        "engine_s": engine,
+        "evals": rec.n_evals,
+        "restarts": rec.restarts,
+        "per_eval_s": evaluation_cost(fit),
+        "loglik": fit.loglik,
+        "converged": fit.converged,
+        "singular": fit.singular,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ R
@@ -199,11 +226,16 @@ cat("JSON", toJSON(out, auto_unbox = TRUE, digits = NA), "\n")
 
 
 def run_r(rscript: str, data: dict[str, tuple[Path, str]], reps: int, env: dict[str, str]) -> dict[str, Any]:
-    classes = {"q3": {"g": "character"}, "pixel": {"Dog": "character", "Side": "character"},
-               "bw_ar1": {"Rat": "character", "Diet": "character"}}
+    classes = {
+        "q3": {"g": "character"},
+        "pixel": {"Dog": "character", "Side": "character"},
+        "bw_ar1": {"Rat": "character", "Diet": "character"},
+    }
     jobs = [{"key": k, "csv": str(data[k][0]), "classes": classes[k], "call": DESIGNS[k]["r_call"]} for k in DESIGNS]
-    jobs += [{"key": k + "_extra", "csv": str(data[k][0]), "classes": classes[k], "call": call}
-             for k, (_, call) in R_EXTRA.items()]
+    jobs += [
+        {"key": k + "_extra", "csv": str(data[k][0]), "classes": classes[k], "call": call}
+        for k, (_, call) in R_EXTRA.items()
+    ]
     code = R_TEMPLATE % {"reps": reps, "jobs": json.dumps(jobs).replace("'", "\\'")}
     p = subprocess.run([rscript, "-e", code], capture_output=True, text=True, env=env, timeout=1800)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("JSON ")), None)
@@ -229,8 +261,14 @@ def blas_info() -> str:
     try:
         from threadpoolctl import threadpool_info
 
-        return "; ".join(f"{i.get('internal_api')} ({i.get('prefix')}) {i.get('num_threads')} thread(s)"
-                         for i in threadpool_info() if i.get("user_api") == "blas") or "no BLAS pool found"
+        return (
+            "; ".join(
+                f"{i.get('internal_api')} ({i.get('prefix')}) {i.get('num_threads')} thread(s)"
+                for i in threadpool_info()
+                if i.get("user_api") == "blas"
+            )
+            or "no BLAS pool found"
+        )
     except Exception as e:  # noqa: BLE001
         return f"threadpoolctl unavailable ({e})"
 
@@ -272,50 +310,105 @@ def main(argv: list[str] | None = None) -> int:
     import bayeslmm
 
     git = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "bayeslmm"],
-                           capture_output=True, text=True).stdout.strip().splitlines()
+    dirty = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "bayeslmm"], capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     vers = r.get("versions", {})
-    out = [f"issue 12 item 5: bayeslmm vs lme4/nlme, REML, in-process and warm ({time.strftime('%Y-%m-%d %H:%M:%S')})",
-           f"machine: {os.cpu_count()} CPUs, {platform.platform()}; load average at start {load0:.2f}",
-           f"bayeslmm {getattr(bayeslmm, '__version__', '?')} (git {git.stdout.strip() or '?'}"
-           + (f" + {len(dirty)} uncommitted file(s) in bayeslmm/" if dirty else "")
-           + f"), Python {platform.python_version()}, "
-           f"numpy {np.__version__}; BLAS: {blas}",
-           ("R: " + (f"R {vers.get('R')}, lme4 {vers.get('lme4')}, nlme {vers.get('nlme')}, BLAS {vers.get('blas')}"
-                     if vers else r.get("error", "?"))),
-           f"threads: {'BLAS/OpenMP limited to ' + str(args.threads) if args.threads > 0 else 'environment as is'} "
-           "(both tools; the fits are single-threaded otherwise)",
-           f"timings: median [min] seconds over {args.reps} fits after one warm-up fit", ""]
+    out = [
+        f"issue 12 item 5: bayeslmm vs lme4/nlme, REML, in-process and warm ({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        f"machine: {os.cpu_count()} CPUs, {platform.platform()}; load average at start {load0:.2f}",
+        f"bayeslmm {getattr(bayeslmm, '__version__', '?')} (git {git.stdout.strip() or '?'}"
+        + (f" + {len(dirty)} uncommitted file(s) in bayeslmm/" if dirty else "")
+        + f"), Python {platform.python_version()}, "
+        f"numpy {np.__version__}; BLAS: {blas}",
+        (
+            "R: "
+            + (
+                f"R {vers.get('R')}, lme4 {vers.get('lme4')}, nlme {vers.get('nlme')}, BLAS {vers.get('blas')}"
+                if vers
+                else r.get("error", "?")
+            )
+        ),
+        f"threads: {'BLAS/OpenMP limited to ' + str(args.threads) if args.threads > 0 else 'environment as is'} "
+        "(both tools; the fits are single-threaded otherwise)",
+        f"timings: median [min] seconds over {args.reps} fits after one warm-up fit",
+        "",
+    ]
     rows = []
     for key in DESIGNS:
         d, b = DESIGNS[key], py[key]
         rr = r.get(key, {})
-        ratio = (f"{np.median(b['fit_s']) / np.median(rr['fit_s']):.2f}" if rr.get("fit_s") else "-")
-        rows.append([key, "bayeslmm", fmt_t(b["fit_s"]), fmt_t(b["engine_s"]), str(b["evals"]),
-                     f"{b['per_eval_s'] * 1e6:.0f}", f"{b['evals'] * b['per_eval_s']:.4f}", f"{b['loglik']:.4f}",
-                     ratio])
+        ratio = f"{np.median(b['fit_s']) / np.median(rr['fit_s']):.2f}" if rr.get("fit_s") else "-"
+        rows.append(
+            [
+                key,
+                "bayeslmm",
+                fmt_t(b["fit_s"]),
+                fmt_t(b["engine_s"]),
+                str(b["evals"]),
+                f"{b['per_eval_s'] * 1e6:.0f}",
+                f"{b['evals'] * b['per_eval_s']:.4f}",
+                f"{b['loglik']:.4f}",
+                ratio,
+            ]
+        )
         ref = d["ref"]
         if rr.get("fit_s"):
             pe = rr.get("per_eval_s")
             ev = rr.get("evals")
-            rows.append(["", ref, fmt_t(rr["fit_s"]), "-", str(ev) if ev is not None else "-",
-                         f"{pe * 1e6:.0f}" if pe else "-", f"{ev * pe:.4f}" if pe and ev else "-",
-                         f"{rr['loglik']:.4f}", ""])
+            rows.append(
+                [
+                    "",
+                    ref,
+                    fmt_t(rr["fit_s"]),
+                    "-",
+                    str(ev) if ev is not None else "-",
+                    f"{pe * 1e6:.0f}" if pe else "-",
+                    f"{ev * pe:.4f}" if pe and ev else "-",
+                    f"{rr['loglik']:.4f}",
+                    "",
+                ]
+            )
         else:
             rows.append(["", ref, rr.get("error", r.get("error", "not run"))[:60], "", "", "", "", "", ""])
         if key in R_EXTRA:
             ex = r.get(key + "_extra", {})
-            rows.append(["", R_EXTRA[key][0], fmt_t(ex.get("fit_s")) if ex.get("fit_s") else ex.get("error", "-")[:60],
-                         "-", "-", "-", "-", f"{ex['loglik']:.4f}" if "loglik" in ex else "-", ""])
+            rows.append(
+                [
+                    "",
+                    R_EXTRA[key][0],
+                    fmt_t(ex.get("fit_s")) if ex.get("fit_s") else ex.get("error", "-")[:60],
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    f"{ex['loglik']:.4f}" if "loglik" in ex else "-",
+                    "",
+                ]
+            )
     out += table(["design", "tool", "fit s", "engine s", "evals", "us/eval", "evals x us", "loglik", "ratio"], rows)
-    out += ["", "data: " + "; ".join(f"{k}: {src}" for k, (_, src) in data.items()),
-            "bayeslmm details: " + "; ".join(
-                f"{k}: restarts {v['restarts']}, converged {v['converged']}, singular {v['singular']}"
-                for k, v in py.items())]
+    out += [
+        "",
+        "data: " + "; ".join(f"{k}: {src}" for k, (_, src) in data.items()),
+        "bayeslmm details: "
+        + "; ".join(
+            f"{k}: restarts {v['restarts']}, converged {v['converged']}, singular {v['singular']}"
+            for k, v in py.items()
+        ),
+    ]
     print("\n".join(out))
     if args.json:
-        Path(args.json).write_text(json.dumps({"bayeslmm": py, "R": r, "threads": args.threads, "reps": args.reps,
-                                               "load_at_start": load0}, indent=2, default=float))
+        Path(args.json).write_text(
+            json.dumps(
+                {"bayeslmm": py, "R": r, "threads": args.threads, "reps": args.reps, "load_at_start": load0},
+                indent=2,
+                default=float,
+            )
+        )
     return 0
 
 

@@ -176,8 +176,11 @@ class Runner:
             self.snapshot_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-")
             self.pkg_dir = Path(self.snapshot_dir) / "bayeslmm"
             if args.git_ref:  # the package as committed at that revision (read-only: git archive)
-                arch = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", args.git_ref, "bayeslmm"],
-                                      capture_output=True, timeout=120)
+                arch = subprocess.run(
+                    ["git", "-C", str(REPO), "archive", "--format=tar", args.git_ref, "bayeslmm"],
+                    capture_output=True,
+                    timeout=120,
+                )
                 if arch.returncode != 0:
                     shutil.rmtree(self.snapshot_dir, ignore_errors=True)
                     sys.exit(f"bench_reml: git archive {args.git_ref} failed: {arch.stderr.decode().strip()}")
@@ -193,8 +196,9 @@ class Runner:
         self.last_cpu = 0.0  # user + system CPU seconds of the last subprocess
         self.last_others: float | None = None  # CPUs used by other processes meanwhile (average)
 
-    def run(self, argv: list[str], timeout: float | None = None, env: dict[str, str] | None = None
-            ) -> tuple[float, subprocess.CompletedProcess]:
+    def run(
+        self, argv: list[str], timeout: float | None = None, env: dict[str, str] | None = None
+    ) -> tuple[float, subprocess.CompletedProcess]:
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         b0 = _busy_cpu_seconds()
         t0 = time.perf_counter()
@@ -220,9 +224,15 @@ class Runner:
             self.availability["lme4"] = "not installed (no Rscript)"
         else:
             try:
-                _, cp = self.run([self.rscript, "-e", 'cat(R.version$major, R.version$minor, "|", '
-                                  'tryCatch(as.character(packageVersion("lme4")), error = function(e) "none"))'],
-                                 timeout=120)
+                _, cp = self.run(
+                    [
+                        self.rscript,
+                        "-e",
+                        'cat(R.version$major, R.version$minor, "|", '
+                        'tryCatch(as.character(packageVersion("lme4")), error = function(e) "none"))',
+                    ],
+                    timeout=120,
+                )
                 r, lme4 = (cp.stdout.split("|") + ["none"])[:2]
                 lme4 = lme4.strip()
                 self.versions["R"] = ".".join(r.split())
@@ -240,8 +250,14 @@ class Runner:
             self.availability["statsmodels"] = "" if ok else "not installed"
         except (OSError, subprocess.TimeoutExpired):
             self.availability["statsmodels"] = "not installed"
-        _, cp = self.run([self.python, "-c", "import numpy, scipy, pandas; "
-                          "print(numpy.__version__, scipy.__version__, pandas.__version__)"], timeout=120)
+        _, cp = self.run(
+            [
+                self.python,
+                "-c",
+                "import numpy, scipy, pandas; print(numpy.__version__, scipy.__version__, pandas.__version__)",
+            ],
+            timeout=120,
+        )
         if cp.returncode == 0:
             for k, v in zip(("numpy", "scipy", "pandas"), cp.stdout.split(), strict=False):
                 self.versions[k] = v
@@ -253,23 +269,34 @@ class Runner:
     # ------------------------------------------------------------ one run per tool
     def bayeslmm_summary_once(self, task: Task, timeout: float | None) -> float:
         """Wall seconds of the plain ``bayeslmm fit`` (printing the summary, no ``--json``)."""
-        wall, cp = self.run([*self.bayeslmm_cmd, "fit", task.data, "--formula", task.formula_cli or task.formula],
-                            timeout=timeout, env=self.bayeslmm_env)
+        wall, cp = self.run(
+            [*self.bayeslmm_cmd, "fit", task.data, "--formula", task.formula_cli or task.formula],
+            timeout=timeout,
+            env=self.bayeslmm_env,
+        )
         if cp.returncode != 0:
             raise RuntimeError(_last_line(cp.stderr) or f"exit status {cp.returncode}")
         return wall
 
     def bayeslmm_once(self, task: Task, timeout: float | None) -> dict[str, Any]:
         formula = task.formula_cli or task.formula
-        wall, cp = self.run([*self.bayeslmm_cmd, "fit", task.data, "--formula", formula, "--method", "REML",
-                             "--json"], timeout=timeout, env=self.bayeslmm_env)
+        wall, cp = self.run(
+            [*self.bayeslmm_cmd, "fit", task.data, "--formula", formula, "--method", "REML", "--json"],
+            timeout=timeout,
+            env=self.bayeslmm_env,
+        )
         if cp.returncode != 0:
             raise RuntimeError(_last_line(cp.stderr) or f"exit status {cp.returncode}")
         d = json.loads(cp.stdout)
         opt = d.get("optimizer") or {}
-        return {**self.measured(wall), "fit": float(d["fit_seconds"]), "loglik": float(d["loglik"]),
-                "n_evals": opt.get("n_evals"), "converged": d.get("converged"),
-                "messages": opt.get("messages") or []}
+        return {
+            **self.measured(wall),
+            "fit": float(d["fit_seconds"]),
+            "loglik": float(d["loglik"]),
+            "n_evals": opt.get("n_evals"),
+            "converged": d.get("converged"),
+            "messages": opt.get("messages") or [],
+        }
 
     def lme4_once(self, task: Task, timeout: float | None) -> dict[str, Any]:
         cc = task.r_colclasses
@@ -288,8 +315,14 @@ class Runner:
             raise RuntimeError(_last_line(cp.stderr) or f"exit status {cp.returncode}")
         parts = line.split(" ", 4)
         msg = parts[4].strip() if len(parts) > 4 else ""
-        return {**self.measured(wall), "fit": float(parts[2]), "loglik": float(parts[1]),
-                "n_evals": int(parts[3]), "converged": not msg, "messages": [msg] if msg else []}
+        return {
+            **self.measured(wall),
+            "fit": float(parts[2]),
+            "loglik": float(parts[1]),
+            "n_evals": int(parts[3]),
+            "converged": not msg,
+            "messages": [msg] if msg else [],
+        }
 
     def statsmodels_once(self, task: Task, timeout: float | None) -> dict[str, Any]:
         sm = task.statsmodels
@@ -313,8 +346,14 @@ class Runner:
         if cp.returncode != 0 or line is None:
             raise RuntimeError(_last_line(cp.stderr) or f"exit status {cp.returncode}")
         d = json.loads(line[6:])
-        return {**self.measured(wall), "fit": d["fit"], "loglik": d["loglik"], "n_evals": None,
-                "converged": d["converged"], "messages": d["warnings"]}
+        return {
+            **self.measured(wall),
+            "fit": d["fit"],
+            "loglik": d["loglik"],
+            "n_evals": None,
+            "converged": d["converged"],
+            "messages": d["warnings"],
+        }
 
 
 def _busy_cpu_seconds() -> float | None:
@@ -395,8 +434,13 @@ def simulate_insteval(path: Path) -> None:
     dept_of_d = np.concatenate([np.arange(ndept), rng.integers(0, ndept, nd - ndept)])
     dept = dept_of_d[d]
     service = rng.binomial(1, 0.43, n)
-    eta = (3.28 - 0.09 * service + rng.normal(0, 0.33, ns)[s] + rng.normal(0, 0.51, nd)[d]
-           + rng.normal(0, 0.08, ndept)[dept])
+    eta = (
+        3.28
+        - 0.09 * service
+        + rng.normal(0, 0.33, ns)[s]
+        + rng.normal(0, 0.51, nd)[d]
+        + rng.normal(0, 0.08, ndept)[dept]
+    )
     y = np.clip(np.round(eta + rng.normal(0, 1.18, n)), 1, 5)
     df = pd.DataFrame({"s": s + 1, "d": d + 1, "dept": dept + 1, "service": service, "y": y.astype(int)})
     for c in ("s", "d", "dept", "service"):
@@ -422,8 +466,16 @@ def slope_csv() -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- benchmark
-def measure(task: Task, tool: str, fn: Any, repeats: int, warmup: int, timeout: float | None,
-            skip_note: str | None = None, label: str | None = None) -> None:
+def measure(
+    task: Task,
+    tool: str,
+    fn: Any,
+    repeats: int,
+    warmup: int,
+    timeout: float | None,
+    skip_note: str | None = None,
+    label: str | None = None,
+) -> None:
     res = task.results.setdefault(tool, ToolResult())
     for i in range(warmup + repeats):
         what = "warm-up" if i < warmup else label or f"run {i - warmup + 1}/{repeats}"
@@ -438,8 +490,10 @@ def measure(task: Task, tool: str, fn: Any, repeats: int, warmup: int, timeout: 
             res.failures.append(f"{what}: {e}")
             print(f" failed: {e}", file=sys.stderr)
             continue
-        print(f" {r['wall']:.2f} s (cpu {r['cpu']:.2f} s, fit {r['fit']:.3f} s, loglik {r['loglik']:.4f})",
-              file=sys.stderr)
+        print(
+            f" {r['wall']:.2f} s (cpu {r['cpu']:.2f} s, fit {r['fit']:.3f} s, loglik {r['loglik']:.4f})",
+            file=sys.stderr,
+        )
         if i < warmup:
             continue
         res.process_seconds.append(r["wall"])
@@ -490,8 +544,13 @@ def run_benchmarks(args: argparse.Namespace, runner: Runner) -> list[Task]:
     # ---- 2. InstEval-sized crossed REML
     if "insteval" in args.tasks:
         path, note, real = insteval_csv(runner)
-        t = Task("insteval", "2. InstEval crossed, 73,421 rows; s 2,972 x d 1,128 x dept 14",
-                 "y ~ service + (1 | s) + (1 | d) + (1 | dept)", path, note)
+        t = Task(
+            "insteval",
+            "2. InstEval crossed, 73,421 rows; s 2,972 x d 1,128 x dept 14",
+            "y ~ service + (1 | s) + (1 | d) + (1 | dept)",
+            path,
+            note,
+        )
         # the CLI reads the CSV with pandas' default types (service -> 0/1 integers): C() keeps it categorical
         t.formula_cli = "y ~ C(service) + (1 | s) + (1 | d) + (1 | dept)"
         t.r_colclasses = 'c(s = "character", d = "character", dept = "character", service = "character")'
@@ -506,18 +565,17 @@ def run_benchmarks(args: argparse.Namespace, runner: Runner) -> list[Task]:
     # ---- 3. single factor, random intercept and slope, 100k rows
     if "slope100k" in args.tasks:
         path, note = slope_csv()
-        t = Task("slope100k", "3. random intercept + slope, 100,000 rows, 10,000 groups",
-                 "y ~ x + (1 + x | g)", path, note)
-        t.statsmodels = {"data": path, "fixed": "y ~ x", "groups": "g", "re": "~x",
-                         "dtype": {"g": "str"}}
+        t = Task(
+            "slope100k", "3. random intercept + slope, 100,000 rows, 10,000 groups", "y ~ x + (1 + x | g)", path, note
+        )
+        t.statsmodels = {"data": path, "fixed": "y ~ x", "groups": "g", "re": "~x", "dtype": {"g": "str"}}
         if not unavailable(t, "bayeslmm"):
             measure(t, "bayeslmm", fns["bayeslmm"], 1 if quick else 3, 0, 600)
         if not unavailable(t, "lme4"):
             measure(t, "lme4", fns["lme4"], 1 if quick else 3, 0, 600)
         if not unavailable(t, "statsmodels"):
             to = args.sm_timeout
-            measure(t, "statsmodels", fns["statsmodels"], 1, 0, to,
-                    skip_note=f"skipped: > {to:.0f} s (budget)")
+            measure(t, "statsmodels", fns["statsmodels"], 1, 0, to, skip_note=f"skipped: > {to:.0f} s (budget)")
         tasks.append(t)
     for t in tasks:  # a tool all of whose timed runs crashed
         for r in t.results.values():
@@ -550,8 +608,10 @@ def loglik_checks(task: Task) -> list[str]:
     for k, v in lls.items():
         gap = lls[best_tool] - v
         if gap > LOGLIK_TOL:
-            out.append(f"{task.key}: {k} loglik {v:.4f} is {gap:.4g} below {best_tool}'s {lls[best_tool]:.4f} "
-                       "(stopped short of the optimum, or a different model)")
+            out.append(
+                f"{task.key}: {k} loglik {v:.4f} is {gap:.4g} below {best_tool}'s {lls[best_tool]:.4f} "
+                "(stopped short of the optimum, or a different model)"
+            )
     return out
 
 
@@ -566,16 +626,26 @@ def render(tasks: list[Task], extra_problems: list[str]) -> tuple[str, list[dict
 
         b, l4 = R["bayeslmm"], R["lme4"]
         both = b.ok and l4.ok
-        rows.append([t.title, "whole process, s", *cells(lambda r: _fmt_s(r.process_seconds)),
-                     _ratio(median(b.process_seconds), median(l4.process_seconds)) if both else "-"])
-        rows.append(["", "fit only, s", *cells(lambda r: _fmt_s(r.fit_seconds)),
-                     _ratio(median(b.fit_seconds), median(l4.fit_seconds)) if both else "-"])
+        rows.append(
+            [
+                t.title,
+                "whole process, s",
+                *cells(lambda r: _fmt_s(r.process_seconds)),
+                _ratio(median(b.process_seconds), median(l4.process_seconds)) if both else "-",
+            ]
+        )
+        rows.append(
+            [
+                "",
+                "fit only, s",
+                *cells(lambda r: _fmt_s(r.fit_seconds)),
+                _ratio(median(b.fit_seconds), median(l4.fit_seconds)) if both else "-",
+            ]
+        )
         lls = [r.loglik for r in R.values() if r.ok and r.loglik is not None]
         spread = f"max diff {max(lls) - min(lls):.1e}" if len(lls) > 1 else "-"
-        rows.append(["", "REML log-lik", *cells(lambda r: f"{r.loglik:.4f}" if r.loglik is not None else "-"),
-                     spread])
-        rows.append(["", "optimizer evals", *cells(lambda r: str(r.n_evals) if r.n_evals is not None else "-"),
-                     ""])
+        rows.append(["", "REML log-lik", *cells(lambda r: f"{r.loglik:.4f}" if r.loglik is not None else "-"), spread])
+        rows.append(["", "optimizer evals", *cells(lambda r: str(r.n_evals) if r.n_evals is not None else "-"), ""])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     sep = "-+-".join("-" * w for w in widths)
 
@@ -598,21 +668,37 @@ def render(tasks: list[Task], extra_problems: list[str]) -> tuple[str, list[dict
             value = f"{median(b.process_seconds):.3f} s / {median(l4.process_seconds):.3f} s = {ratio:.2f}"
             ss = tm["pig"].summary_seconds
             if ss:
-                value += (f" (without --json, printing the summary: {median(ss):.3f} s, ratio "
-                          f"{median(ss) / median(l4.process_seconds):.2f})")
-            targets.append({"target": f"pig: whole `bayeslmm fit --json` process <= {PIG_RATIO_TARGET} x "
-                                      "`Rscript` + lme4", "value": value, "met": ratio <= PIG_RATIO_TARGET})
+                value += (
+                    f" (without --json, printing the summary: {median(ss):.3f} s, ratio "
+                    f"{median(ss) / median(l4.process_seconds):.2f})"
+                )
+            targets.append(
+                {
+                    "target": f"pig: whole `bayeslmm fit --json` process <= {PIG_RATIO_TARGET} x `Rscript` + lme4",
+                    "value": value,
+                    "met": ratio <= PIG_RATIO_TARGET,
+                }
+            )
         else:
-            targets.append({"target": "pig: bayeslmm/Rscript whole-process ratio", "value": "not measured",
-                            "met": None})
+            targets.append(
+                {"target": "pig: bayeslmm/Rscript whole-process ratio", "value": "not measured", "met": None}
+            )
     if "insteval" in tm:
         b, l4 = tm["insteval"].results.get("bayeslmm"), tm["insteval"].results.get("lme4")
         if b and b.ok:
             fs = median(b.fit_seconds)
-            extra = f" (lme4: {median(l4.fit_seconds):.1f} s, ratio {fs / median(l4.fit_seconds):.2f})" \
-                if l4 and l4.ok else ""
-            targets.append({"target": f"InstEval crossed REML: bayeslmm fit < {INSTEVAL_FIT_TARGET_S:g} s",
-                            "value": f"{fs:.2f} s{extra}", "met": fs < INSTEVAL_FIT_TARGET_S})
+            extra = (
+                f" (lme4: {median(l4.fit_seconds):.1f} s, ratio {fs / median(l4.fit_seconds):.2f})"
+                if l4 and l4.ok
+                else ""
+            )
+            targets.append(
+                {
+                    "target": f"InstEval crossed REML: bayeslmm fit < {INSTEVAL_FIT_TARGET_S:g} s",
+                    "value": f"{fs:.2f} s{extra}",
+                    "met": fs < INSTEVAL_FIT_TARGET_S,
+                }
+            )
     out += ["", "Targets"] + ([] if targets else ["  (none for these tasks)"])
     for tg in targets:
         verdict = {True: "MET", False: "MISSED", None: "n/a"}[tg["met"]]
@@ -628,28 +714,38 @@ def render(tasks: list[Task], extra_problems: list[str]) -> tuple[str, list[dict
                 problems.append(f"{t.key}: {k} reports non-convergence")
             for f in r.failures:
                 problems.append(f"{t.key}: {k} {f}")
-            slow = [(w, c) for w, c in zip(r.process_seconds, r.process_cpu_seconds, strict=True)
-                    if w >= 1.0 and w > BUSY_RATIO * c]
+            slow = [
+                (w, c)
+                for w, c in zip(r.process_seconds, r.process_cpu_seconds, strict=True)
+                if w >= 1.0 and w > BUSY_RATIO * c
+            ]
             if slow:
-                problems.append(f"{t.key}: {k}: {len(slow)} of {len(r.process_seconds)} runs spent much longer "
-                                f"on the clock than on the CPU (e.g. wall {slow[0][0]:.1f} s, CPU {slow[0][1]:.1f} s): "
-                                "the machine was busy (other processes), those timings are inflated")
+                problems.append(
+                    f"{t.key}: {k}: {len(slow)} of {len(r.process_seconds)} runs spent much longer "
+                    f"on the clock than on the CPU (e.g. wall {slow[0][0]:.1f} s, CPU {slow[0][1]:.1f} s): "
+                    "the machine was busy (other processes), those timings are inflated"
+                )
             busy = [o for o in r.others_cpus if o is not None and o > OTHERS_MAX]
             if busy:
-                problems.append(f"{t.key}: {k}: during {len(busy)} of {len(r.others_cpus)} runs other processes kept "
-                                f"up to {max(busy):.1f} CPUs busy: those timings may be inflated (see the JSON)")
+                problems.append(
+                    f"{t.key}: {k}: during {len(busy)} of {len(r.others_cpus)} runs other processes kept "
+                    f"up to {max(busy):.1f} CPUs busy: those timings may be inflated (see the JSON)"
+                )
             for n in r.notes:
                 notes.append(f"{t.key}: {k}: {n}")
     out += ["", "Checks"]
-    out += [f"  ! {p}" for p in problems] or [f"  all tools that ran agree on the log-likelihood within "
-                                               f"{LOGLIK_TOL:g} and report convergence"]
+    out += [f"  ! {p}" for p in problems] or [
+        f"  all tools that ran agree on the log-likelihood within {LOGLIK_TOL:g} and report convergence"
+    ]
     if notes:
         out += ["", "Messages from the tools"] + [f"  - {n}" for n in notes]
     out += ["", "Data"] + [f"  {t.key}: {t.data_note}" for t in tasks]
     out += ["  formulas: " + "; ".join(f"{t.key}: {t.formula}" for t in tasks)]
     if "insteval" in tm:
-        out.append("  insteval: the CLI is given 'C(service)' because it reads the CSV with pandas' default "
-                   "types (service -> 0/1 integers); R reads all four columns as character")
+        out.append(
+            "  insteval: the CLI is given 'C(service)' because it reads the CSV with pandas' default "
+            "types (service -> 0/1 integers); R reads all four columns as character"
+        )
     return "\n".join(out), targets, problems
 
 
@@ -663,10 +759,15 @@ def source_state(pkg: Path, ref: str | None = None) -> dict[str, str]:
         h.update(f.read_bytes())
     out = {"digest": h.hexdigest()[:12], "git": "?", "dirty": ""}
     try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref or "HEAD"], capture_output=True,
-                             text=True, timeout=30)
-        st = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "bayeslmm"],
-                            capture_output=True, text=True, timeout=30)
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", ref or "HEAD"], capture_output=True, text=True, timeout=30
+        )
+        st = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "bayeslmm"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if rev.returncode == 0:
             out["git"] = rev.stdout.strip()
             n = len([ln for ln in st.stdout.splitlines() if ln.strip()])
@@ -686,8 +787,8 @@ def environment(runner: Runner, args: argparse.Namespace) -> dict[str, Any]:
         "loadavg_at_start": args.load0,
         "python": platform.python_version(),
         "versions": runner.versions,
-        "threads": args.threads or f"environment ({', '.join(f'{k}={v}' for k, v in blas_env.items() if v)
-                                                  or 'unset'})",
+        "threads": args.threads
+        or f"environment ({', '.join(f'{k}={v}' for k, v in blas_env.items() if v) or 'unset'})",
         "quick": args.quick,
         "source": source_state(runner.pkg_dir, args.git_ref),
         "snapshot": runner.snapshot_dir,
@@ -697,23 +798,42 @@ def environment(runner: Runner, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="fewer repeats (CI smoke run)")
     p.add_argument("--json", metavar="FILE", help="also write all raw timings and results as JSON")
-    p.add_argument("--tasks", default="pig,insteval,slope100k",
-                   help="comma-separated subset of pig,insteval,slope100k (default: all)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="set OPENBLAS/OMP/MKL_NUM_THREADS for every subprocess (default: leave the environment)")
-    p.add_argument("--sm-timeout", type=float, default=120.0,
-                   help="time budget for a statsmodels fit of the 100k task, seconds (default 120)")
+    p.add_argument(
+        "--tasks",
+        default="pig,insteval,slope100k",
+        help="comma-separated subset of pig,insteval,slope100k (default: all)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="set OPENBLAS/OMP/MKL_NUM_THREADS for every subprocess (default: leave the environment)",
+    )
+    p.add_argument(
+        "--sm-timeout",
+        type=float,
+        default=120.0,
+        help="time budget for a statsmodels fit of the 100k task, seconds (default 120)",
+    )
     p.add_argument("--rscript", default="Rscript", help="Rscript executable (default: Rscript on PATH)")
-    p.add_argument("--snapshot", action="store_true",
-                   help="benchmark a copy of bayeslmm/ taken at the start (when the working tree is being edited)")
-    p.add_argument("--git-ref", metavar="REV",
-                   help="benchmark bayeslmm/ as committed at REV (e.g. HEAD), extracted with git archive")
-    p.add_argument("--check", action="store_true",
-                   help="exit with status 1 if a target is missed or the logliks disagree")
+    p.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="benchmark a copy of bayeslmm/ taken at the start (when the working tree is being edited)",
+    )
+    p.add_argument(
+        "--git-ref",
+        metavar="REV",
+        help="benchmark bayeslmm/ as committed at REV (e.g. HEAD), extracted with git archive",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="exit with status 1 if a target is missed or the logliks disagree"
+    )
     args = p.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = set(args.tasks) - {"pig", "insteval", "slope100k"}
@@ -725,8 +845,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner.probe()
         env = environment(runner, args)
-        print(f"probing tools: {', '.join(f'{k}: {v or 'ok'}' for k, v in runner.availability.items())}",
-              file=sys.stderr)
+        print(
+            f"probing tools: {', '.join(f'{k}: {v or "ok"}' for k, v in runner.availability.items())}", file=sys.stderr
+        )
         t0 = time.perf_counter()
         tasks = run_benchmarks(args, runner)
         changed = source_state(runner.pkg_dir)["digest"] != env["source"]["digest"]
@@ -741,13 +862,18 @@ def main(argv: list[str] | None = None) -> int:
         f"bayeslmm REML speed benchmark ({'quick' if args.quick else 'full'} run, {env['date']})",
         f"machine: {env['cpu_count']} CPUs, {env['platform']}; BLAS threads: {env['threads']}; "
         f"load average at start {env['loadavg_at_start'][0]:.2f}",
-        (f"bayeslmm source: committed tree of {args.git_ref} (git {env['source']['git']})" if args.git_ref else
-         f"bayeslmm source: git {env['source']['git']}"
-         + (f" + {env['source']['dirty']}" if env["source"]["dirty"] else "")
-         + (" (working tree copied at start, --snapshot)" if runner.snapshot_dir else " (working tree)"))
+        (
+            f"bayeslmm source: committed tree of {args.git_ref} (git {env['source']['git']})"
+            if args.git_ref
+            else f"bayeslmm source: git {env['source']['git']}"
+            + (f" + {env['source']['dirty']}" if env["source"]["dirty"] else "")
+            + (" (working tree copied at start, --snapshot)" if runner.snapshot_dir else " (working tree)")
+        )
         + f", sources digest {env['source']['digest']}",
-        "versions: " + ", ".join(f"{k} {v[k]}" for k in ("bayeslmm", "numpy", "scipy", "pandas", "statsmodels",
-                                                         "R", "lme4") if v.get(k)),
+        "versions: "
+        + ", ".join(
+            f"{k} {v[k]}" for k in ("bayeslmm", "numpy", "scipy", "pandas", "statsmodels", "R", "lme4") if v.get(k)
+        ),
         "times: median wall seconds [min-max] over n runs; 'whole process' = fresh subprocess incl. start-up,",
         "imports and CSV reading; 'fit only' = timed inside that process (see the module docstring).",
         "",
@@ -755,12 +881,23 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(head) + "\n" + table + f"\n\n(benchmark took {time.perf_counter() - t0:.0f} s)")
 
     if args.json:
-        payload = {"environment": env, "tasks": [
-            {"key": t.key, "title": t.title, "formula": t.formula, "data": t.data, "data_note": t.data_note,
-             "results": {k: asdict(r) for k, r in t.results.items()},
-             **({"bayeslmm_summary_output_seconds": t.summary_seconds} if t.summary_seconds else {})}
-            for t in tasks],
-            "targets": targets, "problems": problems}
+        payload = {
+            "environment": env,
+            "tasks": [
+                {
+                    "key": t.key,
+                    "title": t.title,
+                    "formula": t.formula,
+                    "data": t.data,
+                    "data_note": t.data_note,
+                    "results": {k: asdict(r) for k, r in t.results.items()},
+                    **({"bayeslmm_summary_output_seconds": t.summary_seconds} if t.summary_seconds else {}),
+                }
+                for t in tasks
+            ],
+            "targets": targets,
+            "problems": problems,
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
     if args.check and (problems or any(tg["met"] is False for tg in targets)):

@@ -70,8 +70,14 @@ def _rows(n: int, b: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 def _recovered(fit) -> dict[str, float]:
     vc = fit.varcorr()
-    return {"sd0": float(vc.sdcor[0]), "sd1": float(vc.sdcor[1]), "corr": float(vc.sdcor[2]),
-            "sigma": float(fit.sigma), "loglik": float(fit.loglik), "converged": bool(fit.converged)}
+    return {
+        "sd0": float(vc.sdcor[0]),
+        "sd1": float(vc.sdcor[1]),
+        "corr": float(vc.sdcor[2]),
+        "sigma": float(fit.sigma),
+        "loglik": float(fit.loglik),
+        "converged": bool(fit.converged),
+    }
 
 
 # ----------------------------------------------------------------- workers (subprocesses)
@@ -87,9 +93,15 @@ def worker_inmem(args: argparse.Namespace) -> dict:
     t1 = time.perf_counter()
     fit = lmm_from_stats(stats)
     t2 = time.perf_counter()
-    out = {"pass_s": t1 - t0, "opt_s": fit.optimizer.seconds, "assemble_s": (t2 - t1) - fit.optimizer.seconds,
-           "total_s": t2 - t0, "evals": fit.optimizer.n_evals, "rss_after_data_gib": rss_data / GIB,
-           **_recovered(fit)}
+    out = {
+        "pass_s": t1 - t0,
+        "opt_s": fit.optimizer.seconds,
+        "assemble_s": (t2 - t1) - fit.optimizer.seconds,
+        "total_s": t2 - t0,
+        "evals": fit.optimizer.n_evals,
+        "rss_after_data_gib": rss_data / GIB,
+        **_recovered(fit),
+    }
     out["maxrss_suff_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
     if args.with_lmm:
         import bayeslmm
@@ -114,8 +126,12 @@ def worker_dask(args: argparse.Namespace) -> dict:
     if args.scheduler == "distributed":
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                          memory_limit=0) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             t0 = time.perf_counter()
             fit = lmm_dask(FORMULA, paths, client=client, split_every=args.split_every)
             total = time.perf_counter() - t0
@@ -125,9 +141,16 @@ def worker_dask(args: argparse.Namespace) -> dict:
             fit = lmm_dask(FORMULA, paths, split_every=args.split_every)
             total = time.perf_counter() - t0
     tm = fit.timings
-    return {"pass_s": tm["pass_s"] + tm["levels_s"], "fit_s": tm["fit_s"], "total_s": total,
-            "npartitions": int(tm["npartitions"]), "evals": fit.optimizer.n_evals, "nobs": fit.nobs,
-            "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, **_recovered(fit)}
+    return {
+        "pass_s": tm["pass_s"] + tm["levels_s"],
+        "fit_s": tm["fit_s"],
+        "total_s": total,
+        "npartitions": int(tm["npartitions"]),
+        "evals": fit.optimizer.n_evals,
+        "nobs": fit.nobs,
+        "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
+        **_recovered(fit),
+    }
 
 
 def _rss_self() -> int:
@@ -223,33 +246,46 @@ def main() -> None:
     me = [sys.executable, os.path.abspath(__file__)]
     common = ["--groups", str(args.groups), "--data-dir", args.data_dir, "--split-every", str(args.split_every)]
     results: dict = {"groups": args.groups, "cpus": os.cpu_count(), "load_at_start": os.getloadavg()}
-    print(f"bayeslmm scale benchmark: {FORMULA}, REML, {args.groups:,} groups; {os.cpu_count()} CPUs, "
-          f"load average at start {os.getloadavg()[0]:.2f}")
+    print(
+        f"bayeslmm scale benchmark: {FORMULA}, REML, {args.groups:,} groups; {os.cpu_count()} CPUs, "
+        f"load average at start {os.getloadavg()[0]:.2f}"
+    )
     if not args.skip_inmem:
         print(f"\n1. in memory, {args.n:,} rows (suff_stats + lmm_from_stats)", flush=True)
-        r = run_measured([*me, "--worker", "inmem", "--n", str(args.n), *common]
-                         + (["--with-lmm"] if args.with_lmm else []))
+        r = run_measured(
+            [*me, "--worker", "inmem", "--n", str(args.n), *common] + (["--with-lmm"] if args.with_lmm else [])
+        )
         results["inmem"] = r
         print(f"  pass over the rows   {r['pass_s']:7.2f} s")
-        print(f"  optimisation         {r['opt_s']:7.2f} s  ({r['evals']} evaluations, "
-              f"{1000 * r['opt_s'] / r['evals']:.0f} ms each)")
+        print(
+            f"  optimisation         {r['opt_s']:7.2f} s  ({r['evals']} evaluations, "
+            f"{1000 * r['opt_s'] / r['evals']:.0f} ms each)"
+        )
         print(f"  blocks + estimates   {r['assemble_s']:7.2f} s")
         met = "MET" if r["total_s"] < 30 else "MISSED"
         print(f"  total                {r['total_s']:7.2f} s   target < 30 s: {met}")
-        print(f"  peak memory          {r['maxrss_suff_gib']:7.2f} GiB (process peak before any bayeslmm.lmm; "
-              f"{r['rss_after_data_gib']:.2f} GiB resident after generating the frame)")
+        print(
+            f"  peak memory          {r['maxrss_suff_gib']:7.2f} GiB (process peak before any bayeslmm.lmm; "
+            f"{r['rss_after_data_gib']:.2f} GiB resident after generating the frame)"
+        )
         if "lmm_s" in r:
-            print(f"  bayeslmm.lmm         {r['lmm_s']:7.2f} s (fit_seconds {r['lmm_fit_seconds']:.2f}; peak memory "
-                  f"with it {r['peak_tree_gib']:.2f} GiB), loglik difference {r['loglik'] - r['lmm_loglik']:.2e}")
-        print(f"  recovered: sd0 {r['sd0']:.4f}, sd1 {r['sd1']:.4f}, corr {r['corr']:.4f}, sigma {r['sigma']:.4f} "
-              f"(truth 1, 0.5, 0.3, 1); converged {r['converged']}")
+            print(
+                f"  bayeslmm.lmm         {r['lmm_s']:7.2f} s (fit_seconds {r['lmm_fit_seconds']:.2f}; peak memory "
+                f"with it {r['peak_tree_gib']:.2f} GiB), loglik difference {r['loglik'] - r['lmm_loglik']:.2e}"
+            )
+        print(
+            f"  recovered: sd0 {r['sd0']:.4f}, sd1 {r['sd1']:.4f}, corr {r['corr']:.4f}, sigma {r['sigma']:.4f} "
+            f"(truth 1, 0.5, 0.3, 1); converged {r['converged']}"
+        )
     if not args.skip_dask:
         wrote = write_parquet(Path(args.data_dir), max(sizes), args.rows_per_file, args.groups)
         results["parquet_write_s"] = wrote
         print(f"\n2. Dask from Parquet ({args.rows_per_file:,} rows per file; writing took {wrote:.1f} s)")
         scheds = ["threads", "distributed"] if args.scheduler == "both" else [args.scheduler]
-        header = (f"  {'rows':>12} {'scheduler':>11} {'files':>5} {'pass s':>8} {'fit s':>7} {'total s':>8} "
-                  f"{'us/row':>7} {'peak GiB':>9} {'evals':>5}  recovered sd0/sd1/corr/sigma")
+        header = (
+            f"  {'rows':>12} {'scheduler':>11} {'files':>5} {'pass s':>8} {'fit s':>7} {'total s':>8} "
+            f"{'us/row':>7} {'peak GiB':>9} {'evals':>5}  recovered sd0/sd1/corr/sigma"
+        )
         print(header)
         results["dask"] = []
         for n in sizes:
@@ -258,9 +294,12 @@ def main() -> None:
                 r = run_measured([*me, "--worker", "dask", "--nfiles", str(nfiles), "--scheduler", sch, *common])
                 r.update(rows=n, scheduler=sch)
                 results["dask"].append(r)
-                print(f"  {n:>12,} {sch:>11} {nfiles:>5} {r['pass_s']:8.1f} {r['fit_s']:7.1f} {r['total_s']:8.1f} "
-                      f"{1e6 * r['pass_s'] / n:7.2f} {r['peak_tree_gib']:9.2f} {r['evals']:>5}  "
-                      f"{r['sd0']:.4f}/{r['sd1']:.4f}/{r['corr']:.4f}/{r['sigma']:.4f}", flush=True)
+                print(
+                    f"  {n:>12,} {sch:>11} {nfiles:>5} {r['pass_s']:8.1f} {r['fit_s']:7.1f} {r['total_s']:8.1f} "
+                    f"{1e6 * r['pass_s'] / n:7.2f} {r['peak_tree_gib']:9.2f} {r['evals']:>5}  "
+                    f"{r['sd0']:.4f}/{r['sd1']:.4f}/{r['corr']:.4f}/{r['sigma']:.4f}",
+                    flush=True,
+                )
         peaks = [r["peak_tree_gib"] for r in results["dask"]]
         print(f"  target peak < 4 GiB: {'MET' if max(peaks) < 4 else 'MISSED'} (largest {max(peaks):.2f} GiB)")
         for sch in scheds:

@@ -69,8 +69,9 @@ def worker(args: argparse.Namespace) -> dict:
         grad(*vals)
         times.append(time.perf_counter() - a)
     t4 = time.perf_counter()
-    idata = sample(fit.spec, param="marginal", draws=args.draws, tune=args.tune, chains=args.chains, seed=3,
-                   ranef=False)
+    idata = sample(
+        fit.spec, param="marginal", draws=args.draws, tune=args.tune, chains=args.chains, seed=3, ranef=False
+    )
     t5 = time.perf_counter()
     steps = int(idata.sample_stats["n_steps"].sum()) if "n_steps" in idata.sample_stats else None
     import arviz as az
@@ -78,12 +79,19 @@ def worker(args: argparse.Namespace) -> dict:
     summ = az.summary(idata, var_names=["varcorr"], round_to="none")
     vc = fit.varcorr()
     return {
-        "rows": args.n, "groups": args.groups, "pass_s": t1 - t0, "reml_s": t2 - t1,
-        "compile_s": t3 - t2, "grad_ms": 1000 * float(np.median(times)),
-        "sample_s": t5 - t4, "draw_steps": steps,
+        "rows": args.n,
+        "groups": args.groups,
+        "pass_s": t1 - t0,
+        "reml_s": t2 - t1,
+        "compile_s": t3 - t2,
+        "grad_ms": 1000 * float(np.median(times)),
+        "sample_s": t5 - t4,
+        "draw_steps": steps,
         "ms_per_step": 1000 * (t5 - t4) * args.chains / steps if steps else None,
-        "post_mean": [float(v) for v in summ["mean"]], "reml": [float(v) for v in vc.vcov],
-        "rhat_max": float(summ["r_hat"].max()), "ess_bulk_min": float(summ["ess_bulk"].min()),
+        "post_mean": [float(v) for v in summ["mean"]],
+        "reml": [float(v) for v in vc.vcov],
+        "rhat_max": float(summ["r_hat"].max()),
+        "ess_bulk_min": float(summ["ess_bulk"].min()),
         "divergences": int(idata.sample_stats["diverging"].sum()),
         "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
     }
@@ -105,29 +113,50 @@ def main() -> None:
     rows = []
     for m in [float(s) for s in args.sizes.split(",")]:
         n = int(m * 1_000_000)
-        cmd = [sys.executable, __file__, "--worker", "--n", str(n), "--groups", str(args.groups),
-               "--draws", str(args.draws), "--tune", str(args.tune), "--chains", str(args.chains)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--n",
+            str(n),
+            "--groups",
+            str(args.groups),
+            "--draws",
+            str(args.draws),
+            "--tune",
+            str(args.tune),
+            "--chains",
+            str(args.chains),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"worker failed for {n} rows:\n{out.stderr[-3000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(json.dumps(r), flush=True)
-    print(f"\nmarginal model of {FORMULA} from sufficient statistics, {args.groups:,} groups, "
-          f"NUTS {args.chains} x ({args.tune} + {args.draws})")
-    hdr = (f"{'rows':>12} {'pass s':>8} {'REML s':>8} {'compile s':>10} {'grad ms':>8} {'sample s':>9} "
-           f"{'steps':>8} {'ms/step':>8} {'R-hat':>6} {'ESS min':>8} {'div':>4} {'peak GiB':>9}")
+    print(
+        f"\nmarginal model of {FORMULA} from sufficient statistics, {args.groups:,} groups, "
+        f"NUTS {args.chains} x ({args.tune} + {args.draws})"
+    )
+    hdr = (
+        f"{'rows':>12} {'pass s':>8} {'REML s':>8} {'compile s':>10} {'grad ms':>8} {'sample s':>9} "
+        f"{'steps':>8} {'ms/step':>8} {'R-hat':>6} {'ESS min':>8} {'div':>4} {'peak GiB':>9}"
+    )
     # steps: leapfrog steps of all chains; ms/step: sampling wall time x chains / steps (the chains run in
     # parallel, one per core), which includes PyMC's compilation of the sampler's function
     print(hdr)
     for r in rows:
-        print(f"{r['rows']:>12,} {r['pass_s']:8.1f} {r['reml_s']:8.1f} {r['compile_s']:10.1f} {r['grad_ms']:8.1f} "
-              f"{r['sample_s']:9.1f} {r['draw_steps']:>8} {r['ms_per_step']:8.1f} {r['rhat_max']:6.3f} "
-              f"{r['ess_bulk_min']:8.0f} {r['divergences']:>4} {r['maxrss_gib']:9.2f}")
+        print(
+            f"{r['rows']:>12,} {r['pass_s']:8.1f} {r['reml_s']:8.1f} {r['compile_s']:10.1f} {r['grad_ms']:8.1f} "
+            f"{r['sample_s']:9.1f} {r['draw_steps']:>8} {r['ms_per_step']:8.1f} {r['rhat_max']:6.3f} "
+            f"{r['ess_bulk_min']:8.0f} {r['divergences']:>4} {r['maxrss_gib']:9.2f}"
+        )
     print("\nposterior means vs REML (sd0^2, sd1^2, cov, sigma^2):")
     for r in rows:
-        print(f"  {r['rows']:>12,}: posterior {np.round(r['post_mean'], 4).tolist()}  REML "
-              f"{np.round(r['reml'], 4).tolist()}")
+        print(
+            f"  {r['rows']:>12,}: posterior {np.round(r['post_mean'], 4).tolist()}  REML "
+            f"{np.round(r['reml'], 4).tolist()}"
+        )
 
 
 if __name__ == "__main__":

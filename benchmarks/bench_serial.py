@@ -215,13 +215,23 @@ def bayeslmm_worker(npz: Path) -> dict[str, Any]:
 def bayeslmm_cli(csv: Path) -> dict[str, Any]:
     exe = Path(sys.executable).parent / "bayeslmm"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bayeslmm.cli"]
-    m, out = run([*cmd, "fit", str(csv), "--formula", "y ~ t", "--method", "REML", "--residual", "ou(t | id)",
-                  "--json"], 600)
+    m, out = run(
+        [*cmd, "fit", str(csv), "--formula", "y ~ t", "--method", "REML", "--residual", "ou(t | id)", "--json"], 600
+    )
     d = json.loads(out)
     rp = d["residual"]
-    return {**m, "fit": d["fit_seconds"], "loglik": d["loglik"], "n_evals": d["optimizer"]["n_evals"],
-            "converged": d["converged"], "process_var": rp["process_var"], "rho": rp["rho"],
-            "nugget": rp["nugget"], "b0": d["fixef"]["(Intercept)"], "b1": d["fixef"]["t"]}
+    return {
+        **m,
+        "fit": d["fit_seconds"],
+        "loglik": d["loglik"],
+        "n_evals": d["optimizer"]["n_evals"],
+        "converged": d["converged"],
+        "process_var": rp["process_var"],
+        "rho": rp["rho"],
+        "nugget": rp["nugget"],
+        "b0": d["fixef"]["(Intercept)"],
+        "b1": d["fixef"]["t"],
+    }
 
 
 def nlme_fit(csv: Path, start: str, timeout: float) -> dict[str, Any]:
@@ -265,8 +275,9 @@ def table(headers: list[str], rows: list[list[str]], right: int = 1) -> list[str
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cols: list[str]) -> str:
-        return " | ".join(c.ljust(w) if i < right else c.rjust(w)
-                          for i, (c, w) in enumerate(zip(cols, widths, strict=True))).rstrip()
+        return " | ".join(
+            c.ljust(w) if i < right else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+        ).rstrip()
 
     return [line(headers), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)]
 
@@ -274,10 +285,21 @@ def table(headers: list[str], rows: list[list[str]], right: int = 1) -> list[str
 def busy(label: str, runs: list[dict[str, Any]]) -> list[str]:
     slow = [r for r in runs if r["wall"] >= 1.0 and r["wall"] > BUSY_RATIO * r["cpu"]]
     others = [r["others"] for r in runs if r.get("others") is not None and r["others"] > OTHERS_MAX]
-    return ([f"{label}: {len(slow)} of {len(runs)} runs spent much longer on the clock than on the CPU "
-             f"(wall {slow[0]['wall']:.1f} s, CPU {slow[0]['cpu']:.1f} s): the machine was busy"] if slow else []) + (
-        [f"{label}: during {len(others)} of {len(runs)} runs other processes kept up to {max(others):.1f} CPUs "
-         "busy: those timings may be inflated"] if others else [])
+    return (
+        [
+            f"{label}: {len(slow)} of {len(runs)} runs spent much longer on the clock than on the CPU "
+            f"(wall {slow[0]['wall']:.1f} s, CPU {slow[0]['cpu']:.1f} s): the machine was busy"
+        ]
+        if slow
+        else []
+    ) + (
+        [
+            f"{label}: during {len(others)} of {len(runs)} runs other processes kept up to {max(others):.1f} CPUs "
+            "busy: those timings may be inflated"
+        ]
+        if others
+        else []
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,8 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     notes: list[str] = []
     git = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "bayeslmm"],
-                           capture_output=True, text=True).stdout.strip().splitlines()
+    dirty = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "bayeslmm"], capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()
+    )
 
     # ---- 1. scale
     print("1. scale (bayeslmm)", file=sys.stderr)
@@ -309,17 +336,21 @@ def main(argv: list[str] | None = None) -> int:
         problems += busy(f"scale N={n:,}", runs)
         problems += [f"scale N={n:,}: bayeslmm reports non-convergence" for r in runs[:1] if not r["converged"]]
 
-    out = [f"bayeslmm serial-residual (OU + nugget) REML benchmark ({'quick' if args.quick else 'full'} run, "
-           f"{time.strftime('%Y-%m-%d %H:%M:%S')})",
-           f"machine: {os.cpu_count()} CPUs, {platform.platform()}; load average at start {load0:.2f}; "
-           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
-           f"bayeslmm: git {git.stdout.strip() or '?'}" + (f" + {len(dirty)} uncommitted file(s) in bayeslmm/ "
-                                                           "(working tree)" if dirty else ""),
-           f"data: N subjects x {TIMES} times, t = cumsum(Exp(1) gaps), y = 1 + 0.3 t + OU(var 1.5, rho 0.7 per "
-           "unit t) + N(0, 0.5); seed fixed per N",
-           f"times: median seconds [min-max] over {reps} run(s)", "",
-           "1. Scale: bayeslmm.lmm('y ~ t', df, method='REML', residual='ou(t | id)'), fresh subprocess per run "
-           "reading a cached .npz", ""]
+    out = [
+        f"bayeslmm serial-residual (OU + nugget) REML benchmark ({'quick' if args.quick else 'full'} run, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')})",
+        f"machine: {os.cpu_count()} CPUs, {platform.platform()}; load average at start {load0:.2f}; "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
+        f"bayeslmm: git {git.stdout.strip() or '?'}"
+        + (f" + {len(dirty)} uncommitted file(s) in bayeslmm/ (working tree)" if dirty else ""),
+        f"data: N subjects x {TIMES} times, t = cumsum(Exp(1) gaps), y = 1 + 0.3 t + OU(var 1.5, rho 0.7 per "
+        "unit t) + N(0, 0.5); seed fixed per N",
+        f"times: median seconds [min-max] over {reps} run(s)",
+        "",
+        "1. Scale: bayeslmm.lmm('y ~ t', df, method='REML', residual='ou(t | id)'), fresh subprocess per run "
+        "reading a cached .npz",
+        "",
+    ]
     rows, prow, per_row = [], [], {}
     for n, s in scale.items():
         runs, mrows = s["runs"], n * TIMES / 1e6
@@ -329,36 +360,75 @@ def main(argv: list[str] | None = None) -> int:
         peak = max(r["peak_kb"] for r in runs) / 1024
         fit_mb = max(r["peak_kb"] - r["rss_loaded_kb"] for r in runs) / 1024
         per_row[n] = (med(runs, "fit") / mrows, fit_mb / mrows)
-        rows.append([f"{n:,}", f"{n * TIMES:,}", fmt_s(runs, "fit"), fmt_s(runs, "lmm"), fmt_s(runs, "wall"),
-                     f"{per_row[n][0]:.2f}", f"{peak:.0f}", f"{fit_mb:.0f}", f"{per_row[n][1]:.0f}",
-                     str(runs[0]["n_evals"]), f"{runs[0]['loglik']:.3f}"])
+        rows.append(
+            [
+                f"{n:,}",
+                f"{n * TIMES:,}",
+                fmt_s(runs, "fit"),
+                fmt_s(runs, "lmm"),
+                fmt_s(runs, "wall"),
+                f"{per_row[n][0]:.2f}",
+                f"{peak:.0f}",
+                f"{fit_mb:.0f}",
+                f"{per_row[n][1]:.0f}",
+                str(runs[0]["n_evals"]),
+                f"{runs[0]['loglik']:.3f}",
+            ]
+        )
         prow.append([f"{n:,}", *(f"{runs[0][k]:.4f}" for k in PARAMS), "yes" if runs[0]["converged"] else "NO"])
-    out += table(["subjects", "rows", "fit s", "lmm() s", "process s", "fit s/M rows", "peak MB", "fit MB",
-                  "fit MB/M rows", "evals", "REML loglik"], rows, right=1)
+    out += table(
+        [
+            "subjects",
+            "rows",
+            "fit s",
+            "lmm() s",
+            "process s",
+            "fit s/M rows",
+            "peak MB",
+            "fit MB",
+            "fit MB/M rows",
+            "evals",
+            "REML loglik",
+        ],
+        rows,
+        right=1,
+    )
     out += ["", "   recovered parameters (truth: process_var 1.5, rho 0.7, nugget 0.5, (Intercept) 1, t 0.3)", ""]
     out += table(["subjects", "process_var", "rho", "nugget", "(Intercept)", "t", "converged"], prow)
-    out += ["", "   peak MB = ru_maxrss of the fitting process; fit MB = peak minus the RSS right after loading the "
-            "data", "   (the memory the lmm() call itself needs); /M rows = divided by millions of rows."]
+    out += [
+        "",
+        "   peak MB = ru_maxrss of the fitting process; fit MB = peak minus the RSS right after loading the data",
+        "   (the memory the lmm() call itself needs); /M rows = divided by millions of rows.",
+    ]
     lo, hi = min(per_row, default=None), max(per_row, default=None)
     if lo is not None and hi != lo:
         for i, what in ((0, "fit time"), (1, "fit memory")):
             ratio = per_row[hi][i] / per_row[lo][i] if per_row[lo][i] > 0 else float("nan")
             if not ratio <= NONLINEAR:
-                problems.append(f"scale: {what} per row at {hi:,} subjects is {ratio:.2f} x that at {lo:,} "
-                                "(not linear in N)")
+                problems.append(
+                    f"scale: {what} per row at {hi:,} subjects is {ratio:.2f} x that at {lo:,} (not linear in N)"
+                )
             notes.append(f"{what} per row, {hi:,} vs {lo:,} subjects: {ratio:.2f} x (1.00 = linear)")
         dm = (hi - lo) * TIMES / 1e6  # marginal cost: what each extra million rows adds
-        notes.append(f"marginal cost between {lo:,} and {hi:,} subjects: "
-                     f"{(per_row[hi][0] * hi - per_row[lo][0] * lo) * TIMES / 1e6 / dm:.2f} s and "
-                     f"{(per_row[hi][1] * hi - per_row[lo][1] * lo) * TIMES / 1e6 / dm:.0f} MB per extra M rows")
+        notes.append(
+            f"marginal cost between {lo:,} and {hi:,} subjects: "
+            f"{(per_row[hi][0] * hi - per_row[lo][0] * lo) * TIMES / 1e6 / dm:.2f} s and "
+            f"{(per_row[hi][1] * hi - per_row[lo][1] * lo) * TIMES / 1e6 / dm:.0f} MB per extra M rows"
+        )
 
     # ---- 2. nlme
     print("2. against nlme", file=sys.stderr)
     has_r = shutil.which("Rscript") is not None
     if has_r:
         try:
-            _, ver = run(["Rscript", "-e", 'cat("BENCH", as.character(packageVersion("nlme")), R.version$major, '
-                          'R.version$minor, "\\n")'], 120)
+            _, ver = run(
+                [
+                    "Rscript",
+                    "-e",
+                    'cat("BENCH", as.character(packageVersion("nlme")), R.version$major, R.version$minor, "\\n")',
+                ],
+                120,
+            )
             nlme_ver = "nlme {} (R {}.{})".format(*ver.split())
         except Exception:  # noqa: BLE001
             has_r, nlme_ver = False, "not installed"
@@ -373,9 +443,15 @@ def main(argv: list[str] | None = None) -> int:
             if key != "bayeslmm" and not has_r:
                 res[key] = {"runs": [], "status": nlme_ver}
                 continue
-            fn = (lambda csv=csv: bayeslmm_cli(csv)) if key == "bayeslmm" else (
-                lambda csv=csv, key=key: nlme_fit(csv, R_START_GIVEN if key == "nlme_start" else "",
-                                                  args.nlme_timeout))
+            fn = (
+                (lambda csv=csv: bayeslmm_cli(csv))
+                if key == "bayeslmm"
+                else (
+                    lambda csv=csv, key=key: nlme_fit(
+                        csv, R_START_GIVEN if key == "nlme_start" else "", args.nlme_timeout
+                    )
+                )
+            )
             runs, why = repeat(f"[{n:,} subjects] {tools[key]:<20}", fn, reps)
             res[key] = {"runs": runs, "status": why}
             if why:
@@ -387,15 +463,19 @@ def main(argv: list[str] | None = None) -> int:
             r = res[key]["runs"]
             if b and r and abs(b[0]["loglik"] - r[0]["loglik"]) > LOGLIK_TOL:
                 lower = "nlme" if r[0]["loglik"] < b[0]["loglik"] else "bayeslmm"
-                problems.append(f"N={n:,}: {tools[key]} loglik {r[0]['loglik']:.4f} vs bayeslmm "
-                                f"{b[0]['loglik']:.4f} (diff {r[0]['loglik'] - b[0]['loglik']:+.4g}): {lower} "
-                                "stopped short of the optimum"
-                                + (f" (nlme's range {r[0]['range']:.3g})" if lower == "nlme" else ""))
+                problems.append(
+                    f"N={n:,}: {tools[key]} loglik {r[0]['loglik']:.4f} vs bayeslmm "
+                    f"{b[0]['loglik']:.4f} (diff {r[0]['loglik'] - b[0]['loglik']:+.4g}): {lower} "
+                    "stopped short of the optimum" + (f" (nlme's range {r[0]['range']:.3g})" if lower == "nlme" else "")
+                )
 
-    out += ["", f"2. Against {nlme_ver}: gls(y ~ t, correlation = corExp(form = ~ t | id, nugget = TRUE), "
-            "method = 'REML')", "   vs `bayeslmm fit DATA.csv --formula 'y ~ t' --residual 'ou(t | id)' --json`; "
-            "nlme's parameters mapped (rho = exp(-1/range), process_var = sigma^2 (1 - nug), nugget = sigma^2 nug)",
-            ""]
+    out += [
+        "",
+        f"2. Against {nlme_ver}: gls(y ~ t, correlation = corExp(form = ~ t | id, nugget = TRUE), method = 'REML')",
+        "   vs `bayeslmm fit DATA.csv --formula 'y ~ t' --residual 'ou(t | id)' --json`; "
+        "nlme's parameters mapped (rho = exp(-1/range), process_var = sigma^2 (1 - nug), nugget = sigma^2 nug)",
+        "",
+    ]
     rows = []
     for n, c in cmp.items():
         R = c["results"]
@@ -408,36 +488,60 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([first, "process s", *cells(lambda r: fmt_s(r, "wall"))])
         rows.append(["", "fit s", *cells(lambda r: fmt_s(r, "fit"))])
         rows.append(["", "REML loglik", *cells(lambda r: f"{r[0]['loglik']:.4f}")])
-        rows.append(["", "loglik - bayeslmm's",
-                     *cells(lambda r, b=b: f"{r[0]['loglik'] - b[0]['loglik']:+.2e}" if b else "-")])
+        rows.append(
+            ["", "loglik - bayeslmm's", *cells(lambda r, b=b: f"{r[0]['loglik'] - b[0]['loglik']:+.2e}" if b else "-")]
+        )
         for k, name in zip(PARAMS, ("process_var", "rho", "nugget", "(Intercept)", "t"), strict=True):
             rows.append(["", name, *cells(lambda r, k=k: f"{r[0][k]:.6f}")])
         rows.append(["", "", "", "", ""])
     out += table(["size", "measure", *tools.values()], rows[:-1], right=2)
-    out += ["", "   nlme default start: range = 0.9 x the smallest distance in the data, nugget 0.1; "
-            "start given: range = median within-subject gap, nugget 0.1.",
-            "   fit s: bayeslmm's fit_seconds / R's system.time(gls(...)); process s: the whole subprocess."]
+    out += [
+        "",
+        "   nlme default start: range = 0.9 x the smallest distance in the data, nugget 0.1; "
+        "start given: range = median within-subject gap, nugget 0.1.",
+        "   fit s: bayeslmm's fit_seconds / R's system.time(gls(...)); process s: the whole subprocess.",
+    ]
 
     # ---- targets and checks
     big = scale.get(max(SCALE_SIZES), {}).get("runs")
     met = med(big, "fit") < FIT_TARGET_S if big else None
-    out += ["", "Target", f"  [{ {True: 'MET', False: 'MISSED', None: 'n/a'}[met]:^6}] {max(SCALE_SIZES):,}-subject "
-            f"OU + nugget REML fit < {FIT_TARGET_S:g} s: "
-            + (f"{med(big, 'fit'):.2f} s fit ({med(big, 'wall'):.2f} s whole process)" if big else "not measured")]
-    out += ["", "Checks"] + ([f"  ! {x}" for x in problems] or
-                             [f"  logliks agree within {LOGLIK_TOL:g}, all fits converged, time and memory linear "
-                              f"in N (within {NONLINEAR} x)"])
+    out += [
+        "",
+        "Target",
+        f"  [{ {True: 'MET', False: 'MISSED', None: 'n/a'}[met]:^6}] {max(SCALE_SIZES):,}-subject "
+        f"OU + nugget REML fit < {FIT_TARGET_S:g} s: "
+        + (f"{med(big, 'fit'):.2f} s fit ({med(big, 'wall'):.2f} s whole process)" if big else "not measured"),
+    ]
+    out += ["", "Checks"] + (
+        [f"  ! {x}" for x in problems]
+        or [
+            f"  logliks agree within {LOGLIK_TOL:g}, all fits converged, time and memory linear "
+            f"in N (within {NONLINEAR} x)"
+        ]
+    )
     out += [f"  - {x}" for x in notes]
     out.append(f"\n(benchmark took {time.perf_counter() - t_start:.0f} s)")
     print("\n".join(out))
 
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "quick": args.quick, "loadavg_at_start": load0, "nlme": nlme_ver, "truth": TRUTH, "seed": SEED,
-            "scale": {str(k): v for k, v in scale.items()}, "nlme_comparison": {str(k): v for k, v in cmp.items()},
-            "target": {"fit_s_100k": med(big, "fit") if big else None, "met": met},
-            "problems": problems, "notes": notes}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "quick": args.quick,
+                    "loadavg_at_start": load0,
+                    "nlme": nlme_ver,
+                    "truth": TRUTH,
+                    "seed": SEED,
+                    "scale": {str(k): v for k, v in scale.items()},
+                    "nlme_comparison": {str(k): v for k, v in cmp.items()},
+                    "target": {"fit_s_100k": med(big, "fit") if big else None, "met": met},
+                    "problems": problems,
+                    "notes": notes,
+                },
+                indent=2,
+            )
+        )
     return 1 if args.check and (problems or met is False) else 0
 
 

@@ -34,8 +34,10 @@ def main() -> None:
             label = f"{what} + {k:.0e} sd"
             try:
                 f = bayeslmm.lmm(formula, d.assign(**{what: d[what] + c}))
-                print(f"{label:>14} | {f.loglik - base.loglik:+10.2e} | {f.se['x'] / base.se['x'] - 1:+10.1e} | "
-                      f"{f.fixef['x'] / base.fixef['x'] - 1:+10.1e}")
+                print(
+                    f"{label:>14} | {f.loglik - base.loglik:+10.2e} | {f.se['x'] / base.se['x'] - 1:+10.1e} | "
+                    f"{f.fixef['x'] / base.fixef['x'] - 1:+10.1e}"
+                )
             except Exception as e:  # an old engine may drop the column or fail
                 print(f"{label:>14} | {type(e).__name__}: {str(e)[:50]}")
 

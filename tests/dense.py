@@ -40,5 +40,11 @@ def dense_fit(spec: ModelSpec, theta: np.ndarray, reml: bool) -> dict:
     b = D @ Z.T @ Vi @ r
     # conditional covariance of b given y with beta held fixed (lme4's condVar)
     cond = D - D @ Z.T @ Vi @ Z @ D
-    return {"criterion": float(m2ll), "beta": beta, "sigma2": s2, "b": b, "vcov": np.linalg.inv(X.T @ Vi @ X),
-            "cond": cond}
+    return {
+        "criterion": float(m2ll),
+        "beta": beta,
+        "sigma2": s2,
+        "b": b,
+        "vcov": np.linalg.inv(X.T @ Vi @ X),
+        "cond": cond,
+    }

@@ -18,7 +18,7 @@ import scipy.stats
 import bayeslmm
 from bayeslmm.bayes import build_model
 from bayeslmm.bayes._sample import _D_blocks, _res_draws
-from bayeslmm.bayes._structure import FullStructure, GroupStructure, SerialStructure, psd_sqrt, structure_for
+from bayeslmm.bayes._structure import DenseGroupStructure, FullStructure, GroupStructure, psd_sqrt, structure_for
 from bayeslmm.linalg import term_matrix
 
 from .conftest import random_frame
@@ -30,9 +30,9 @@ CASES = [
     ("y ~ x + (x + f | a)", None, GroupStructure),  # q = 4: batched Cholesky factors
     ("y ~ x + (1 | a) + (1 | b)", None, FullStructure),
     ("y ~ x + (1 | a/c)", None, FullStructure),
-    ("y ~ x + (1 | a)", "ou(t | a)", SerialStructure),
-    ("y ~ x + (x | a)", "ar1(t | a)", SerialStructure),
-    ("y ~ x", "ou(t | a)", SerialStructure),
+    ("y ~ x + (1 | a)", "ou(t | a)", DenseGroupStructure),
+    ("y ~ x + (x | a)", "ar1(t | a)", DenseGroupStructure),
+    ("y ~ x", "ou(t | a)", DenseGroupStructure),
 ]
 
 
@@ -48,8 +48,11 @@ def _dense(spec, vc, proc):
     """Dense ``Z``, ``D`` and ``R`` at the parameter values ``vc`` (varcorr) and ``proc`` (process)."""
     Z = np.hstack([term_matrix(t).toarray() for t in spec.terms]) if spec.terms else np.zeros((spec.n, 0))
     Ds = [Dk[0] for Dk in _D_blocks(spec, vc[None])]
-    D = scipy.linalg.block_diag(*[np.kron(np.eye(t.nlevels), Dk) for t, Dk in zip(spec.terms, Ds)]) \
-        if spec.terms else np.zeros((0, 0))
+    D = (
+        scipy.linalg.block_diag(*[np.kron(np.eye(t.nlevels), Dk) for t, Dk in zip(spec.terms, Ds)])
+        if spec.terms
+        else np.zeros((0, 0))
+    )
     s2 = vc[-1]
     res = spec.residual
     if res is None:
@@ -85,8 +88,11 @@ def _point(m, seed):
 
 
 # serial structures run with blocks of exactly equal size (12 size classes) and padded into two
-WITH_BUCKETS = [pytest.param(*c, nb, id=f"{c[0]}|{c[1]}|{'padded' if nb == 2 else 'exact-sizes'}")
-                for c in CASES for nb in ((12, 2) if c[1] else (12,))]
+WITH_BUCKETS = [
+    pytest.param(*c, nb, id=f"{c[0]}|{c[1]}|{'padded' if nb == 2 else 'exact-sizes'}")
+    for c in CASES
+    for nb in ((12, 2) if c[1] else (12,))
+]
 
 
 @pytest.fixture
@@ -98,12 +104,11 @@ def buckets(request, monkeypatch):
     return request.param
 
 
-
 @pytest.mark.parametrize("formula,residual,cls,buckets", WITH_BUCKETS, indirect=["buckets"])
 def test_marginal_and_restricted_potentials_equal_dense_densities(data, formula, residual, cls, buckets) -> None:
     spec = bayeslmm.model_spec(formula, data, residual=residual)
     assert isinstance(structure_for(spec), cls)
-    if cls is SerialStructure:
+    if cls is DenseGroupStructure:
         sizes = np.unique(np.bincount(spec.residual.codes))
         assert len(structure_for(spec).buckets) == (2 if buckets == 2 else sizes.size) and sizes.size > 2
     tau = 7.0
@@ -119,8 +124,9 @@ def test_marginal_and_restricted_potentials_equal_dense_densities(data, formula,
         assert pt["potential"] == pytest.approx(ref, rel=1e-10, abs=1e-8), param
 
 
-@pytest.mark.parametrize("formula,residual,buckets", [(*c[:2], nb) for c in CASES if c[1] for nb in (12, 2)],
-                         indirect=["buckets"])
+@pytest.mark.parametrize(
+    "formula,residual,buckets", [(*c[:2], nb) for c in CASES if c[1] for nb in (12, 2)], indirect=["buckets"]
+)
 def test_conditional_serial_potential_equals_dense(data, formula, residual, buckets) -> None:
     spec = bayeslmm.model_spec(formula, data, residual=residual)
     assert len(structure_for(spec).buckets) <= buckets
@@ -181,8 +187,11 @@ class _Arr:
 
 def test_priors_can_be_replaced_and_are_checked(data) -> None:
     spec = bayeslmm.model_spec("y ~ x + (1 | a)", data, residual="ou(t | a)")
-    m = build_model(spec, param="marginal", priors={"sigma": "HalfStudentT(nu=3, sigma=2)", "rho": ("Beta", {"alpha": 2,
-                                                                                                         "beta": 2})})
+    m = build_model(
+        spec,
+        param="marginal",
+        priors={"sigma": "HalfStudentT(nu=3, sigma=2)", "rho": ("Beta", {"alpha": 2, "beta": 2})},
+    )
     assert type(m["sigma"].owner.op).__name__.startswith("HalfStudentT")
     assert "Beta" in type(m["rho"].owner.op).__name__
     with pytest.raises(bayeslmm.OptionError, match="must put its mass on"):

@@ -20,6 +20,8 @@ from bayeslmm.bayes import sample
 from bayeslmm.compare._checks import compare_models, diagnose, model_fit, plot_rank, plot_trace, save
 from bayeslmm.compare._ppc import plot_ppc, plot_ppc_groups, plot_prior_predictive, ppc_group_stats
 
+from .conftest import assert_drawn
+
 SLOPE = "Reaction ~ Days + (Days | Subject)"
 INTERCEPT = "Reaction ~ Days + (1 | Subject)"
 
@@ -29,20 +31,25 @@ def fits(sleep) -> dict[str, tuple]:
     """``{name: (spec, idata)}``: random intercept+slope and random intercept (marginal), and the
     random intercept model in the conditional parameterisation."""
     out = {}
-    for name, formula, param in [("slope", SLOPE, "marginal"), ("intercept", INTERCEPT, "marginal"),
-                                 ("conditional", INTERCEPT, "conditional")]:
+    for name, formula, param in [
+        ("slope", SLOPE, "marginal"),
+        ("intercept", INTERCEPT, "marginal"),
+        ("conditional", INTERCEPT, "conditional"),
+    ]:
         spec = bayeslmm.model_spec(formula, sleep)
-        out[name] = (spec, sample(spec, param=param, draws=200, tune=200, chains=2, seed=1,
-                                  prior=name == "slope"))
+        out[name] = (spec, sample(spec, param=param, draws=200, tune=200, chains=2, seed=1, prior=name == "slope"))
     return out
 
 
-def _tree(posterior: dict[str, tuple], stats: dict[str, np.ndarray] | None = None, attrs: dict | None = None,
-          coords: dict | None = None) -> xr.DataTree:
+def _tree(
+    posterior: dict[str, tuple],
+    stats: dict[str, np.ndarray] | None = None,
+    attrs: dict | None = None,
+    coords: dict | None = None,
+) -> xr.DataTree:
     groups = {"posterior": xr.Dataset({k: (dims, v) for k, (dims, v) in posterior.items()}, coords=coords)}
     if stats is not None:
-        groups["sample_stats"] = xr.Dataset({k: (("chain", "draw"), v) for k, v in stats.items()},
-                                            attrs=attrs or {})
+        groups["sample_stats"] = xr.Dataset({k: (("chain", "draw"), v) for k, v in stats.items()}, attrs=attrs or {})
     return xr.DataTree.from_dict(groups)
 
 
@@ -54,9 +61,15 @@ def test_diagnose_reports_arviz_rhat_and_ess(fits) -> None:
 
     _, idata = fits["slope"]
     d = diagnose(idata)
-    assert list(d.table.index) == ["beta[(Intercept)]", "beta[Days]", "varcorr[Subject|(Intercept)]",
-                                   "varcorr[Subject|Days]", "varcorr[Subject|(Intercept)|Days]",
-                                   "varcorr[Residual]", "sigma"]
+    assert list(d.table.index) == [
+        "beta[(Intercept)]",
+        "beta[Days]",
+        "varcorr[Subject|(Intercept)]",
+        "varcorr[Subject|Days]",
+        "varcorr[Subject|(Intercept)|Days]",
+        "varcorr[Residual]",
+        "sigma",
+    ]
     vc = idata.posterior["varcorr"]
     row = d.table.loc["varcorr[Subject|Days]"]
     assert row["r_hat"] == pytest.approx(float(azs.rhat(vc).sel(component="Subject|Days")), rel=1e-12)
@@ -88,10 +101,16 @@ def test_diagnose_flags_disagreeing_chains_low_ess_divergences_and_tree_depth() 
     hit = np.zeros((C, D), dtype=bool)
     hit[1, :5] = True
     depth = np.where(hit, 10, 3)
-    idata = _tree({"beta": (("chain", "draw", "coef"), beta), "sigma": (("chain", "draw"), sigma)},
-                  {"diverging": diverging, "reached_max_treedepth": hit, "tree_depth": depth,
-                   "energy": np.cumsum(rng.normal(size=(C, D)), axis=1)},  # a random walk: E-BFMI near 0
-                  coords={"coef": ["(Intercept)", "x"]})
+    idata = _tree(
+        {"beta": (("chain", "draw", "coef"), beta), "sigma": (("chain", "draw"), sigma)},
+        {
+            "diverging": diverging,
+            "reached_max_treedepth": hit,
+            "tree_depth": depth,
+            "energy": np.cumsum(rng.normal(size=(C, D)), axis=1),
+        },  # a random walk: E-BFMI near 0
+        coords={"coef": ["(Intercept)", "x"]},
+    )
     d = diagnose(idata)
     assert not d.ok
     assert d.divergences == 3 and d.max_treedepth_hits == 5 and d.max_treedepth == 10
@@ -120,15 +139,18 @@ def test_diagnose_reads_nutpie_names_and_passes_a_clean_posterior() -> None:
     diverging[2, 7] = True
     hit = np.zeros((C, D), dtype=bool)
     hit[3, 100] = True
-    idata = _tree({"sigma": (("chain", "draw"), rng.normal(size=(C, D)))},
-                  {"diverging": diverging, "tuning": tuning, "maxdepth_reached": hit, "depth": np.full((C, D), 4)},
-                  attrs={"inference_library_settings": '{"settings": {"maxdepth": 8}}'})
+    idata = _tree(
+        {"sigma": (("chain", "draw"), rng.normal(size=(C, D)))},
+        {"diverging": diverging, "tuning": tuning, "maxdepth_reached": hit, "depth": np.full((C, D), 4)},
+        attrs={"inference_library_settings": '{"settings": {"maxdepth": 8}}'},
+    )
     d = diagnose(idata, var_names="sigma")
     assert (d.divergences, d.max_treedepth_hits, d.max_treedepth) == (1, 1, 8)
-    assert [x.split(":")[0] for x in d.warnings] == ["1 divergent transition after tuning",
-                                                   "1 transitions stopped at the maximum tree depth (8)"]
-    clean = _tree({"sigma": (("chain", "draw"), rng.normal(size=(C, D)))},
-                  {"diverging": np.zeros((C, D), dtype=bool)})
+    assert [x.split(":")[0] for x in d.warnings] == [
+        "1 divergent transition after tuning",
+        "1 transitions stopped at the maximum tree depth (8)",
+    ]
+    clean = _tree({"sigma": (("chain", "draw"), rng.normal(size=(C, D)))}, {"diverging": np.zeros((C, D), dtype=bool)})
     d = diagnose(clean, var_names=["sigma"])
     assert d.ok and "no warnings" in str(d) and "No warnings" in d._repr_html_()
     with pytest.raises(bayeslmm.OptionError, match="no variable 'beta'"):
@@ -153,9 +175,13 @@ def test_divergence_advice_depends_on_the_parameterisation() -> None:
 
 def test_plots_write_png_files(fits, tmp_path) -> None:
     spec, idata = fits["slope"]
-    plots = {"trace": plot_trace(idata), "rank": plot_rank(idata), "ppc": plot_ppc(idata),
-             "prior": plot_prior_predictive(idata),
-             "groups": plot_ppc_groups(idata, spec, "slope", covariate="Days")}
+    plots = {
+        "trace": plot_trace(idata),
+        "rank": plot_rank(idata),
+        "ppc": plot_ppc(idata),
+        "prior": plot_prior_predictive(idata),
+        "groups": plot_ppc_groups(idata, spec, "slope", covariate="Days"),
+    }
     for name, p in plots.items():
         path = tmp_path / f"{name}.png"
         save(p, path)
@@ -163,10 +189,18 @@ def test_plots_write_png_files(fits, tmp_path) -> None:
         assert min(img.shape[:2]) > 200, name
         inked = (img.min(axis=2) < 0.8).mean()  # share of pixels drawn (not white or near white)
         assert 0.005 < inked < 0.6, (name, inked)
+    # drawn into given axes, one interval and one observed group mean per subject, and saved from the axes
     fig, ax = plt.subplots()
-    plot_ppc_groups(idata, spec, ax=ax)
+    assert plot_ppc_groups(idata, spec, ax=ax) is fig
+    means = ppc_group_stats(idata, spec, "mean").table
+    [intervals] = [c for c in ax.collections if len(c.get_segments()) == 18]
+    np.testing.assert_allclose(sorted(s[0][0] for s in intervals.get_segments()), sorted(means["pred_low"]))
+    observed = np.concatenate([line.get_xdata() for line in ax.lines if line.get_marker() == "o"])
+    np.testing.assert_allclose(np.sort(observed), np.sort(means["observed"]))
     save(ax, tmp_path / "axes.png")
-    assert (tmp_path / "axes.png").stat().st_size > 10_000
+    img = plt.imread(tmp_path / "axes.png")
+    assert img.shape[:2] == (round(fig.get_figheight() * fig.dpi), round(fig.get_figwidth() * fig.dpi))
+    assert_drawn(tmp_path / "axes.png")
     plt.close("all")
     with pytest.raises(bayeslmm.OptionError, match="cannot save"):
         save(object(), tmp_path / "x.png")
@@ -234,8 +268,9 @@ def test_loo_is_the_sum_of_pointwise_elpd_with_pareto_k_per_group(fits) -> None:
     assert fit.pareto_k.sizes == {"Subject": 18}
     assert list(fit.pareto_k["Subject"].values) == list(idata.log_likelihood["Subject"].values)
     n_bad = int((fit.pareto_k > fit.loo.good_k).sum())
-    assert any(w.startswith(f"Pareto k > {fit.loo.good_k:.2f} for {n_bad} of 18 groups") for w in fit.warnings) \
-        == (n_bad > 0)
+    assert any(w.startswith(f"Pareto k > {fit.loo.good_k:.2f} for {n_bad} of 18 groups") for w in fit.warnings) == (
+        n_bad > 0
+    )
     # WAIC, computed here from the same matrix, agrees with LOO to within a few units on 18 groups
     assert fit.elpd_waic == pytest.approx(fit.loo.elpd, abs=5)
     assert list(fit.table.index) == ["loo", "waic"]

@@ -35,8 +35,9 @@ def _write(path: Path, header: str, lines: list[str]) -> str:
     return str(path)
 
 
-def _csv(tmp_path: Path, x_text: dict[int, str] | None = None, name: str = "d.csv", sep: str = ",",
-         decimal: str = ".") -> str:
+def _csv(
+    tmp_path: Path, x_text: dict[int, str] | None = None, name: str = "d.csv", sep: str = ",", decimal: str = "."
+) -> str:
     """g (levels LEVELS), x (row i replaced by x_text[i]), y: 48 rows."""
     g, x, y = _rows()
     xs = [f"{v:g}".replace(".", decimal) for v in x]
@@ -89,15 +90,15 @@ def test_alfalfa_date_level_none_is_a_level(tmp_path: Path, capsys) -> None:
     date = np.tile(["None", "S1", "S20", "O7"], 18)
     block = np.repeat(np.arange(1, 7), 12)
     y = 1.5 + 0.2 * (date == "S1") + rng.normal(0, 0.1, 6)[block - 1] + rng.normal(0, 0.1, 72)
-    path = _write(tmp_path / "alfalfa.csv", "Date,Block,Yield",
-                  [f"{a},{b},{c:.4f}" for a, b, c in zip(date, block, y)])
+    path = _write(tmp_path / "alfalfa.csv", "Date,Block,Yield", [f"{a},{b},{c:.4f}" for a, b, c in zip(date, block, y)])
     code, d, err = _fit(capsys, path, "-f", "Yield ~ Date + (1 | Block)")
     assert code == 0 and d["nobs"] == 72 and d["n_dropped"] == 0 and err == ""
     assert set(d["fixef"]) == {"(Intercept)", "Date[T.O7]", "Date[T.S1]", "Date[T.S20]"}  # None: the baseline
     code, d, err = _fit(capsys, path, "-f", "Yield ~ Date + (1 | Block)", "--na-values", "None")
     assert code == 0 and d["nobs"] == 54 and d["n_dropped"] == 18
-    assert err == ("bayeslmm: note: dropped 18 of 72 rows with missing values: 18 in 'Date' "
-                   "(read as missing: 'None')\n")
+    assert err == (
+        "bayeslmm: note: dropped 18 of 72 rows with missing values: 18 in 'Date' (read as missing: 'None')\n"
+    )
 
 
 def test_na_values_adds_markers_in_numeric_and_text_columns(tmp_path: Path, capsys) -> None:
@@ -107,13 +108,22 @@ def test_na_values_adds_markers_in_numeric_and_text_columns(tmp_path: Path, caps
     assert df["x"].dtype == float and int(df["x"].isna().sum()) == 3 and int(df["g"].isna().sum()) == 8
     code, d, err = _fit(capsys, path, "-f", FORMULA, "--na-values", " -, null")
     assert code == 0 and d["nobs"] == 38 and d["n_dropped"] == 10 and d["ngroups"] == {"g": 5}  # row 9 is in both
-    assert err == ("bayeslmm: note: dropped 10 of 48 rows with missing values: 8 in 'g' (read as missing: 'null'), "
-                   "3 in 'x' (read as missing: '-' 2, 'NA' 1)\n")
+    assert err == (
+        "bayeslmm: note: dropped 10 of 48 rows with missing values: 8 in 'g' (read as missing: 'null'), "
+        "3 in 'x' (read as missing: '-' 2, 'NA' 1)\n"
+    )
 
 
-@pytest.mark.parametrize("command", [["fit", "-f", FORMULA], ["lrt", "--null", "y ~ x", "--alt", FORMULA],
-                                     ["limit", "-f", FORMULA], ["sample", "-f", FORMULA],
-                                     ["compare", "-f", FORMULA]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["fit", "-f", FORMULA],
+        ["lrt", "--null", "y ~ x", "--alt", FORMULA],
+        ["limit", "-f", FORMULA],
+        ["sample", "-f", FORMULA],
+        ["compare", "-f", FORMULA],
+    ],
+)
 def test_every_command_that_reads_data_takes_na_values(command: list[str]) -> None:
     args = build_parser().parse_args([command[0], "d.csv", *command[1:], "--na-values", "None,-"])
     assert args.na_values == "None,-"
@@ -171,8 +181,7 @@ def test_parquet_text_keeps_none_and_na_values_applies(tmp_path: Path, capsys) -
     df.to_parquet(path)
     code, d, err = _fit(capsys, str(path), "-f", FORMULA)
     assert code == 0 and d["nobs"] == 46 and d["ngroups"] == {"g": 6}
-    assert err == ("bayeslmm: note: dropped 2 of 48 rows with missing values: 2 in 'x' "
-                   "(null in the Parquet file)\n")
+    assert err == ("bayeslmm: note: dropped 2 of 48 rows with missing values: 2 in 'x' (null in the Parquet file)\n")
     code, d, err = _fit(capsys, str(path), "-f", FORMULA, "--na-values", "None")
     assert code == 0 and d["nobs"] == 40 and d["ngroups"] == {"g": 5}  # rows 0, 1 are in level None
     assert "8 in 'g' (read as missing: 'None')" in err
@@ -208,8 +217,11 @@ def _command() -> list[str]:
 
 def test_a_closed_pipe_ends_quietly_with_141() -> None:
     # the reader leaves before the first line is written, as `| head -1` once it has its line
-    proc = subprocess.Popen([*_command(), "fit", "pig_weights", "-f", "weight ~ num_weeks + (1 | id_num)"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*_command(), "fit", "pig_weights", "-f", "weight ~ num_weeks + (1 | id_num)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == EXIT_BROKEN_PIPE and err == b""
@@ -218,8 +230,9 @@ def test_a_closed_pipe_ends_quietly_with_141() -> None:
 @pytest.mark.skipif(os.name != "posix", reason="a POSIX shell pipeline")
 def test_piped_to_head_prints_the_first_line_and_no_error() -> None:
     cmd = " ".join([*_command(), "fit", "pig_weights", "-f", "'weight ~ num_weeks + (1 | id_num)'"])
-    r = subprocess.run(["bash", "-c", f"{cmd} | head -1; exit ${{PIPESTATUS[0]}}"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        ["bash", "-c", f"{cmd} | head -1; exit ${{PIPESTATUS[0]}}"], capture_output=True, text=True, timeout=60
+    )
     assert r.stdout == "Linear mixed model fit by REML ['lmerMod']\n" and r.stderr == ""
     assert r.returncode in (0, EXIT_BROKEN_PIPE)
 
@@ -238,5 +251,7 @@ def test_out_of_core_categorical_parquet_and_the_dropped_rows_note(tmp_path: Pat
     assert code == 0, err
     assert ooc["nobs"] == mem["nobs"] == 46 and ooc["ngroups"] == {"g": 6} and ooc["n_dropped"] == 2
     assert ooc["fixef"] == pytest.approx(mem["fixef"], rel=1e-6)
-    assert err == ("bayeslmm: note: dropped 2 of 48 rows with missing values in the columns the formula uses "
-                   "(out of core: not counted per column)\n")
+    assert err == (
+        "bayeslmm: note: dropped 2 of 48 rows with missing values in the columns the formula uses "
+        "(out of core: not counted per column)\n"
+    )

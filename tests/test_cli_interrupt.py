@@ -49,15 +49,30 @@ class Interrupted:
         assert self.left == [], f"child processes left: {self.left}"
 
 
-def interrupt(args: list[str], ready: Callable[[psutil.Process, str], bool], delay: float, *, group: bool = True,
-              timeout: float = 300, env: dict[str, str] | None = None) -> Interrupted:
+def interrupt(
+    args: list[str],
+    ready: Callable[[psutil.Process, str], bool],
+    delay: float,
+    *,
+    group: bool = True,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> Interrupted:
     """Run ``bayeslmm ARGS``; once ``ready(process, stderr so far)``, wait ``delay`` s and send SIGINT."""
-    p = subprocess.Popen([*_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True, env={**os.environ, **(env or {})})
+    p = subprocess.Popen(
+        [*_cmd(), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
     out: list[str] = []
     err: list[str] = []
-    readers = [threading.Thread(target=lambda: out.append(p.stdout.read())),
-               threading.Thread(target=lambda: err.extend(iter(p.stderr.readline, "")))]
+    readers = [
+        threading.Thread(target=lambda: out.append(p.stdout.read())),
+        threading.Thread(target=lambda: err.extend(iter(p.stderr.readline, ""))),
+    ]
     for t in readers:
         t.start()
     proc = psutil.Process(p.pid)
@@ -108,8 +123,9 @@ def has_children(proc: psutil.Process, err: str) -> bool:
 def test_ctrl_c_at_start_up(delay: float) -> None:
     """While NumPy, pandas and SciPy are imported: ``import bayeslmm`` loads none of them, so the
     handling is installed before they load."""
-    r = interrupt(["fit", "sleepstudy", "-f", "Reaction ~ Days + (Days | Subject)", "--json"],
-                  lambda proc, err: True, delay)
+    r = interrupt(
+        ["fit", "sleepstudy", "-f", "Reaction ~ Days + (Days | Subject)", "--json"], lambda proc, err: True, delay
+    )
     r.check()
     assert r.out == ""
 
@@ -128,8 +144,26 @@ def test_ctrl_c_during_the_bootstrap(tmp_path: Path) -> None:
 @pytest.mark.parametrize("group", [True, False])
 def test_ctrl_c_while_sampling_reports_no_partial_posterior(tmp_path: Path, group: bool) -> None:
     out = tmp_path / "post.nc"
-    r = interrupt(["sample", "pig_weights", "-f", PIG, "--draws", "100000", "--tune", "1000", "--seed", "1",
-                   "--json", "--out", str(out)], sampling, 1.0, group=group)
+    r = interrupt(
+        [
+            "sample",
+            "pig_weights",
+            "-f",
+            PIG,
+            "--draws",
+            "100000",
+            "--tune",
+            "1000",
+            "--seed",
+            "1",
+            "--json",
+            "--out",
+            str(out),
+        ],
+        sampling,
+        1.0,
+        group=group,
+    )
     r.check()
     assert r.out == "" and not out.exists()  # no JSON, no netCDF of a partial posterior
 
@@ -139,9 +173,12 @@ def test_ctrl_c_while_sampling_reports_no_partial_posterior(tmp_path: Path, grou
 def test_ctrl_c_while_compiling_on_a_cold_cache_in_text_mode(tmp_path: Path, delay: float) -> None:
     # Numba compiles through ctypes callbacks, where a KeyboardInterrupt is printed as "Exception
     # ignored" and lost: it is delivered again
-    r = interrupt(["sample", "pig_weights", "-f", PIG, "--param", "marginal", "--draws", "100000"],
-                  lambda proc, err: "Initializing NUTS" in err, delay,
-                  env={"PYTENSOR_FLAGS": f"base_compiledir={tmp_path / 'cache'}"})
+    r = interrupt(
+        ["sample", "pig_weights", "-f", PIG, "--param", "marginal", "--draws", "100000"],
+        lambda proc, err: "Initializing NUTS" in err,
+        delay,
+        env={"PYTENSOR_FLAGS": f"base_compiledir={tmp_path / 'cache'}"},
+    )
     r.check()
     assert r.out == ""
 
@@ -176,8 +213,7 @@ def test_ctrl_c_during_an_out_of_core_fit(parquet_dir: Path, scheduler: str) -> 
     # the whole threaded command takes about 2.7 s of CPU: the signal must land well before its end
     ready = has_children if scheduler == "processes" else (lambda proc, err: proc.cpu_times().user > 0.8)
     delay = 0.5 if scheduler == "processes" else 0.2
-    r = interrupt(["fit", str(parquet_dir), "-f", "y ~ x + I(x**2) + (x | g)", "--scheduler", scheduler], ready,
-                  delay)
+    r = interrupt(["fit", str(parquet_dir), "-f", "y ~ x + I(x**2) + (x | g)", "--scheduler", scheduler], ready, delay)
     r.check()
     assert r.out == ""
 

@@ -51,8 +51,7 @@ def _rel(a, b) -> float:
 def assert_same_estimates(d: dict, ref: dict) -> None:
     """``d`` (out of core) against ``ref`` (in memory): same fields and rows, estimates to RTOL."""
     assert set(d) - {"out_of_core"} == set(ref)
-    for k in ("formula", "method", "nobs", "n_dropped", "ngroups", "npar", "converged", "singular",
-              "dropped_columns"):
+    for k in ("formula", "method", "nobs", "n_dropped", "ngroups", "npar", "converged", "singular", "dropped_columns"):
         assert d[k] == ref[k], k
     for k in ("fixef", "se", "df"):
         assert list(d[k]) == list(ref[k]), k
@@ -65,8 +64,10 @@ def assert_same_estimates(d: dict, ref: dict) -> None:
     # with which a criterion known to ~1e-13 fixes its argmin along a flat direction
     for k in ("vcov", "theta"):
         assert _rel(d[k], ref[k]) < 10 * RTOL, k
-    for rows, ref_rows, keys, values in ((d["varcorr"], ref["varcorr"], ("grp", "var1", "var2"), ("vcov", "sdcor")),
-                                         (d["ranef"], ref["ranef"], ("grpvar", "term", "grp"), ("condsd",))):
+    for rows, ref_rows, keys, values in (
+        (d["varcorr"], ref["varcorr"], ("grp", "var1", "var2"), ("vcov", "sdcor")),
+        (d["ranef"], ref["ranef"], ("grpvar", "term", "grp"), ("condsd",)),
+    ):
         assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in ref_rows]
         for v in values:
             assert _rel([r[v] for r in rows], [r[v] for r in ref_rows]) < 10 * RTOL, v
@@ -82,8 +83,16 @@ def _text_frame(seed: int = 3, n: int = 400) -> pd.DataFrame:
     h = rng.integers(0, 6, n)
     x = rng.normal(size=n)
     f = rng.choice(["lo", "mid", "hi"], n)
-    y = (1.0 + 0.5 * x + 0.8 * (f == "hi") - 0.3 * (f == "lo") + rng.normal(size=25)[g]
-         + 0.4 * rng.normal(size=25)[g] * x + 0.6 * rng.normal(size=6)[h] + rng.normal(size=n))
+    y = (
+        1.0
+        + 0.5 * x
+        + 0.8 * (f == "hi")
+        - 0.3 * (f == "lo")
+        + rng.normal(size=25)[g]
+        + 0.4 * rng.normal(size=25)[g] * x
+        + 0.6 * rng.normal(size=6)[h]
+        + rng.normal(size=n)
+    )
     df = pd.DataFrame({"y": y, "x": x, "f": f, "g": [f"s{v:02d}" for v in g], "h": np.array(list("uvwxyz"))[h]})
     df.loc[[5, 77], "f"] = None  # a missing text value: the row is dropped on both paths
     return df.astype({"f": object, "g": object, "h": object})
@@ -100,9 +109,9 @@ def sleep_parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sleep_ref() -> dict:
-    fit = bayeslmm.lmm(SLEEP, bayeslmm.datasets.load("sleepstudy"))
-    return json.loads(cli.to_json(fit.to_dict()))
+def sleep_ref(sleep_fit) -> dict:
+    """``bayeslmm fit sleepstudy -f SLEEP --json`` in memory: the session's REML fit (tests/conftest.py)."""
+    return json.loads(cli.to_json(sleep_fit.to_dict()))
 
 
 def test_in_memory_reference_is_the_cli_output(capfd, sleep_ref) -> None:
@@ -141,8 +150,9 @@ def test_summary_says_what_was_not_computed(capfd, sleep_parts) -> None:
 
 def test_scheduler_address_of_a_distributed_cluster(capfd, sleep_parts, sleep_ref) -> None:
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
-                                  scheduler_port=0, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", scheduler_port=0, dashboard_address=None
+    ) as cluster:
         address = cluster.scheduler_address
         assert address.startswith("tcp://")
         d = fit_json(capfd, sleep_parts, "-f", SLEEP, "--scheduler", address)
@@ -217,8 +227,9 @@ def _free_port() -> int:
         ("unknown_column", r"column .Patient. not found in the data"),
     ],
 )
-def test_out_of_core_errors_are_one_line_with_status_2(capfd, monkeypatch, tmp_path, sleep_parts, case,
-                                                       message) -> None:
+def test_out_of_core_errors_are_one_line_with_status_2(
+    capfd, monkeypatch, tmp_path, sleep_parts, case, message
+) -> None:
     args: list = [sleep_parts, "-f", SLEEP]
     if case == "no_match":
         args[0] = f"{sleep_parts}/nothing.*.parquet"

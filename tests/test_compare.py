@@ -1,6 +1,6 @@
 """The meeting point: REML against the posterior (tables) and the plots.
 
-One real posterior (pig weights, ``conditional``, 2 x 200 draws) is sampled per module; the
+One real posterior (pig weights, ``conditional``, 2 x 200 draws) is sampled once per session; the
 other models get a synthetic posterior with the layout of ``bayeslmm.bayes.sample`` (drawn
 around the fit), which is enough to check the arithmetic and is instant.
 """
@@ -34,22 +34,21 @@ from .test_serial import irregular_frame
 Z95 = scipy.stats.norm.ppf(0.975)
 
 
-@pytest.fixture(scope="module")
-def pig_fit() -> bayeslmm.LMMFit:
-    return bayeslmm.lmm("weight ~ num_weeks + (1 | id_num)", bayeslmm.datasets.load("pig_weights"))
+# pig_fit and sleep_fit (REML) are the session's, from tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def pig_idata(pig_fit: bayeslmm.LMMFit) -> xr.DataTree:
-    from bayeslmm.bayes import sample
-
-    return sample(pig_fit.spec, param="conditional", draws=200, tune=200, chains=2, seed=1,
-                  posterior_predictive=False)
-
-
-@pytest.fixture(scope="module")
-def sleep_fit() -> bayeslmm.LMMFit:
-    return bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", bayeslmm.datasets.load("sleepstudy"))
+def pig_idata(models, pig_fit: bayeslmm.LMMFit) -> xr.DataTree:
+    return models.sample(
+        "weight ~ num_weeks + (1 | id_num)",
+        "pig_weights",
+        param="conditional",
+        draws=200,
+        tune=200,
+        chains=2,
+        seed=1,
+        posterior_predictive=False,
+    )
 
 
 def fake_idata(fit: bayeslmm.LMMFit, seed: int = 0, chains: int = 2, draws: int = 300) -> xr.DataTree:
@@ -59,8 +58,9 @@ def fake_idata(fit: bayeslmm.LMMFit, seed: int = 0, chains: int = 2, draws: int 
     sample_dims = {"chain": np.arange(chains), "draw": np.arange(draws)}
 
     def da(x: np.ndarray, dims: tuple[str, ...], **coords: list[str]) -> xr.DataArray:
-        return xr.DataArray(x.reshape(chains, draws, *x.shape[1:]), dims=("chain", "draw", *dims),
-                            coords={**sample_dims, **coords})
+        return xr.DataArray(
+            x.reshape(chains, draws, *x.shape[1:]), dims=("chain", "draw", *dims), coords={**sample_dims, **coords}
+        )
 
     beta = rng.multivariate_normal(fit.fixef.to_numpy(), fit.vcov.to_numpy(), S)
     vc, post = [], {}
@@ -70,8 +70,11 @@ def fake_idata(fit: bayeslmm.LMMFit, seed: int = 0, chains: int = 2, draws: int 
         vc += [W[:, a, a] for a in range(t.q)] + [W[:, a, b] for b in range(t.q) for a in range(b + 1, t.q)]
         b = fit.ranef_dict()[t.name].to_numpy()
         sd = np.sqrt(np.diagonal(fit.cond_cov()[t.name], axis1=1, axis2=2))
-        post[f"b_{t.name}"] = da(b + sd * rng.standard_normal((S, *b.shape)), (f"{t.name}_level", f"{t.name}_coef"),
-                                 **{f"{t.name}_level": list(t.levels), f"{t.name}_coef": list(t.coef_names)})
+        post[f"b_{t.name}"] = da(
+            b + sd * rng.standard_normal((S, *b.shape)),
+            (f"{t.name}_level", f"{t.name}_coef"),
+            **{f"{t.name}_level": list(t.levels), f"{t.name}_coef": list(t.coef_names)},
+        )
     n = spec.n
     vc.append(fit.varcorr().vcov.iloc[-1] * rng.chisquare(n, S) / n)
     post["beta"] = da(beta, ("coef",), coef=list(spec.fixef_names))
@@ -82,8 +85,9 @@ def fake_idata(fit: bayeslmm.LMMFit, seed: int = 0, chains: int = 2, draws: int 
         names = ["process_var", "rho"] if rp["kind"] == "ou" else ["phi"]
         vals = np.column_stack([rp[k] * np.exp(0.1 * rng.standard_normal(S)) for k in names])
         post["process"] = da(vals, ("process_param",), process_param=names)
-    return xr.DataTree.from_dict({"posterior": xr.Dataset(post),
-                                  "observed_data": xr.Dataset({"y": ("obs", np.asarray(spec.y))})})
+    return xr.DataTree.from_dict(
+        {"posterior": xr.Dataset(post), "observed_data": xr.Dataset({"y": ("obs", np.asarray(spec.y))})}
+    )
 
 
 def draws_of(idata: xr.DataTree, name: str) -> np.ndarray:
@@ -153,8 +157,9 @@ def test_profile_intervals_are_the_fits_confint(pig_fit, pig_idata) -> None:
     ci = pig_fit.confint(method="profile")
     for name in pig_fit.spec.fixef_names:
         np.testing.assert_allclose(tab.loc[name, ["low", "high"]], ci.loc[name].iloc[1:], rtol=1e-12)
-    np.testing.assert_allclose(tab.loc["id_num|(Intercept)", ["low", "high"]],
-                               ci.loc["sd_(Intercept)|id_num"].iloc[1:] ** 2, rtol=1e-12)
+    np.testing.assert_allclose(
+        tab.loc["id_num|(Intercept)", ["low", "high"]], ci.loc["sd_(Intercept)|id_num"].iloc[1:] ** 2, rtol=1e-12
+    )
     np.testing.assert_allclose(tab.loc["Residual", ["low", "high"]], ci.loc["sigma"].iloc[1:] ** 2, rtol=1e-12)
     assert tab.loc["id_num|(Intercept)", "low"] > 0  # unlike a Wald interval on the variance scale, inside (0, inf)
 
@@ -311,8 +316,10 @@ def test_a_posterior_of_another_model_is_refused(pig_fit, pig_idata, sleep_fit) 
         compare(other, pig_idata)
     with pytest.raises(OptionError, match="another model"):
         compare_ranef(other, pig_idata)
-    shifted = bayeslmm.lmm("weight ~ num_weeks + (1 | id_num)",
-                           bayeslmm.datasets.load("pig_weights").assign(weight=lambda d: d.weight + 1.0))
+    shifted = bayeslmm.lmm(
+        "weight ~ num_weeks + (1 | id_num)",
+        bayeslmm.datasets.load("pig_weights").assign(weight=lambda d: d.weight + 1.0),
+    )
     with pytest.raises(DataError, match="other data"):
         compare(shifted, pig_idata)
     with pytest.raises(OptionError, match="no posterior group"):
@@ -321,7 +328,7 @@ def test_a_posterior_of_another_model_is_refused(pig_fit, pig_idata, sleep_fit) 
         compare(bayeslmm.lm("weight ~ num_weeks", bayeslmm.datasets.load("pig_weights")), pig_idata)
 
 
-def test_bad_options_are_refused(pig_fit, pig_idata) -> None:
+def test_bad_options_are_refused(pig_fit, pig_idata, sleep_fit) -> None:
     with pytest.raises(OptionError, match="'wald' or 'profile'"):
         compare(pig_fit, pig_idata, interval="bootstrap")
     with pytest.raises(OptionError, match="level must be between 0 and 1"):
@@ -331,7 +338,7 @@ def test_bad_options_are_refused(pig_fit, pig_idata) -> None:
     with pytest.raises(OptionError, match="reml_limit"):
         plot_limit(pig_fit)
     with pytest.raises(DataError, match="one random intercept"):
-        plot_shrinkage(bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", bayeslmm.datasets.load("sleepstudy")))
+        plot_shrinkage(sleep_fit)
 
 
 # ------------------------------------------------------------------ plots

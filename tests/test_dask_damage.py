@@ -44,10 +44,12 @@ def _parts(tmp_path: Path, damage: str, where: int) -> Path:
     return d
 
 
-CASES = [("truncated", r"cannot read the Parquet file '.*part\.{w}\.parquet'.*(magic bytes|truncated)"),
-         ("nocolumn", r"the Parquet file '.*part\.{w}\.parquet' has no column 'Days'"),
-         ("categorical", r"column 'Subject' is categorical .* in '.*part\.{w}\.parquet' but text"),
-         ("numbers", r"column 'Subject' is numbers .* in '.*part\.{w}\.parquet' but text")]
+CASES = [
+    ("truncated", r"cannot read the Parquet file '.*part\.{w}\.parquet'.*(magic bytes|truncated)"),
+    ("nocolumn", r"the Parquet file '.*part\.{w}\.parquet' has no column 'Days'"),
+    ("categorical", r"column 'Subject' is categorical .* in '.*part\.{w}\.parquet' but text"),
+    ("numbers", r"column 'Subject' is numbers .* in '.*part\.{w}\.parquet' but text"),
+]
 
 
 @pytest.mark.parametrize("damage, pattern", CASES, ids=[c[0] for c in CASES])
@@ -88,7 +90,8 @@ def test_in_memory_chunks_of_categories_and_text_are_described_as_such() -> None
 
     df = bayeslmm.datasets.load("sleepstudy")
     a, b = df.iloc[:90], df.iloc[90:].assign(Subject=lambda x: x["Subject"].astype("category"))
-    ddf = dd.from_delayed([__import__("dask").delayed(a), __import__("dask").delayed(b)], meta=a.iloc[:0],
-                          verify_meta=False)
+    ddf = dd.from_delayed(
+        [__import__("dask").delayed(a), __import__("dask").delayed(b)], meta=a.iloc[:0], verify_meta=False
+    )
     with pytest.raises(DataError, match="categorical in some chunks and text in others"):
         lmm_dask(SLEEP, ddf)

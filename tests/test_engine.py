@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import bayeslmm
-from bayeslmm.freq import Objective
+from bayeslmm.freq import BlockedEngine
 from bayeslmm.linalg import CrossProducts, chol_batched, solve_lower_batched, solve_upper_batched
 
 from .conftest import random_frame
@@ -27,7 +27,7 @@ STRUCTURES = [
 @pytest.mark.parametrize("reml", [True, False])
 def test_blocked_criterion_equals_dense_formula(formula: str, seed: int, reml: bool) -> None:
     spec = bayeslmm.model_spec(formula, random_frame(seed))
-    obj = Objective(CrossProducts.from_spec(spec), reml=reml)
+    obj = BlockedEngine(CrossProducts.from_spec(spec), reml=reml, spec=spec)
     rng = np.random.default_rng(seed)
     for _ in range(3):
         theta = rng.uniform(0.05, 2.0, spec.ntheta) * np.where(np.isfinite(spec.theta_lower()), 1, rng.choice([-1, 1]))

@@ -15,13 +15,15 @@ PIG = "weight ~ num_weeks + (1 | id_num)"
 
 
 @pytest.fixture(scope="module")
-def pigfit():
-    return bayeslmm.lmm(PIG, bayeslmm.datasets.load("pig_weights"))
+def pigfit(pig_fit):
+    """The session's pig-weights REML fit (tests/conftest.py)."""
+    return pig_fit
 
 
 @pytest.fixture(scope="module")
-def sleepfit():
-    return bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", bayeslmm.datasets.load("sleepstudy"))
+def sleepfit(sleep_fit):
+    """The session's sleepstudy REML fit, correlated random intercepts and slopes."""
+    return sleep_fit
 
 
 def test_pig_example_matches_the_published_lme4_fit(pigfit) -> None:
@@ -110,26 +112,54 @@ def test_simulate_is_reproducible_and_has_the_model_moments(pigfit) -> None:
 
 def test_summary_has_the_lme4_layout(pigfit) -> None:
     s = str(pigfit.summary())
-    for piece in ["Linear mixed model fit by REML ['lmerMod']", "REML criterion at convergence: 2033.8",
-                  "Scaled residuals:", "Random effects:", "id_num   (Intercept)", "Residual",
-                  "Number of obs: 432, groups:  id_num, 48", "Fixed effects:", "Correlation of Fixed Effects:",
-                  "(Intr)"]:
+    for piece in [
+        "Linear mixed model fit by REML ['lmerMod']",
+        "REML criterion at convergence: 2033.8",
+        "Scaled residuals:",
+        "Random effects:",
+        "id_num   (Intercept)",
+        "Residual",
+        "Number of obs: 432, groups:  id_num, 48",
+        "Fixed effects:",
+        "Correlation of Fixed Effects:",
+        "(Intr)",
+    ]:
         assert piece in s
     assert "<table" in pigfit._repr_html_()
 
 
-def test_ml_summary_shows_information_criteria(pig) -> None:
-    s = str(bayeslmm.lmm(PIG, pig, method="ML").summary())
+def test_ml_summary_shows_information_criteria(models) -> None:
+    s = str(models.fit(PIG, "pig_weights", method="ML").summary())
     assert "maximum likelihood" in s and "AIC" in s and "2037.9" in s
 
 
 def test_to_dict_is_json_with_the_documented_fields(sleepfit) -> None:
     d = json.loads(json.dumps(sleepfit.to_dict()))
-    for key in ["formula", "method", "nobs", "ngroups", "converged", "singular", "fit_seconds", "fixef", "se",
-                "varcorr", "loglik", "reml_criterion", "aic", "bic", "ranef"]:
+    for key in [
+        "formula",
+        "method",
+        "nobs",
+        "ngroups",
+        "converged",
+        "singular",
+        "fit_seconds",
+        "fixef",
+        "se",
+        "varcorr",
+        "loglik",
+        "reml_criterion",
+        "aic",
+        "bic",
+        "ranef",
+    ]:
         assert key in d
-    assert d["varcorr"][2] == {"grp": "Subject", "var1": "(Intercept)", "var2": "Days",
-                               "vcov": pytest.approx(9.6, abs=0.1), "sdcor": pytest.approx(0.066, abs=0.001)}
+    assert d["varcorr"][2] == {
+        "grp": "Subject",
+        "var1": "(Intercept)",
+        "var2": "Days",
+        "vcov": pytest.approx(9.6, abs=0.1),
+        "sdcor": pytest.approx(0.066, abs=0.001),
+    }
     assert d["varcorr"][-1]["grp"] == "Residual" and d["varcorr"][-1]["var1"] is None
     assert len(d["ranef"]) == 36 and set(d["ranef"][0]) == {"grpvar", "term", "grp", "condval", "condsd"}
 

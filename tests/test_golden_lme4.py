@@ -28,7 +28,6 @@ import bayeslmm
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE / "reference"
-DATA = HERE / "data"
 
 #: Reference files and where the data of their cases come from.
 SOURCES = {"public/lme4_public.json": "bundled", "lme4_extra.json": "tests/data"}
@@ -75,19 +74,14 @@ def group_key(g: Any) -> str:
     return re.sub(r"\.\d+$", "", grpnorm(g))
 
 
-def load_data(case: dict[str, Any], source: str) -> pd.DataFrame:
-    """The data of a case: a bundled dataset, or ``tests/data/<name>.csv``."""
-    if source == "bundled":
-        return bayeslmm.datasets.load(case["data"])
-    return pd.read_csv(DATA / f"{case['data']}.csv")
-
-
 @pytest.fixture(scope="module", params=_cases())
-def fitted(request: pytest.FixtureRequest) -> tuple[dict[str, Any], bayeslmm.LMMFit]:
-    """The reference case and the bayeslmm fit of the same model (fitted once per case)."""
+def fitted(request: pytest.FixtureRequest, models: Any) -> tuple[dict[str, Any], bayeslmm.LMMFit]:
+    """The reference case and the bayeslmm fit of the same model (fitted once per session: the
+    session's model cache, ``tests/conftest.py``)."""
     case, source = request.param
     formula = case.get("py_formula", case["formula"])
-    return case, bayeslmm.lmm(formula, load_data(case, source), method=case["method"])
+    data = case["data"] if source == "bundled" else f"{case['data']}.csv"
+    return case, models.fit(formula, data, case["method"])
 
 
 def residual_variance(case: dict[str, Any]) -> float:

@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
 import bayeslmm
@@ -42,30 +39,26 @@ import bayeslmm
 HERE = Path(__file__).resolve().parent
 REFERENCE = json.loads((HERE / "reference" / "lrt_reference.json").read_text())
 CASES = {c["id"]: c for c in REFERENCE["cases"]}
-DATA = HERE / "data"
 
 
-def load_data(case: dict[str, Any]) -> pd.DataFrame:
-    """A case's data: a bundled dataset or ``tests/data/<name>.csv``."""
-    if case["data_source"] == "bundled":
-        return bayeslmm.datasets.load(case["data"])
-    return pd.read_csv(DATA / f"{case['data']}.csv")
+def data_name(case: dict[str, Any]) -> str:
+    """A case's data for the session's model cache: a bundled dataset or ``tests/data/<name>.csv``."""
+    return case["data"] if case["data_source"] == "bundled" else f"{case['data']}.csv"
 
 
-def fit(formula: str, data: pd.DataFrame, method: str) -> Any:
-    """``lmm`` for a formula with random-effect terms, ``lm`` for one without."""
-    return (bayeslmm.lmm if "|" in formula else bayeslmm.lm)(formula, data, method=method)
+def fits(models: Any, case: dict[str, Any]) -> tuple[Any, Any]:
+    """The null and alternative fits of a case (``lmm`` for a formula with random-effect terms, ``lm`` for
+    one without), fitted once per session."""
+    return tuple(models.fit(case[k], data_name(case), case["method"]) for k in ("null", "alt"))
 
 
 _RESULTS: dict[str, Any] = {}
 
 
-def run_case(cid: str) -> Any:
+def run_case(models: Any, cid: str) -> Any:
     """``bayeslmm.lrt`` of a case (cached: several tests look at one result)."""
     if cid not in _RESULTS:
-        case = CASES[cid]
-        data = load_data(case)
-        _RESULTS[cid] = bayeslmm.lrt(fit(case["null"], data, case["method"]), fit(case["alt"], data, case["method"]))
+        _RESULTS[cid] = bayeslmm.lrt(*fits(models, CASES[cid]))
     return _RESULTS[cid]
 
 
@@ -88,14 +81,20 @@ PBKR = [cid for cid in ALL if "pbkr" in CASES[cid]]
 
 def test_reference_cases_present() -> None:
     """The cases the brief asks for are all in the reference file."""
-    assert {"sleep_slope_reml", "sleep_fixed_refit", "pig_intercept_reml", "dyestuff_intercept_reml",
-            "penicillin_sample_reml", "orthodont_sex_ml"} <= set(CASES)
+    assert {
+        "sleep_slope_reml",
+        "sleep_fixed_refit",
+        "pig_intercept_reml",
+        "dyestuff_intercept_reml",
+        "penicillin_sample_reml",
+        "orthodont_sex_ml",
+    } <= set(CASES)
     assert REFERENCE["versions"]["lme4"]
 
 
 @pytest.mark.parametrize("cid", ALL)
-def test_statistic_df_p(cid: str) -> None:
-    case, res = CASES[cid], run_case(cid)
+def test_statistic_df_p(models, cid: str) -> None:
+    case, res = CASES[cid], run_case(models, cid)
     assert res.statistic == pytest.approx(case["chisq"], abs=stat_tol(case["chisq"]), rel=0)
     assert res.df == case["df"]
     assert res.null["npar"] == case["null_npar"] and res.alt["npar"] == case["alt_npar"]
@@ -103,15 +102,15 @@ def test_statistic_df_p(cid: str) -> None:
 
 
 @pytest.mark.parametrize("cid", ALL)
-def test_logliks(cid: str) -> None:
-    case, res = CASES[cid], run_case(cid)
+def test_logliks(models, cid: str) -> None:
+    case, res = CASES[cid], run_case(models, cid)
     assert res.null["loglik"] == pytest.approx(case["null_loglik"], abs=1e-5, rel=0)
     assert res.alt["loglik"] == pytest.approx(case["alt_loglik"], abs=1e-5, rel=0)
 
 
 @pytest.mark.parametrize("cid", ALL)
-def test_refit_flag(cid: str) -> None:
-    case, res = CASES[cid], run_case(cid)
+def test_refit_flag(models, cid: str) -> None:
+    case, res = CASES[cid], run_case(models, cid)
     assert res.refit == ("ML" if case["refit"] else None)
     # the method of the fits compared: ML after a refit, else as requested
     expected = "ML" if case["refit"] else case["method"]
@@ -126,9 +125,9 @@ def test_reml_constant_agrees(cid: str) -> None:
 
 
 @pytest.mark.parametrize("cid", RLRSIM)
-def test_boundary_p_against_rlrsim(cid: str) -> None:
+def test_boundary_p_against_rlrsim(models, cid: str) -> None:
     """Order-of-magnitude agreement of the chi-bar-square p value with RLRsim's exact one."""
-    case, res = CASES[cid], run_case(cid)
+    case, res = CASES[cid], run_case(models, cid)
     rl = case["rlrsim"]
     assert rl["stat"] == pytest.approx(case["chisq"], abs=1e-8 * max(1.0, case["chisq"]))
     assert res.p_boundary is not None
@@ -136,9 +135,9 @@ def test_boundary_p_against_rlrsim(cid: str) -> None:
     assert order_of_magnitude_ok(res.p_boundary, rl["p"]), (res.p_boundary, rl["p"])
 
 
-def test_slope_mixture() -> None:
+def test_slope_mixture(models) -> None:
     """Adding a correlated random slope to an intercept: 0.5 chi2_1 + 0.5 chi2_2."""
-    res = run_case("sleep_slope_reml")
+    res = run_case(models, "sleep_slope_reml")
     assert res.mixture == [(0.5, 1), (0.5, 2)]
     s = res.statistic
     # survival functions in closed form: chi2_1: erfc(sqrt(s / 2)); chi2_2: exp(-s / 2)
@@ -147,9 +146,9 @@ def test_slope_mixture() -> None:
 
 
 @pytest.mark.parametrize("cid", PBKR)
-def test_boundary_p_against_pbkrtest(cid: str) -> None:
+def test_boundary_p_against_pbkrtest(models, cid: str) -> None:
     """Order-of-magnitude agreement of the chi-bar-square p value with pbkrtest's bootstrap."""
-    case, res = CASES[cid], run_case(cid)
+    case, res = CASES[cid], run_case(models, cid)
     pb = case["pbkr"]
     assert pb["stat"] == pytest.approx(case["chisq"], abs=1e-8 * max(1.0, case["chisq"]))
     assert res.p_boundary is not None
@@ -157,26 +156,21 @@ def test_boundary_p_against_pbkrtest(cid: str) -> None:
 
 
 @pytest.mark.parametrize("cid", PBKR)
-def test_bootstrap_against_pbkrtest(cid: str) -> None:
+def test_bootstrap_against_pbkrtest(models, cid: str) -> None:
     """Our parametric bootstrap p value agrees with pbkrtest's within 4 Monte Carlo standard errors."""
     case = CASES[cid]
-    data = load_data(case)
     n = 400
-    res = bayeslmm.lrt(fit(case["null"], data, case["method"]), fit(case["alt"], data, case["method"]),
-                       bootstrap=n, seed=20240611, progress=False)
+    res = bayeslmm.lrt(*fits(models, case), bootstrap=n, seed=20240611, progress=False)
     p_ref, n_ref = case["pbkr"]["p_plain"], case["pbkr"]["nsim"]
     se = math.sqrt(p_ref * (1 - p_ref) * (1 / n + 1 / n_ref))
     assert res.n_bootstrap == n and res.bootstrap_statistics.shape == (n,)
     assert abs(res.p_bootstrap - p_ref) < 4 * se, (res.p_bootstrap, p_ref, se)
 
 
-def test_cli_lrt_json() -> None:
+def test_cli_lrt_json(cli) -> None:
     """``bayeslmm lrt DATA --null F0 --alt F1 --json`` on the dyestuff case."""
     case = CASES["dyestuff_intercept_reml"]
-    exe = Path(sys.executable).parent / "bayeslmm"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bayeslmm"]
-    proc = subprocess.run([*cmd, "lrt", case["data"], "--null", case["null"], "--alt", case["alt"],
-                           "--method", case["method"], "--json"], capture_output=True, text=True, timeout=120)
+    proc = cli("lrt", case["data"], "--null", case["null"], "--alt", case["alt"], "--method", case["method"], "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert {"lrt", "df", "p", "p_boundary", "refit", "null", "alt"} <= set(out)
@@ -190,13 +184,10 @@ def test_cli_lrt_json() -> None:
     assert out["null"]["npar"] == case["null_npar"] and out["alt"]["npar"] == case["alt_npar"]
 
 
-def test_cli_lrt_json_refit() -> None:
+def test_cli_lrt_json_refit(cli) -> None:
     """The CLI reports lme4's ML refit for REML fits with different fixed effects."""
     case = CASES["sleep_fixed_refit"]
-    exe = Path(sys.executable).parent / "bayeslmm"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bayeslmm"]
-    proc = subprocess.run([*cmd, "lrt", case["data"], "--null", case["null"], "--alt", case["alt"],
-                           "--method", "REML", "--json"], capture_output=True, text=True, timeout=120)
+    proc = cli("lrt", case["data"], "--null", case["null"], "--alt", case["alt"], "--method", "REML", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["refit"] == "ML"

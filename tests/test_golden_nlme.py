@@ -41,8 +41,12 @@ def test_loglik_and_aic(fitted) -> None:
 def test_fixed_effects_and_standard_errors(fitted) -> None:
     case, fit = fitted
     assert list(fit.fixef.index) == list(case["fixef"])
-    np.testing.assert_allclose(fit.fixef.to_numpy(), list(case["fixef"].values()), rtol=1e-4,
-                               atol=1e-4 * max(abs(v) for v in case["fixef"].values()) * 1e-2)
+    np.testing.assert_allclose(
+        fit.fixef.to_numpy(),
+        list(case["fixef"].values()),
+        rtol=1e-4,
+        atol=1e-4 * max(abs(v) for v in case["fixef"].values()) * 1e-2,
+    )
     np.testing.assert_allclose(fit.se.to_numpy(), list(case["se"].values()), rtol=1e-4)
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import bayeslmm
-from bayeslmm.freq._information import _patterns, expected_information, vc_standard_errors
+from bayeslmm.freq._information import expected_information, vc_standard_errors
 from bayeslmm.freq._numderiv import hessian
 from bayeslmm.linalg import term_matrix
 
@@ -25,7 +25,7 @@ def _dense_information(fit) -> np.ndarray:
     P = Vi - Vi @ X @ np.linalg.solve(X.T @ Vi @ X, X.T @ Vi) if fit.reml else Vi
     dV = []
     for z, t in zip(Z, spec.terms):
-        for a, b in _patterns(t.q):
+        for a, b in t.covariance.components():
             S = np.zeros((t.q, t.q))
             S[a, b] = S[b, a] = 1
             dV.append(z @ np.kron(np.eye(t.nlevels), S) @ z.T)
@@ -45,7 +45,7 @@ def test_expected_information_equals_the_dense_trace_formula(formula: str, metho
 def _deviance_psi(fit):
     """-2 loglik as a function of (vcov entries..., sigma^2) for a single-term model."""
     t = fit.spec.terms[0]
-    pats = _patterns(t.q)
+    pats = t.covariance.components()
 
     def dev(psi):
         D = np.zeros((t.q, t.q))
@@ -55,22 +55,24 @@ def _deviance_psi(fit):
         T = np.linalg.cholesky(D / s2)
         theta = np.concatenate([T[j:, j] for j in range(t.q)])
         return fit.deviance_varpar(np.r_[theta, np.sqrt(s2)])
+
     return dev
 
 
-@pytest.mark.parametrize("data, formula", [("dyestuff", "Yield ~ 1 + (1 | Batch)"),
-                                           ("pig_weights", "weight ~ num_weeks + (1 | id_num)")])
+@pytest.mark.parametrize(
+    "data, formula", [("dyestuff", "Yield ~ 1 + (1 | Batch)"), ("pig_weights", "weight ~ num_weeks + (1 | id_num)")]
+)
 @pytest.mark.parametrize("method", ["REML", "ML"])
-def test_expected_information_equals_the_observed_one_on_balanced_designs(data, formula, method) -> None:
-    fit = bayeslmm.lmm(formula, bayeslmm.datasets.load(data), method=method)
+def test_expected_information_equals_the_observed_one_on_balanced_designs(models, data, formula, method) -> None:
+    fit = models.fit(formula, data, method)
     info, _ = expected_information(fit)
     psi = fit.varcorr().vcov.to_numpy()
     H = hessian(_deviance_psi(fit), psi)
     np.testing.assert_allclose(info, 0.5 * H, rtol=1e-4)
 
 
-def test_vc_standard_errors_and_delta_method(sleep) -> None:
-    fit = bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", sleep)
+def test_vc_standard_errors_and_delta_method(sleep_fit) -> None:
+    fit = sleep_fit
     se = vc_standard_errors(fit)
     assert list(se.columns[-5:]) == ["se_vcov", "se_sdcor", "wald_lower", "wald_upper", "unreliable"]
     assert se.wald_lower.iloc[0] == pytest.approx(se.sdcor.iloc[0] - 1.959964 * se.se_sdcor.iloc[0], rel=1e-6)
@@ -81,8 +83,8 @@ def test_vc_standard_errors_and_delta_method(sleep) -> None:
     assert len(d["vc_se"]) == 4 and set(d["df"]) == {"(Intercept)", "Days"}
 
 
-def test_score_is_zero_at_the_optimum(sleep) -> None:
-    fit = bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", sleep)
+def test_score_is_zero_at_the_optimum(sleep_fit) -> None:
+    fit = sleep_fit
     g = fit.score()
     assert np.max(np.abs(g)) < 1e-3
 
@@ -95,8 +97,8 @@ def test_singular_fits_flag_vc_se_as_unreliable() -> None:
     assert fit.singular and vc_standard_errors(fit).unreliable.iloc[0]
 
 
-def test_satterthwaite_contrasts(sleep) -> None:
-    fit = bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", sleep)
+def test_satterthwaite_contrasts(sleep_fit) -> None:
+    fit = sleep_fit
     coefs = fit.satterthwaite()
     one = fit.satterthwaite(pd.DataFrame({"Days": [1.0]}, index=["slope"]))
     assert one.df.iloc[0] == pytest.approx(coefs.df["Days"], rel=1e-9)
@@ -110,8 +112,8 @@ def test_satterthwaite_contrasts(sleep) -> None:
         fit.satterthwaite(np.ones((1, 3)))
 
 
-def test_lrt_checks_nesting_and_rows(pig) -> None:
-    a = bayeslmm.lmm("weight ~ num_weeks + (1 | id_num)", pig)
+def test_lrt_checks_nesting_and_rows(pig, pig_fit) -> None:
+    a = pig_fit
     b = bayeslmm.lmm("weight ~ 1 + (1 | id_num)", pig)
     with pytest.raises(bayeslmm.DataError, match="not nested"):
         bayeslmm.lrt(a, b)
@@ -120,17 +122,17 @@ def test_lrt_checks_nesting_and_rows(pig) -> None:
         bayeslmm.lrt(c, a)
 
 
-def test_lrt_refits_with_ml_when_fixed_effects_differ(sleep) -> None:
-    a = bayeslmm.lmm("Reaction ~ 1 + (Days | Subject)", sleep)
-    b = bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", sleep)
+def test_lrt_refits_with_ml_when_fixed_effects_differ(models, sleep_fit) -> None:
+    a = models.fit("Reaction ~ 1 + (Days | Subject)", "sleepstudy")
+    b = sleep_fit
     r = bayeslmm.lrt(a, b)
     assert r.refit == "ML" and r.df == 1 and r.p_boundary is None
-    ml = bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", sleep, method="ML")
+    ml = models.fit("Reaction ~ Days + (Days | Subject)", "sleepstudy", "ML")
     assert r.alt["loglik"] == pytest.approx(ml.loglik, abs=1e-7)
 
 
-def test_bootstrap_is_reproducible_and_independent_of_workers(pig) -> None:
-    fit = bayeslmm.lmm("weight ~ num_weeks + (1 | id_num)", pig)
+def test_bootstrap_is_reproducible_and_independent_of_workers(pig_fit) -> None:
+    fit = pig_fit
     a = bayeslmm.bootstrap(fit, 20, seed=3, n_jobs=1, progress=False)
     b = bayeslmm.bootstrap(fit, 20, seed=3, n_jobs=2, progress=False)
     pd.testing.assert_frame_equal(a.draws, b.draws)
@@ -156,19 +158,19 @@ def test_boundary_corrected_test_holds_its_size() -> None:
 
 
 @pytest.mark.parametrize("case", ["pig_reml", "pig_ml", "dyestuff_reml", "sleep_uncorr_ml", "sleep_corr_ml"])
-def test_profile_intervals_match_lme4(case: str) -> None:
+def test_profile_intervals_match_lme4(models, case: str) -> None:
     """lme4's confint(method = "profile"): interval ends to 1e-3 relative (lme4 interpolates its profile)."""
     import json
     from pathlib import Path
 
     ref = json.loads((Path(__file__).parent / "reference" / "profile_reference.json").read_text())[case]
-    fit = bayeslmm.lmm(ref["formula"], bayeslmm.datasets.load(ref["data"]), method=ref["method"])
+    fit = models.fit(ref["formula"], ref["data"], ref["method"])
     ci = fit.confint().loc[ref["names"]]
     np.testing.assert_allclose(ci.iloc[:, 1], ref["lower"], rtol=1e-3)
     np.testing.assert_allclose(ci.iloc[:, 2], ref["upper"], rtol=1e-3)
 
 
-def test_wald_intervals(sleep) -> None:
-    fit = bayeslmm.lmm("Reaction ~ Days + (Days | Subject)", sleep)
+def test_wald_intervals(sleep_fit) -> None:
+    fit = sleep_fit
     ci = fit.confint(method="wald")
     assert ci.loc["Days"].iloc[1] == pytest.approx(fit.fixef["Days"] - 1.959964 * fit.se["Days"], rel=1e-6)

@@ -15,7 +15,7 @@ from bayeslmm.bayes import log_marginal, reml_limit
 
 from .conftest import random_frame
 from .dense import dense_parts
-from .test_serial import irregular_frame
+from .test_serial import irregular_frame, unpack
 
 
 @pytest.mark.parametrize("t", [0.5, 10.0, 1e4])
@@ -33,11 +33,14 @@ def test_log_marginal_equals_the_dense_normal_density(t: float) -> None:
 def test_log_marginal_of_a_serial_model_equals_the_dense_density() -> None:
     fit = bayeslmm.lmm("y ~ t + (1 | id)", irregular_frame(2), residual="ou(t | id)")
     spec, res, obj = fit.spec, fit.spec.residual, fit.objective
-    _, D, rho, var_w, kappa = obj.unpack(fit.theta)
+    _, D, rho, var_w, kappa = unpack(obj, fit.psi)
     s2 = fit.scale2
     same = res.codes[:, None] == res.codes[None, :]
-    V = s2 * (D[0, 0] * same + var_w * np.where(same, rho ** np.abs(res.t[:, None] - res.t[None, :]), 0)
-              + kappa * np.eye(spec.n))
+    V = s2 * (
+        D[0, 0] * same
+        + var_w * np.where(same, rho ** np.abs(res.t[:, None] - res.t[None, :]), 0)
+        + kappa * np.eye(spec.n)
+    )
     t = 100.0
     ref = scipy.stats.multivariate_normal(np.zeros(spec.n), V + t * spec.X @ spec.X.T).logpdf(spec.y)
     assert log_marginal(fit, fit.varpar(), t) == pytest.approx(ref, abs=1e-8)
@@ -55,12 +58,15 @@ def test_the_gap_to_reml_tends_to_minus_p_half_log_2pi() -> None:
         assert abs(gaps[1] - gaps[2]) < abs(gaps[0] - gaps[2])  # monotone approach
 
 
-@pytest.mark.parametrize("formula, data, residual", [
-    ("weight ~ num_weeks + (1 | id_num)", "pig_weights", None),
-    ("Reaction ~ Days + (Days | Subject)", "sleepstudy", None),
-    ("Yield ~ 1 + (1 | Batch)", "dyestuff", None),
-    ("y ~ t + (1 | id)", "irregular", "ou(t | id)"),
-])
+@pytest.mark.parametrize(
+    "formula, data, residual",
+    [
+        ("weight ~ num_weeks + (1 | id_num)", "pig_weights", None),
+        ("Reaction ~ Days + (Days | Subject)", "sleepstudy", None),
+        ("Yield ~ 1 + (1 | Batch)", "dyestuff", None),
+        ("y ~ t + (1 | id)", "irregular", "ou(t | id)"),
+    ],
+)
 def test_posterior_mode_reaches_reml(formula: str, data: str, residual: str | None) -> None:
     df = irregular_frame(3, m=40) if data == "irregular" else bayeslmm.datasets.load(data)
     path = reml_limit(bayeslmm.lmm(formula, df, residual=residual), [10.0, 1e3, 1e8])
@@ -80,8 +86,15 @@ def test_limit_refuses_ml_fits_and_bad_prior_variances(pig) -> None:
 def test_cli_limit_json() -> None:
     from .test_cli import run
 
-    r = run("limit", "pig_weights", "--formula", "weight ~ num_weeks + (1 | id_num)", "--beta-prior-vars",
-            "10,1e8", "--json")
+    r = run(
+        "limit",
+        "pig_weights",
+        "--formula",
+        "weight ~ num_weeks + (1 | id_num)",
+        "--beta-prior-vars",
+        "10,1e8",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert [p["beta_prior_var"] for p in d["path"]] == [10.0, 1e8]

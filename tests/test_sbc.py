@@ -115,19 +115,42 @@ def run_sbc() -> dict[str, Any]:
     start = time.perf_counter()
     for r in range(R):
         truth, y = _simulate(spec, r)
-        idata = sample(spec.with_response(y), param="marginal", draws=DRAWS, tune=TUNE, chains=1, seed=r,
-                       sampler="pymc", mode=mode, posterior_predictive=False, beta_prior_var=TAU, sd_scale=S,
-                       lkj_eta=2.0)
+        idata = sample(
+            spec.with_response(y),
+            param="marginal",
+            draws=DRAWS,
+            tune=TUNE,
+            chains=1,
+            seed=r,
+            sampler="pymc",
+            mode=mode,
+            posterior_predictive=False,
+            beta_prior_var=TAU,
+            sd_scale=S,
+            lkj_eta=2.0,
+        )
         post = idata.posterior
-        draws = np.column_stack([post["beta"].values[0], post["sd_g"].values[0, :, 0], post["sigma"].values[0],
-                                 post["b_g"].values[0][:, list(B_LEVELS), 0]])
+        draws = np.column_stack(
+            [
+                post["beta"].values[0],
+                post["sd_g"].values[0, :, 0],
+                post["sigma"].values[0],
+                post["b_g"].values[0][:, list(B_LEVELS), 0],
+            ]
+        )
         truths.append(truth)
         kept.append(thin(draws, L))
         e = az.ess(post.to_dataset()[["beta", "sd_g", "sigma"]])
         ess.append(np.r_[e["beta"].values.ravel(), e["sd_g"].values.ravel(), e["sigma"].values.ravel()])
         div.append(int(idata.sample_stats["diverging"].sum()))
-    return {"names": names, "truth": np.array(truths), "draws": np.array(kept), "ess": np.array(ess),
-            "divergences": np.array(div), "seconds": time.perf_counter() - start}
+    return {
+        "names": names,
+        "truth": np.array(truths),
+        "draws": np.array(kept),
+        "ess": np.array(ess),
+        "divergences": np.array(div),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -187,9 +210,11 @@ def test_marginal_sampler_is_calibrated(sbc: dict[str, Any]) -> None:
 def test_draws_are_nearly_independent_and_without_divergences(sbc: dict[str, Any]) -> None:
     """The ranks are uniform only for independent draws: the chain's ESS should cover the ``L`` kept draws."""
     ess = sbc["ess"]
-    print(f"\nESS of {DRAWS} draws: min {ess.min():.0f}, 5% {np.quantile(ess, 0.05):.0f}, "
-          f"median {np.median(ess):.0f} (L={L}); divergences {sbc['divergences'].sum()} "
-          f"in {np.count_nonzero(sbc['divergences'])} replicates")
+    print(
+        f"\nESS of {DRAWS} draws: min {ess.min():.0f}, 5% {np.quantile(ess, 0.05):.0f}, "
+        f"median {np.median(ess):.0f} (L={L}); divergences {sbc['divergences'].sum()} "
+        f"in {np.count_nonzero(sbc['divergences'])} replicates"
+    )
     assert np.median(ess) > 2 * L
     assert np.mean(ess < L) < 0.05
     assert sbc["divergences"].sum() <= 0.002 * R * DRAWS
@@ -212,8 +237,9 @@ def _variance_for_sd(truth: np.ndarray, d: np.ndarray) -> np.ndarray:  # varcorr
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:PyTensor could not link to a BLAS:UserWarning")
-@pytest.mark.parametrize(("wrong", "params"), [(_shift, slice(None)), (_shrink, slice(None)),
-                                                (_variance_for_sd, slice(3, 4))])
+@pytest.mark.parametrize(
+    ("wrong", "params"), [(_shift, slice(None)), (_shrink, slice(None)), (_variance_for_sd, slice(3, 4))]
+)
 def test_a_miscalibrated_sampler_is_rejected(sbc: dict[str, Any], wrong: Any, params: slice) -> None:
     """The same test, on the same replicates, rejects draws made wrong on purpose (so it can fail)."""
     p, ranks = _pvalues(sbc["truth"], wrong(sbc["truth"], sbc["draws"]))

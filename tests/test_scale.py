@@ -13,8 +13,10 @@ import bayeslmm
 
 
 def test_import_does_not_load_the_bayesian_stack() -> None:
-    code = ("import bayeslmm, sys; bayeslmm.lmm; "
-            "print(sorted(m for m in ('pymc', 'pytensor', 'arviz', 'scipy.stats') if m in sys.modules))")
+    code = (
+        "import bayeslmm, sys; bayeslmm.lmm; "
+        "print(sorted(m for m in ('pymc', 'pytensor', 'arviz', 'scipy.stats') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -29,8 +31,14 @@ def test_insteval_sized_crossed_design_fits_and_recovers_the_variances() -> None
     dept = d % ldept  # lecturers belong to departments, as in InstEval
     service = rng.integers(0, 2, n)
     sd = {"s": 0.33, "d": 0.52, "dept": 0.08, "resid": 1.18}
-    y = (3.2 - 0.07 * service + sd["s"] * rng.normal(size=ls)[s] + sd["d"] * rng.normal(size=ld)[d]
-         + sd["dept"] * rng.normal(size=ldept)[dept] + sd["resid"] * rng.normal(size=n))
+    y = (
+        3.2
+        - 0.07 * service
+        + sd["s"] * rng.normal(size=ls)[s]
+        + sd["d"] * rng.normal(size=ld)[d]
+        + sd["dept"] * rng.normal(size=ldept)[dept]
+        + sd["resid"] * rng.normal(size=n)
+    )
     df = pd.DataFrame({"y": y, "service": service.astype(str), "s": s, "d": d, "dept": dept})
     fit = bayeslmm.lmm("y ~ service + (1 | s) + (1 | d) + (1 | dept)", df)
     assert fit.converged and fit.ngroups == {"s": ls, "d": ld, "dept": ldept}
@@ -69,8 +77,10 @@ def test_many_groups_random_slopes() -> None:
 def test_import_loads_no_numerical_stack() -> None:
     """``import bayeslmm`` (and its command line) loads neither NumPy nor pandas: the command line
     installs its Ctrl-C handling before they load, and a start-up that needs none of them stays short."""
-    code = ("import sys, bayeslmm, bayeslmm.cli; "
-            "print(sorted(m for m in ('numpy', 'pandas', 'scipy') if m in sys.modules)); "
-            "print(callable(bayeslmm.lmm), 'lmm' in dir(bayeslmm))")
+    code = (
+        "import sys, bayeslmm, bayeslmm.cli; "
+        "print(sorted(m for m in ('numpy', 'pandas', 'scipy') if m in sys.modules)); "
+        "print(callable(bayeslmm.lmm), 'lmm' in dir(bayeslmm))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "True True"

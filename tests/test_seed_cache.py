@@ -28,8 +28,13 @@ def _cmd() -> list[str]:
 
 def _sample(cache: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTENSOR_FLAGS": f"base_compiledir={cache}", "NUMBA_CACHE_DIR": str(cache / "numba-own")}
-    r = subprocess.run([*_cmd(), "sample", "pig_weights", "-f", PIG, "--draws", "50", "--tune", "50", "--seed", "3",
-                        "--json", *extra], capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [*_cmd(), "sample", "pig_weights", "-f", PIG, "--draws", "50", "--tune", "50", "--seed", "3", "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 

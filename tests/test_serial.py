@@ -10,7 +10,7 @@ import pytest
 
 import bayeslmm
 from bayeslmm import DataError, FormulaError
-from bayeslmm.freq._serial import SerialObjective
+from bayeslmm.freq import GroupedEngine
 from bayeslmm.spec import parse_formula
 from bayeslmm.spec._residual import parse_residual
 
@@ -36,11 +36,16 @@ def irregular_frame(seed: int, m: int = 25) -> pd.DataFrame:
     return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def dense_serial_criterion(obj: SerialObjective, theta: np.ndarray, reml: bool) -> float:
+def unpack(obj: GroupedEngine, psi: np.ndarray) -> tuple:
+    """``(T_k list, D_rel, decay, var_w, kappa)`` of a Markov residual structure at ``psi``."""
+    return (obj.factors(psi), obj.D_rel(psi), *obj.structure.markov_process(obj.split(psi)[1]))
+
+
+def dense_serial_criterion(obj: GroupedEngine, theta: np.ndarray, reml: bool) -> float:
     """``-2 l`` from the per-group dense covariance ``Z D Z' + var_w P + kappa I`` (profiled scale)."""
     spec = obj.spec
     res = spec.residual
-    _, D, decay, var_w, kappa = obj.unpack(theta)
+    _, D, decay, var_w, kappa = unpack(obj, theta)
     n, p = spec.X.shape
     Vinv_blocks, logdet = {}, 0.0
     XtVX = np.zeros((p, p))
@@ -79,7 +84,7 @@ def dense_serial_criterion(obj: SerialObjective, theta: np.ndarray, reml: bool) 
 @pytest.mark.parametrize("reml", [True, False])
 def test_kalman_criterion_equals_dense_formula(residual: str, formula: str, reml: bool) -> None:
     spec = bayeslmm.model_spec(formula, irregular_frame(1), residual=residual)
-    obj = SerialObjective(spec, reml=reml)
+    obj = GroupedEngine(spec, reml=reml)
     rng = np.random.default_rng(2)
     lo, hi = obj.bounds()
     for _ in range(3):
@@ -113,7 +118,7 @@ def test_blups_and_conditional_variances_equal_dense_formulas() -> None:
     obj = fit.objective
     spec = fit.spec
     res = spec.residual
-    _, D, decay, var_w, kappa = obj.unpack(fit.theta)
+    _, D, decay, var_w, kappa = unpack(obj, fit.psi)
     s2 = fit.scale2
     b = fit.ranef_dict()["id"].to_numpy()
     cond = fit.cond_cov()["id"]
@@ -160,9 +165,14 @@ def test_simulation_has_the_process_covariance() -> None:
     assert emp[0, 0] == pytest.approx(rp["process_var"] + rp["nugget"], rel=0.1)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("ou(t)", "not understood"), ("car(t | id)", "not understood"), ("ou(t | a/b)", "one factor"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("ou(t)", "not understood"),
+        ("car(t | id)", "not understood"),
+        ("ou(t | a/b)", "one factor"),
+    ],
+)
 def test_bad_residual_specifications(text: str, match: str) -> None:
     with pytest.raises(FormulaError, match=match):
         parse_residual(text)
@@ -183,7 +193,7 @@ def test_process_predictions_equal_dense_conditional_expectations() -> None:
     df = irregular_frame(9)
     fit = bayeslmm.lmm("y ~ t + (1 | id)", df, residual="ou(t | id)")
     spec, res, obj = fit.spec, fit.spec.residual, fit.objective
-    _, D, rho, var_w, kappa = obj.unpack(fit.theta)
+    _, D, rho, var_w, kappa = unpack(obj, fit.psi)
     s2 = fit.scale2
     beta = fit.fixef.to_numpy()
     g = int(np.argmax(np.bincount(res.codes)))
@@ -219,7 +229,7 @@ def test_normalized_residuals_are_the_whitened_residuals() -> None:
     df = irregular_frame(10)
     fit = bayeslmm.lmm("y ~ t", df, residual="ou(t | id)")
     res, obj = fit.spec.residual, fit.objective
-    _, _, rho, var_w, kappa = obj.unpack(fit.theta)
+    _, _, rho, var_w, kappa = unpack(obj, fit.psi)
     nr = fit.residuals(scaled=True)
     beta = fit.fixef.to_numpy()
     g = int(np.argmax(np.bincount(res.codes)))
@@ -248,7 +258,7 @@ def test_no_process_puts_nu_on_its_bound_and_says_so() -> None:
     df = _panel(3, 150, process_var=0.0, nugget=1.0, rho=0.5)
     fit = bayeslmm.lmm("y ~ t", df, residual="ou(t | id)")
     assert np.isfinite(fit.loglik) and fit.singular
-    assert any("boundary" in m and ("nu" in m or "tau" in m) for m in fit.optimizer.messages)
+    assert any("boundary" in m and ("nu" in m or "decay" in m) for m in fit.optimizer.messages)
     rp = fit.residual_params()
     assert rp["process_var"] < 1e-3 or rp["rho"] < 1e-3
 
@@ -295,11 +305,11 @@ def test_ou_with_100k_subjects() -> None:
 @pytest.mark.parametrize("residual", ["ou(t | id)", "ar1(t | id)"])
 @pytest.mark.parametrize("method", ["REML", "ML"])
 def test_serial_expected_information_equals_the_dense_trace_formula(residual: str, method: str) -> None:
-    from bayeslmm.freq._information import expected_information_serial
+    from bayeslmm.freq._information import expected_information_grouped
 
     df = irregular_frame(11, m=15)
     fit = bayeslmm.lmm("y ~ t + (1 | id)", df, residual=residual, method=method)
-    info, names = expected_information_serial(fit)
+    info, names = expected_information_grouped(fit)
     spec, res = fit.spec, fit.spec.residual
     rp = fit.residual_params()
     n = spec.n

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import bayeslmm
-from bayeslmm.freq._serial import SerialObjective
+from bayeslmm.freq import GroupedEngine
 from bayeslmm.linalg._kalman import ProcessGram, SerialLayout, kalman_whiten
 
-from .test_serial import irregular_frame
+from .test_serial import irregular_frame, unpack
 
 
 def _old_layout(codes: np.ndarray, t: np.ndarray, ngroups: int, by_order: bool) -> tuple[list, list]:
@@ -29,8 +29,7 @@ def _old_layout(codes: np.ndarray, t: np.ndarray, ngroups: int, by_order: bool) 
     for k in range(int(sorted_sizes.max())):
         r = srt[pos == k]
         rows.append(r)
-        gaps.append(np.zeros(r.size) if prev is None else
-                    (np.ones(r.size) if by_order else t[r] - t[prev[: r.size]]))
+        gaps.append(np.zeros(r.size) if prev is None else (np.ones(r.size) if by_order else t[r] - t[prev[: r.size]]))
         prev = r
     return rows, gaps
 
@@ -59,7 +58,7 @@ def test_layout_of_one_long_series_is_fast() -> None:
     assert len(lay.rows) == n and lay.rows[0][0] == n - 1
 
 
-def _dense_parts(obj: SerialObjective, theta: np.ndarray) -> tuple[float, np.ndarray]:
+def _dense_parts(obj: GroupedEngine, theta: np.ndarray) -> tuple[float, np.ndarray]:
     """``log|V_rel|`` and ``[X_w y_w]'V_rel^-1 [X_w y_w]`` from the full (original-coordinates) filter."""
     fr = obj.filter(theta, working=True)
     return fr.logdet, fr.white.T @ fr.white
@@ -69,7 +68,7 @@ def _dense_parts(obj: SerialObjective, theta: np.ndarray) -> tuple[float, np.nda
 @pytest.mark.parametrize("formula", ["y ~ t", "y ~ t + x + (1 | id)", "y ~ t + (1 + t | id)", "y ~ x + (0 + t | id)"])
 def test_process_then_woodbury_equals_the_full_filter(residual: str, formula: str) -> None:
     spec = bayeslmm.model_spec(formula, irregular_frame(12), residual=residual)
-    obj = SerialObjective(spec, reml=True)
+    obj = GroupedEngine(spec, reml=True)
     rng = np.random.default_rng(4)
     lo, _ = obj.bounds()
     for _ in range(3):
@@ -93,7 +92,7 @@ def test_closed_form_ar1_equals_the_scalar_filter() -> None:
     """AR(1) whitened in closed form and by the step-by-step scalar filter (nugget 0) agree."""
     df = irregular_frame(13)
     spec = bayeslmm.model_spec("y ~ t + (1 + t | id)", df, residual="ar1(t | id)")
-    obj = SerialObjective(spec, reml=False)
+    obj = GroupedEngine(spec, reml=False)
     steps = ProcessGram(obj.layout, obj.Y, obj.Zw, closed_form=False)
     T = np.array([[0.8, 0.0], [-0.3, 0.4]])
     for phi in (-0.7, 0.0, 0.5, 0.99):
@@ -105,7 +104,7 @@ def test_closed_form_ar1_equals_the_scalar_filter() -> None:
 def test_a_singular_process_gives_an_infinite_criterion() -> None:
     df = irregular_frame(14)  # has repeated times within a subject
     spec = bayeslmm.model_spec("y ~ t", df, residual="ou(t | id)")
-    obj = SerialObjective(spec, reml=True)
+    obj = GroupedEngine(spec, reml=True)
     assert obj(np.array([0.0, 0.0])) == np.inf  # rho = 1 and no nugget: two equal times, V singular
     assert np.isfinite(obj(np.array([0.0, 0.1])))
 
@@ -114,11 +113,11 @@ def test_kalman_whiten_keeps_its_interface() -> None:
     """``kalman_whiten`` on ``[X y]`` as before: the whitened columns in row order."""
     df = irregular_frame(15)
     spec = bayeslmm.model_spec("y ~ t + (1 | id)", df, residual="ou(t | id)")
-    obj = SerialObjective(spec, reml=True)
+    obj = GroupedEngine(spec, reml=True)
     th = np.array([0.7, 1.0, 0.3])
-    _, D, rho, var_w, kappa = obj.unpack(th)
+    _, D, rho, var_w, kappa = unpack(obj, th)
     fr = kalman_whiten(obj.layout, np.c_[spec.X, spec.y], obj.Z, D, rho, var_w, kappa)
-    fo = obj.filter(th)
+    fo = obj.filter(th, working=False)
     np.testing.assert_allclose(fr.white, fo.white, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(fr.a_b, fo.a_b, rtol=1e-8, atol=1e-9)
 
@@ -129,7 +128,7 @@ def test_large_problem_paths_equal_the_small_problem_ones(residual: str, monkeyp
     import bayeslmm.linalg._kalman as kalman
 
     spec = bayeslmm.model_spec("y ~ t + x + (1 + t | id)", irregular_frame(16), residual=residual)
-    obj = SerialObjective(spec, reml=True)
+    obj = GroupedEngine(spec, reml=True)
     th = np.r_[0.9, -0.2, 0.5, (0.8, 0.3) if residual.startswith("ou") else (0.6,)]
     small = obj.gram(th)
     monkeypatch.setattr(kalman, "_SMALL_GRAM", 0)

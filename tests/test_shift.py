@@ -130,8 +130,13 @@ def test_ml_fit_and_expected_information(data, k) -> None:
     c = _shift(data.y.std(), k)
     fit = bayeslmm.lmm("y ~ x + (1 | g)", data.assign(y=data.y + c), method="ML")
     assert fit.loglik == pytest.approx(base.loglik, rel=1e-9)
-    assert _rel(fit.vc_se()["se"] if "se" in fit.vc_se() else fit.vc_se().iloc[:, -1],
-                base.vc_se()["se"] if "se" in base.vc_se() else base.vc_se().iloc[:, -1]) < 1e-6
+    assert (
+        _rel(
+            fit.vc_se()["se"] if "se" in fit.vc_se() else fit.vc_se().iloc[:, -1],
+            base.vc_se()["se"] if "se" in base.vc_se() else base.vc_se().iloc[:, -1],
+        )
+        < 1e-6
+    )
 
 
 def test_rank_check_judges_a_shifted_covariate_by_its_variation(data) -> None:

@@ -90,8 +90,10 @@ def test_names_that_are_not_names_are_still_rejected() -> None:
 
 
 # ---------------------------------------------------------------- one-level factors
-@pytest.mark.parametrize("formula", ["y ~ x + f + (1 | g)", "y ~ x + C(f) + (1 | g)", "y ~ x:f + (1 | g)",
-                                     "y ~ x + (0 + f | g)", "y ~ x + (f || g)"])
+@pytest.mark.parametrize(
+    "formula",
+    ["y ~ x + f + (1 | g)", "y ~ x + C(f) + (1 | g)", "y ~ x:f + (1 | g)", "y ~ x + (0 + f | g)", "y ~ x + (f || g)"],
+)
 def test_one_level_factor_stops(formula: str) -> None:
     raises(DataError, formula, small().assign(f="only"), "f", "only the level 'only'", "remove it")
 
@@ -184,8 +186,7 @@ def test_polars_input_gets_the_same_messages() -> None:
     pl = pytest.importorskip("polars")
     df = small()
     raises(DataError, "y ~ f + (1 | g)", pl.from_pandas(df.assign(f="one")), "only the level 'one'")
-    raises(DataError, "y ~ d + (1 | g)", pl.from_pandas(df.assign(d=pd.date_range("2020", periods=60))),
-           "dates/times")
+    raises(DataError, "y ~ d + (1 | g)", pl.from_pandas(df.assign(d=pd.date_range("2020", periods=60))), "dates/times")
     raises(DataError, "y ~ z + (1 | g)", pl.from_pandas(df).with_columns(z=pl.lit(None)), "every row")
     uni = pl.from_pandas(df.rename(columns={"g": "gruppé"}))
     a = bayeslmm.model_spec("y ~ x + (1 | gruppé)", uni)
@@ -220,7 +221,7 @@ def test_pi_in_a_formula_fits_as_a_precomputed_column(term: str) -> None:
 def test_e_constant_and_columns_named_like_constants() -> None:
     df = small()
     spec = bayeslmm.model_spec("y ~ I(e**t) + I(np.e * x) + (1 | g)", df)
-    np.testing.assert_allclose(spec.X[:, 1], np.e ** df.t)
+    np.testing.assert_allclose(spec.X[:, 1], np.e**df.t)
     np.testing.assert_allclose(spec.X[:, 2], np.e * df.x)
     # a column named e or pi is the column, not the constant (np.pi stays the constant)
     cols = df.assign(e=df.x, pi=df.t)
@@ -234,7 +235,14 @@ def test_constant_as_a_term_of_its_own_is_explained() -> None:
     raises(FormulaError, "y ~ x + pi + (1 | g)", small(), "constant 'pi'", "I(")
 
 
-@pytest.mark.parametrize("formula", ["y ~ I(np.pi.real) + (1 | g)", "y ~ I(np.load) + (1 | g)",
-                                     "y ~ I(x.e) + (1 | g)", "y ~ I(pi.__class__) + (1 | g)"])
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ I(np.pi.real) + (1 | g)",
+        "y ~ I(np.load) + (1 | g)",
+        "y ~ I(x.e) + (1 | g)",
+        "y ~ I(pi.__class__) + (1 | g)",
+    ],
+)
 def test_constants_open_no_attribute_access(formula: str) -> None:
     raises(FormulaError, formula, small(), "not allowed")

@@ -25,9 +25,9 @@ import pandas as pd
 import pytest
 
 import bayeslmm
-from bayeslmm import DataError, FormulaError
+from bayeslmm import DataError, FormulaError, LMMFit
 from bayeslmm.linalg import CrossProducts
-from bayeslmm.suff import DesignSchema, StatsFit, SuffStats, lmm_from_stats, suff_stats
+from bayeslmm.suff import DesignSchema, SuffStats, lmm_from_stats, suff_stats
 
 DATA = Path(__file__).parent / "data"
 
@@ -39,9 +39,16 @@ def _simulated(seed: int = 3, n: int = 400) -> pd.DataFrame:
     h = rng.choice(list("uvwxyz"), n)
     x = rng.normal(size=n)
     f = rng.choice(["lo", "mid", "hi"], n)
-    y = (1.0 + 0.5 * x + 0.8 * (f == "hi") - 0.3 * (f == "lo") + rng.normal(size=25)[g]
-         + 0.4 * rng.normal(size=25)[g] * x + 0.6 * rng.normal(size=6)[np.searchsorted(list("uvwxyz"), h)]
-         + rng.normal(size=n))
+    y = (
+        1.0
+        + 0.5 * x
+        + 0.8 * (f == "hi")
+        - 0.3 * (f == "lo")
+        + rng.normal(size=25)[g]
+        + 0.4 * rng.normal(size=25)[g] * x
+        + 0.6 * rng.normal(size=6)[np.searchsorted(list("uvwxyz"), h)]
+        + rng.normal(size=n)
+    )
     return pd.DataFrame({"y": y, "x": x, "f": f, "g": g, "h": h})
 
 
@@ -97,7 +104,7 @@ def rel(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12))) if a.size else 0.0
 
 
-def assert_same_fit(fit: StatsFit, ref, rtol: float, rtol_crit: float = 1e-8) -> None:
+def assert_same_fit(fit: LMMFit, ref, rtol: float, rtol_crit: float = 1e-8) -> None:
     assert rel(fit.criterion, ref.criterion) < rtol_crit
     assert rel(fit.loglik, ref.loglik) < rtol_crit
     assert rel(fit.aic, ref.aic) < rtol_crit and rel(fit.bic, ref.bic) < rtol_crit
@@ -180,8 +187,10 @@ def test_chunks_with_missing_levels_and_an_empty_chunk() -> None:
     """Chunks that hold a few levels each (rows sorted by level), one chunk of incomplete rows only."""
     formula = "y ~ x + f + (1 + x | g) + (1 | h)"
     df = _simulated().sort_values(["h", "g"])
-    df = pd.concat([df, pd.DataFrame({"y": [np.nan, 1.0], "x": [0.1, np.nan], "f": ["lo", "hi"],
-                                      "g": [3, 4], "h": ["u", "v"]})], ignore_index=True)
+    df = pd.concat(
+        [df, pd.DataFrame({"y": [np.nan, 1.0], "x": [0.1, np.nan], "f": ["lo", "hi"], "g": [3, 4], "h": ["u", "v"]})],
+        ignore_index=True,
+    )
     ref = bayeslmm.lmm(formula, df)
     schema = DesignSchema.from_frame(formula, df)
     parts = [SuffStats.from_chunk(schema, df.iloc[i : min(i + 37, 400)]) for i in range(0, 400, 37)]
@@ -231,18 +240,24 @@ def test_numeric_grouping_levels_sort_by_value_and_interactions_by_factor() -> N
 
 def _more_columns() -> pd.DataFrame:
     df = _simulated()
-    return df.assign(yp=np.exp(df.y / 5), c=df.g % 4,
-                     fc=pd.Categorical(df.f, categories=["mid", "lo", "hi", "never"]),
-                     gc=pd.Categorical(df.g.astype(str)))
+    return df.assign(
+        yp=np.exp(df.y / 5),
+        c=df.g % 4,
+        fc=pd.Categorical(df.f, categories=["mid", "lo", "hi", "never"]),
+        gc=pd.Categorical(df.g.astype(str)),
+    )
 
 
-@pytest.mark.parametrize("formula", [
-    "y ~ x + (1 + x || g)",  # two terms on one factor: g and g.1
-    "log(yp) ~ x * f + (1 | g)",  # a transformed response, an interaction with a categorical
-    "y ~ C(c) + I(x**2) + (0 + x | g) + (1 | g)",  # a numeric column coded as categorical
-    "y ~ 0 + f + (1 | h:g)",  # no intercept, an interaction grouping factor
-    "y ~ x + fc + (1 | gc)",  # pandas categoricals: category order, an unused category (dropped as aliased)
-])
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ x + (1 + x || g)",  # two terms on one factor: g and g.1
+        "log(yp) ~ x * f + (1 | g)",  # a transformed response, an interaction with a categorical
+        "y ~ C(c) + I(x**2) + (0 + x | g) + (1 | g)",  # a numeric column coded as categorical
+        "y ~ 0 + f + (1 | h:g)",  # no intercept, an interaction grouping factor
+        "y ~ x + fc + (1 | gc)",  # pandas categoricals: category order, an unused category (dropped as aliased)
+    ],
+)
 def test_more_formulas(formula) -> None:
     df = _more_columns()
     with warnings.catch_warnings():
@@ -288,9 +303,15 @@ def test_results_api_without_rows() -> None:
     fr = fit.fitted_frame(df)
     np.testing.assert_allclose(fr.fitted, ref.fitted, rtol=1e-5)
     np.testing.assert_allclose(fr.residual, df.Reaction - fr.fitted, rtol=1e-12)
-    for call in (lambda: fit.fitted, lambda: fit.residuals(), lambda: fit.simulate(), lambda: fit.predict(),
-                 lambda: fit.refit(df.Reaction.to_numpy()), lambda: fit.confint(method="profile"),
-                 lambda: fit.shrinkage()):
+    for call in (
+        lambda: fit.fitted,
+        lambda: fit.residuals(),
+        lambda: fit.simulate(),
+        lambda: fit.predict(),
+        lambda: fit.refit(df.Reaction.to_numpy()),
+        lambda: fit.confint(method="profile"),
+        lambda: fit.shrinkage(),
+    ):
         with pytest.raises(DataError, match="sufficient statistics and holds no rows"):
             call()
 
@@ -332,8 +353,10 @@ def test_bad_input_errors() -> None:
 
 
 def test_importing_bayeslmm_does_not_import_dask() -> None:
-    code = ("import bayeslmm, sys; bayeslmm.suff.lmm_from_stats; "
-            "print(sorted(m for m in ('dask', 'distributed', 'pymc') if m in sys.modules))")
+    code = (
+        "import bayeslmm, sys; bayeslmm.suff.lmm_from_stats; "
+        "print(sorted(m for m in ('dask', 'distributed', 'pymc') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # bayeslmm.suff is reachable from the package without an import of its own
 
@@ -420,8 +443,12 @@ def test_dask_distributed_local_cluster() -> None:
     ddf = _dask_frame(df, seed=9, npartitions=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # distributed's start-up notices (ports, dashboard)
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
             fit, fv = lmm_dask(formula, ddf, client=client, fitted=True)
             out = fv.compute()
             at_theta = lmm_from_stats(_stats_dask(formula, ddf, client=client), theta=ref.theta)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import bayeslmm
-from bayeslmm import OptionError
+from bayeslmm import ModelSpec, OptionError
 from bayeslmm.bayes import build_model, sample
-from bayeslmm.suff import StatsSpec, stats_model_spec
+from bayeslmm.suff import stats_model_spec
 
 from .test_suff import CASES, chunked
 
@@ -38,7 +38,7 @@ def specs(request):
 @pytest.mark.parametrize("param", ["marginal", "restricted"])
 def test_model_from_blocks_has_the_log_density_of_the_model_from_rows(specs, param) -> None:
     name, rows, stats = specs
-    assert isinstance(stats, StatsSpec) and stats.y.size == 0 and stats.n == rows.n
+    assert isinstance(stats, ModelSpec) and not stats.has_rows and stats.y.size == 0 and stats.n == rows.n
     m_rows, m_stats = build_model(rows, param=param), build_model(stats, param=param)
     assert [v.name for v in m_rows.value_vars] == [v.name for v in m_stats.value_vars]
     f_rows, f_stats = _logp_fn(m_rows), _logp_fn(m_stats)

@@ -9,5 +9,18 @@ from ._model import build_model, default_priors, process_labels, varcorr_labels
 from ._priors import Prior, parse_prior
 from ._sample import SAMPLERS, sample, sample_summary
 
-__all__ = ["SAMPLERS", "LimitPath", "Prior", "build_model", "default_priors", "log_marginal", "neg2_log_marginal",
-           "parse_prior", "process_labels", "reml_limit", "sample", "sample_summary", "varcorr_labels"]
+__all__ = [
+    "SAMPLERS",
+    "LimitPath",
+    "Prior",
+    "build_model",
+    "default_priors",
+    "log_marginal",
+    "neg2_log_marginal",
+    "parse_prior",
+    "process_labels",
+    "reml_limit",
+    "sample",
+    "sample_summary",
+    "varcorr_labels",
+]

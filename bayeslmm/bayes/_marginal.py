@@ -33,7 +33,9 @@ processes), with ``V = sigma^2 V_theta``; no ``n x n`` matrix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,21 +44,10 @@ import pandas as pd
 from .._errors import OptionError
 
 
-def _gls_parts(fit: Any, theta: np.ndarray) -> tuple[float, np.ndarray, Any] | None:
-    """``log|V_theta|``, ``S = [X y]'V_theta^-1 [X y]`` at ``theta`` and the shift of ``[X y]`` it is of
-    (:class:`bayeslmm.linalg.FixedBasis`; None: the original columns). None where not evaluable."""
-    theta = np.asarray(theta, dtype=float)
-    if fit.spec.residual is not None:
-        fr = fit.objective.filter(theta)
-        if not np.isfinite(fr.logdet):
-            return None
-        return fr.logdet, fr.white.T @ fr.white, None  # the filter whitens the original columns
-    try:
-        f = fit.objective.factor(theta)
-    except np.linalg.LinAlgError:
-        return None
-    Lm = f.L22[f.Qr :, f.Qr :]  # working [X y] (see bayeslmm.linalg._basis)
-    return f.logdet_L, Lm @ Lm.T, fit.objective.blocks.fixed_basis
+def _gls_parts(fit: Any, psi: np.ndarray) -> tuple[float, np.ndarray, Any] | None:
+    """``log|V_rel|``, ``S = [X_w y_w]'V_rel^-1 [X_w y_w]`` at ``psi`` (the engine's) and the shift of the
+    working columns (:class:`bayeslmm.linalg.FixedBasis`). None where not evaluable."""
+    return fit.objective.cross_products(np.asarray(psi, dtype=float))
 
 
 def neg2_log_marginal(fit: Any, varpar: np.ndarray, beta_prior_var: float) -> float:
@@ -76,9 +67,9 @@ def neg2_log_marginal(fit: Any, varpar: np.ndarray, beta_prior_var: float) -> fl
     s2 = sigma * sigma
     A, b, yy = S[:p, :p] / s2, S[:p, p] / s2, S[p, p] / s2
     # in the working columns (X_w = X A_s, y_w = y - c_y 1) the prior of beta_w = A_s^-1 (beta - c)
-    # is N(-c, tau A_s^-1 A_s^-T) with |A_s| = 1: precision P = A_s'A_s / tau, mean -c
+    # is N(-c, beta_prior_var A_s^-1 A_s^-T) with |A_s| = 1: precision P = A_s'A_s / beta_prior_var, mean -c
     P, mPm, h = np.eye(p) / beta_prior_var, 0.0, b
-    if basis is not None and basis.intercept is not None:
+    if basis.intercept is not None:
         As = basis.A
         c = np.zeros(p)
         c[basis.intercept] = basis.shift_y
@@ -91,8 +82,15 @@ def neg2_log_marginal(fit: Any, varpar: np.ndarray, beta_prior_var: float) -> fl
     except np.linalg.LinAlgError:
         return np.inf
     z = np.linalg.solve(Lc, h)
-    return float(n * np.log(2 * np.pi * s2) + logdet + p * np.log(beta_prior_var)
-                 + 2 * np.sum(np.log(np.diag(Lc))) + yy + mPm - z @ z)
+    return float(
+        n * np.log(2 * np.pi * s2)
+        + logdet
+        + p * np.log(beta_prior_var)
+        + 2 * np.sum(np.log(np.diag(Lc)))
+        + yy
+        + mPm
+        - z @ z
+    )
 
 
 def log_marginal(fit: Any, varpar: np.ndarray, beta_prior_var: float) -> float:
@@ -128,51 +126,54 @@ class LimitPath:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``bayeslmm limit --json``."""
-        def rows(vc: pd.DataFrame) -> list[dict[str, Any]]:
-            return [{"grp": r.grp, "var1": r.var1 if isinstance(r.var1, str) else None,
-                     "var2": r.var2 if isinstance(r.var2, str) else None, "vcov": float(r.vcov),
-                     "sdcor": None if not np.isfinite(r.sdcor) else float(r.sdcor)} for r in vc.itertuples(index=False)]
 
-        return {"reml": rows(self.reml),
-                "path": [{"beta_prior_var": t, "varcorr": rows(m), "max_rel_diff": d}
-                         for t, m, d in zip(self.beta_prior_vars, self.modes, self.max_rel_diff)]}
+        def rows(vc: pd.DataFrame) -> list[dict[str, Any]]:
+            return [
+                {
+                    "grp": r.grp,
+                    "var1": r.var1 if isinstance(r.var1, str) else None,
+                    "var2": r.var2 if isinstance(r.var2, str) else None,
+                    "vcov": float(r.vcov),
+                    "sdcor": None if not np.isfinite(r.sdcor) else float(r.sdcor),
+                }
+                for r in vc.itertuples(index=False)
+            ]
+
+        return {
+            "reml": rows(self.reml),
+            "path": [
+                {"beta_prior_var": t, "varcorr": rows(m), "max_rel_diff": d}
+                for t, m, d in zip(self.beta_prior_vars, self.modes, self.max_rel_diff)
+            ],
+        }
 
     def table(self) -> pd.DataFrame:
         """One row per ``beta_prior_var``, one column per variance component (``vcov``), REML last."""
         label = [f"{r.grp}:{r.var1 or ''}:{r.var2 or ''}".rstrip(":") for r in self.reml.itertuples(index=False)]
         data = [list(m.vcov) + [d] for m, d in zip(self.modes, self.max_rel_diff)]
         data.append(list(self.reml.vcov) + [0.0])
-        return pd.DataFrame(data, columns=[*label, "max_rel_diff"],
-                            index=pd.Index([*map(float, self.beta_prior_vars), np.inf], name="beta_prior_var"))
+        return pd.DataFrame(
+            data,
+            columns=[*label, "max_rel_diff"],
+            index=pd.Index([*map(float, self.beta_prior_vars), np.inf], name="beta_prior_var"),
+        )
 
 
 def _varcorr_at(fit: Any, varpar: np.ndarray) -> pd.DataFrame:
-    """``fit.varcorr()`` evaluated at other ``(theta, sigma)`` (same rows)."""
-    from ..linalg import lambda_blocks
-
-    theta, sigma = np.asarray(varpar[:-1]), float(varpar[-1])
+    """``fit.varcorr()`` evaluated at other ``(psi, s)`` (same rows)."""
+    psi, s = np.asarray(varpar[:-1]), float(varpar[-1])
     vc = fit.varcorr().copy()
     i = 0
-    if fit.spec.residual is None:
-        Ts = lambda_blocks(theta, tuple(t.q for t in fit.spec.terms))
-        resid = sigma**2
-    else:
-        Ts, _, _, _, kappa = fit.objective.unpack(theta)
-        resid = sigma**2 * (kappa if fit.spec.residual.kind == "ou" else 1.0)
-    for t, T in zip(fit.spec.terms, Ts):
-        D = sigma**2 * (T @ T.T)
-        sd = np.sqrt(np.diag(D))
-        vals = [(D[a, a], sd[a]) for a in range(t.q)]
-        vals += [(D[a, b], D[a, b] / (sd[a] * sd[b]) if sd[a] * sd[b] > 0 else np.nan)
-                 for b in range(t.q) for a in range(b + 1, t.q)]
-        for v, sdc in vals:
+    for t, T in zip(fit.spec.terms, fit.objective.factors(psi)):
+        for v, sdc in t.covariance.component_values(s**2 * (T @ T.T)):
             vc.loc[i, ["vcov", "sdcor"]] = [v, sdc]
             i += 1
+    resid = fit.objective.residual_variance(psi, s**2)
     vc.loc[i, ["vcov", "sdcor"]] = [resid, np.sqrt(resid)]
     return vc
 
 
-def reml_limit(fit: Any, beta_prior_vars: list[float] = (10.0, 1e3, 1e5, 1e8)) -> LimitPath:
+def reml_limit(fit: Any, beta_prior_vars: Sequence[float] = (10.0, 1e3, 1e5, 1e8)) -> LimitPath:
     """Posterior modes of the variance parameters as ``beta_prior_var`` grows, against REML.
 
     For each ``beta_prior_var`` maximise ``p(y | psi, beta_prior_var)`` (flat prior on the
@@ -189,7 +190,7 @@ def reml_limit(fit: Any, beta_prior_vars: list[float] = (10.0, 1e3, 1e5, 1e8)) -
     beta_prior_vars
         Prior variances of the fixed effects (``theta`` in ``beta ~ N(0, theta I)``), each > 0.
     """
-    from ..freq._optimize import minimize_bobyqa
+    from ..freq import minimize_bobyqa
 
     if not fit.reml:
         raise OptionError("the REML limit compares with a REML fit: fit the model with method='REML'")
@@ -197,23 +198,20 @@ def reml_limit(fit: Any, beta_prior_vars: list[float] = (10.0, 1e3, 1e5, 1e8)) -
     if not tvals or min(tvals) <= 0:
         raise OptionError("beta_prior_vars must be positive numbers, e.g. 10,1e3,1e8")
     vp0 = fit.varpar()
-    if fit.spec.residual is not None:  # serial models: the process parameters have their own bounds
-        lo_t, hi_t = fit.objective.bounds()
-    else:
-        lo_t, hi_t = fit.spec.theta_lower(), np.full(fit.theta.size, np.inf)
+    lo_t, hi_t = fit.objective.bounds()
     lower, upper = np.r_[lo_t, 1e-12], np.r_[hi_t, np.inf]
     # warm starts (the fit's estimate, then the REML optimum): a small first step keeps BOBYQA near
     # them, where the criteria are flat to their rounding
     tight = {"upper": upper, "ftol_abs": 1e-12, "ftol_rel": 1e-15, "xtol_abs": 1e-12, "step_scale": 0.01}
     # the REML estimate itself to the same tight tolerance (the fit's default stops at ~1e-6 relative)
-    vp0 = minimize_bobyqa(fit.deviance_varpar, lower, vp0, **tight).theta
+    vp0 = minimize_bobyqa(fit.deviance_varpar, lower, vp0, **tight).x
     reml = _varcorr_at(fit, vp0)
     ref = reml.vcov.to_numpy()
     scale = _entry_scales(reml)
     modes, diffs = [], []
     for t in tvals:
-        rec = minimize_bobyqa(lambda v, t=t: neg2_log_marginal(fit, v, t), lower, vp0, **tight)
-        vc = _varcorr_at(fit, rec.theta)
+        rec = minimize_bobyqa(partial(neg2_log_marginal, fit, beta_prior_var=t), lower, vp0, **tight)
+        vc = _varcorr_at(fit, rec.x)
         modes.append(vc)
         diffs.append(float(np.max(np.abs(vc.vcov.to_numpy() - ref) / scale)))
     return LimitPath(reml, tvals, modes, diffs)

@@ -29,18 +29,15 @@ from typing import Any
 import numpy as np
 
 from .._errors import OptionError
+from ..cov import PriorSpec, sd_prior
 from ..spec import ModelSpec
 from ._priors import Prior, as_prior
-from ._structure import structure_for
+from ._structure import DenseGroupStructure, structure_for
 
 
 def varcorr_labels(spec: ModelSpec) -> list[str]:
     """``grp|var1|var2`` labels of the variance components, in ``varcorr()`` row order."""
-    out = []
-    for t in spec.terms:
-        out += [f"{t.name}|{c}" for c in t.coef_names]
-        out += [f"{t.name}|{t.coef_names[j]}|{t.coef_names[i]}" for j in range(t.q) for i in range(j + 1, t.q)]
-    return out + ["Residual"]
+    return spec.varcorr_labels()
 
 
 def default_priors(spec: ModelSpec) -> dict[str, float]:
@@ -52,7 +49,7 @@ def default_priors(spec: ModelSpec) -> dict[str, float]:
     working columns (:mod:`bayeslmm.linalg._basis`), so a large constant costs no digits. A
     specification from sufficient statistics carries ``sd(y)`` as ``y_sd`` and its blocks.
     """
-    y_sd = getattr(spec, "y_sd", None)
+    y_sd = None if spec.has_rows else spec.source.y_sd
     sy = (float(y_sd) if y_sd is not None else float(np.std(spec.y))) or 1.0
     b = _least_squares(spec)
     big = float(np.max(b * b)) if b.size and np.all(np.isfinite(b)) else 0.0
@@ -61,15 +58,15 @@ def default_priors(spec: ModelSpec) -> dict[str, float]:
 
 def _least_squares(spec: ModelSpec) -> np.ndarray:
     """``argmin |y - X b|`` from the rows, or from the blocks' ``[X y]'[X y]`` (working columns)."""
-    from ..linalg._basis import FixedBasis
+    from ..linalg import FixedBasis
 
-    blocks = getattr(spec, "blocks", None)
+    blocks = None if spec.has_rows else spec.source.blocks
     try:
         if blocks is not None:
             F, p = blocks.F, blocks.p
             return blocks.fixed_basis.beta(np.linalg.solve(F[:p, :p], F[:p, p]))
         basis = FixedBasis.from_rows(spec.X, spec.y)
-        Xw, yw = basis.apply(spec.X, spec.y)
+        Xw, yw = basis.apply(spec.X, None)[0], basis.apply_y(spec.y)
         return basis.beta(np.linalg.lstsq(Xw, yw, rcond=None)[0])
     except np.linalg.LinAlgError:
         return np.zeros(0)
@@ -78,40 +75,37 @@ def _least_squares(spec: ModelSpec) -> np.ndarray:
 PARAMS = ("conditional", "marginal", "restricted")
 
 
-def _rowless(spec: ModelSpec) -> bool:
-    """A specification from sufficient statistics (``bayeslmm.suff``): blocks, no rows."""
-    return getattr(spec, "blocks", None) is not None
-
-
 def process_labels(spec: ModelSpec) -> list[str]:
-    """Names of the serial-process parameters in the posterior's ``process`` (as ``residual_params()``)."""
-    if spec.residual is None:
-        return []
-    return ["process_var", "rho"] if spec.residual.kind == "ou" else ["phi"]
+    """Names of the residual structure's parameters in the posterior's ``process`` (as ``residual_params()``)."""
+    return [] if spec.residual is None else list(spec.residual.structure.process_keys)
 
 
 def _resolve_priors(spec: ModelSpec, s: float, priors: dict[str, Any] | None) -> dict[str, Prior]:
     """Every prior of the model by key (see :mod:`._priors`), user replacements checked."""
-    out: dict[str, Prior] = {f"sd_{t.name}": Prior("HalfNormal", {"sigma": s}) for t in spec.terms}
-    out["sigma"] = Prior("HalfNormal", {"sigma": s})
-    kinds = {k: "sd" for k in out}
-    if spec.residual is not None and spec.residual.kind == "ou":
-        out |= {"sd_process": Prior("HalfNormal", {"sigma": s}), "rho": Prior("Uniform", {"lower": 0, "upper": 1})}
-        kinds |= {"sd_process": "sd", "rho": "rho"}
-    elif spec.residual is not None:
-        out["phi"] = Prior("Uniform", {"lower": -1, "upper": 1})
-        kinds["phi"] = "phi"
+    specs: dict[str, PriorSpec] = {f"sd_{t.name}": sd_prior(s) for t in spec.terms}
+    specs["sigma"] = sd_prior(s)
+    if spec.residual is not None:
+        specs |= spec.residual.structure.priors(s)
+    out = {k: Prior(v.dist, dict(v.params)) for k, v in specs.items()}
     for key, value in (priors or {}).items():
         if key not in out:
             raise OptionError(f"no parameter {key!r} takes a prior in this model: use one of {', '.join(out)}")
         pr = as_prior(value)
-        pr.check(key, kinds[key])
+        sp = specs[key]
+        pr.check(key, (sp.outside, sp.inside, sp.need))
         out[key] = pr
     return out
 
 
-def build_model(spec: ModelSpec, *, param: str = "conditional", beta_prior_var: float | None = None,
-                sd_scale: float | None = None, lkj_eta: float = 2.0, priors: dict[str, Any] | None = None) -> Any:
+def build_model(
+    spec: ModelSpec,
+    *,
+    param: str = "conditional",
+    beta_prior_var: float | None = None,
+    sd_scale: float | None = None,
+    lkj_eta: float = 2.0,
+    priors: dict[str, Any] | None = None,
+) -> Any:
     """A PyMC model of ``spec`` in one of three parameterisations (see the module docstring).
 
     * ``conditional``: random effects explicit and non-centred;
@@ -144,13 +138,15 @@ def build_model(spec: ModelSpec, *, param: str = "conditional", beta_prior_var: 
         raise OptionError(f"unknown parameterisation {param!r}: use one of {', '.join(PARAMS)}")
     if not spec.terms and spec.residual is None:
         raise OptionError("a PyMC model needs at least one random-effect term or a serial residual process")
-    if _rowless(spec) and param == "conditional":
-        raise OptionError("a model from sufficient statistics has no rows for the conditional parameterisation "
-                          "(y | b needs them): use param='marginal' or 'restricted'")
+    if not spec.has_rows and param == "conditional":
+        raise OptionError(
+            "a model from sufficient statistics has no rows for the conditional parameterisation "
+            "(y | b needs them): use param='marginal' or 'restricted'"
+        )
     d = default_priors(spec)
-    tau = d["beta_prior_var"] if beta_prior_var is None else float(beta_prior_var)
+    beta_prior_var = d["beta_prior_var"] if beta_prior_var is None else float(beta_prior_var)
     s = d["sd_scale"] if sd_scale is None else float(sd_scale)
-    if not (tau > 0 and s > 0 and lkj_eta > 0 and np.isfinite(tau) and np.isfinite(s)):
+    if not (beta_prior_var > 0 and s > 0 and lkj_eta > 0 and np.isfinite(beta_prior_var) and np.isfinite(s)):
         raise OptionError("beta_prior_var, sd_scale and lkj_eta must be positive and finite")
     pri = _resolve_priors(spec, s, priors)
     struct = structure_for(spec) if (param != "conditional" or spec.residual is not None) else None
@@ -161,15 +157,16 @@ def build_model(spec: ModelSpec, *, param: str = "conditional", beta_prior_var: 
     if spec.residual is not None:
         coords["process_param"] = process_labels(spec)
     with pm.Model(coords=coords) as model:
-        beta = pm.Normal("beta", 0.0, np.sqrt(tau), dims="coef") if param != "restricted" else None
+        beta = pm.Normal("beta", 0.0, np.sqrt(beta_prior_var), dims="coef") if param != "restricted" else None
         Ls, vc_parts = [], []
         for t in spec.terms:
             sd_prior = pri[f"sd_{t.name}"]
             if t.q == 1:
                 L = pt.reshape(sd_prior.rv(f"sd_{t.name}", dims=f"{t.name}_coef"), (1, 1))
             else:
-                L, _, _ = pm.LKJCholeskyCov(f"chol_{t.name}", n=t.q, eta=lkj_eta, sd_dist=sd_prior.dist_(shape=t.q),
-                                            compute_corr=True)
+                L, _, _ = pm.LKJCholeskyCov(
+                    f"chol_{t.name}", n=t.q, eta=lkj_eta, sd_dist=sd_prior.dist_(shape=t.q), compute_corr=True
+                )
             D = L @ L.T
             rows, cols = np.tril_indices(t.q, -1)
             order = np.lexsort((rows, cols))  # covariances by column, as varcorr()
@@ -177,14 +174,11 @@ def build_model(spec: ModelSpec, *, param: str = "conditional", beta_prior_var: 
             Ls.append(L)
         sigma = pri["sigma"].rv("sigma")
         res: dict[str, Any] = {"sigma2": sigma**2}
-        if spec.residual is not None and spec.residual.kind == "ou":
-            sd_w = pri["sd_process"].rv("sd_process")
-            rho = pri["rho"].rv("rho")
-            res |= {"process_var": sd_w**2, "rho": rho}
-            pm.Deterministic("process", pt.stack([sd_w**2, rho]), dims="process_param")
-        elif spec.residual is not None:
-            res["phi"] = pri["phi"].rv("phi")
-            pm.Deterministic("process", pt.stack([res["phi"]]), dims="process_param")
+        if spec.residual is not None:
+            structure = spec.residual.structure
+            draws = {k: pri[k].rv(k) for k in structure.priors(s)}
+            res = structure.natural_from_draws(draws, sigma**2)
+            pm.Deterministic("process", pt.stack([res[k] for k in structure.process_keys]), dims="process_param")
         pm.Deterministic("varcorr", pt.concatenate([*vc_parts, pt.stack([sigma**2])]), dims="component")
         if param == "conditional":
             mu = pt.as_tensor_variable(spec.X) @ beta
@@ -193,13 +187,13 @@ def build_model(spec: ModelSpec, *, param: str = "conditional", beta_prior_var: 
                 z = pm.Normal(f"z_{t.name}", 0.0, 1.0, dims=(lev, cf))
                 b = pm.Deterministic(f"b_{t.name}", z @ L.T, dims=(lev, cf))
                 mu = mu + pt.sum(pt.as_tensor_variable(t.Zraw) * b[t.codes], axis=1)
-            if struct is None:
+            if isinstance(struct, DenseGroupStructure):  # y | b integrates the residual structure out
+                pm.Potential("y", struct.pt_conditional(mu, res, spec.n))
+            else:
                 model.add_coord("obs", np.arange(spec.n))
                 pm.Normal("y", mu, sigma, observed=spec.y, dims="obs")
-            else:
-                pm.Potential("y", struct.pt_conditional(mu, res, spec.n))
-        elif param == "marginal":
+        elif struct is not None and param == "marginal":
             pm.Potential("y", struct.pt_marginal(Ls, res, beta, spec.n))
-        else:
-            pm.Potential("y", struct.pt_restricted(Ls, res, tau, spec.n))
+        elif struct is not None:
+            pm.Potential("y", struct.pt_restricted(Ls, res, beta_prior_var, spec.n))
     return model

@@ -15,7 +15,11 @@ key            parameter                                    default
 ``sd_process`` OU process sd (``ou`` residuals)              ``HalfNormal(sd_scale)``
 ``rho``        OU correlation per unit of time, in (0, 1)    ``Uniform(0, 1)``
 ``phi``        AR(1) correlation, in (-1, 1)                 ``Uniform(-1, 1)``
+``rho``        ``cs`` correlation, in (-1/(n_max - 1), 1)    ``Uniform(-1/(n_max - 1), 1)``
 ============== ============================================ ==================================
+
+The keys besides ``sd_<term>`` and ``sigma`` and their defaults come from the residual structure
+(:meth:`bayeslmm.cov.ResidualStructure.priors`); ``n_max`` is the largest group.
 
 ``beta ~ N(0, beta_prior_var I)`` is fixed in form (the marginalisation integrates it out
 analytically, which needs a Gaussian); its variance is the ``beta_prior_var`` argument.
@@ -33,11 +37,21 @@ import numpy as np
 from .._errors import OptionError
 
 #: distributions a prior may name (PyMC class names); lower-case spellings are accepted
-ALLOWED = ("HalfNormal", "HalfStudentT", "HalfCauchy", "Exponential", "Gamma", "InverseGamma", "LogNormal",
-           "Weibull", "Uniform", "Beta", "TruncatedNormal", "Kumaraswamy")
+ALLOWED = (
+    "HalfNormal",
+    "HalfStudentT",
+    "HalfCauchy",
+    "Exponential",
+    "Gamma",
+    "InverseGamma",
+    "LogNormal",
+    "Weibull",
+    "Uniform",
+    "Beta",
+    "TruncatedNormal",
+    "Kumaraswamy",
+)
 _LOWER = {a.lower(): a for a in ALLOWED}
-#: the support each kind of parameter needs, checked on user priors: (points that must be outside, inside)
-SUPPORT = {"sd": ((-1.0,), (0.5,)), "rho": ((-0.5, 1.5), (0.5,)), "phi": ((-1.5, 1.5), (0.5, -0.5))}
 
 
 @dataclass(frozen=True)
@@ -73,18 +87,18 @@ class Prior:
         """An unnamed distribution (``.dist``), e.g. the ``sd_dist`` of an LKJ Cholesky factor."""
         return self._cls().dist(**self.params, **kwargs)
 
-    def check(self, key: str, kind: str) -> None:
-        """Raise :class:`OptionError` unless the distribution can be built and has the support of ``kind``."""
+    def check(self, key: str, support: tuple[tuple[float, ...], tuple[float, ...], str]) -> None:
+        """Raise :class:`OptionError` unless the distribution can be built and has the ``support``:
+        ``(points outside, points inside, the support in words)``."""
         import pymc as pm
 
         try:
             d = self.dist_()
-            outside, inside = SUPPORT[kind]
+            outside, inside, need = support
             lp = pm.logp(d, np.array([*outside, *inside])).eval()
         except (TypeError, ValueError) as e:
             raise OptionError(f"prior {key}={self}: {e}") from None
-        need = {"sd": "the positive numbers", "rho": "(0, 1)", "phi": "(-1, 1)"}[kind]
-        if np.any(np.isfinite(lp[: len(outside)])) or not np.all(np.isfinite(lp[len(outside):])):
+        if np.any(np.isfinite(lp[: len(outside)])) or not np.all(np.isfinite(lp[len(outside) :])):
             raise OptionError(f"prior {key}={self} must put its mass on {need}")
 
     def __str__(self) -> str:
@@ -100,8 +114,9 @@ def parse_prior(text: str) -> Prior:
     if ":" in s and "(" not in s:
         name, _, val = s.partition(":")
         if name.strip().lower() != "halfnormal":
-            raise OptionError(f"prior {text!r}: the short form is 'halfnormal:S'; otherwise write e.g. "
-                              "'HalfStudentT(nu=3, sigma=10)'")
+            raise OptionError(
+                f"prior {text!r}: the short form is 'halfnormal:S'; otherwise write e.g. 'HalfStudentT(nu=3, sigma=10)'"
+            )
         try:
             return Prior("HalfNormal", {"sigma": float(val)})
         except ValueError:
@@ -110,20 +125,29 @@ def parse_prior(text: str) -> Prior:
         node = ast.parse(s, mode="eval").body
     except SyntaxError:
         node = None
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args
-            and all(k.arg for k in node.keywords)):
-        raise OptionError(f"prior {text!r} is not understood: write a distribution with keyword arguments, "
-                          "e.g. 'HalfStudentT(nu=3, sigma=10)' or 'Beta(alpha=2, beta=2)'")
-    params = {}
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and not node.args
+        and all(k.arg for k in node.keywords)
+    ):
+        raise OptionError(
+            f"prior {text!r} is not understood: write a distribution with keyword arguments, "
+            "e.g. 'HalfStudentT(nu=3, sigma=10)' or 'Beta(alpha=2, beta=2)'"
+        )
+    params: dict[str, float] = {}
     for k in node.keywords:
+        if k.arg is None:  # a **mapping: refused above
+            raise OptionError(f"prior {text!r}: write the parameters as keyword arguments, not **")
         v = k.value
+        num: int | float | None
         if isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub) and isinstance(v.operand, ast.Constant):
-            val: Any = -v.operand.value if isinstance(v.operand.value, int | float) else None
+            num = -v.operand.value if isinstance(v.operand.value, int | float) else None
         else:
-            val = v.value if isinstance(v, ast.Constant) and isinstance(v.value, int | float) else None
-        if val is None or isinstance(val, bool):
+            num = v.value if isinstance(v, ast.Constant) and isinstance(v.value, int | float) else None
+        if num is None or isinstance(num, bool):
             raise OptionError(f"prior {text!r}: {k.arg} must be a number")
-        params[k.arg] = float(val)
+        params[k.arg] = float(num)
     return Prior(node.func.id, params)
 
 
@@ -135,5 +159,6 @@ def as_prior(value: Prior | str | tuple[str, dict[str, float]]) -> Prior:
         return parse_prior(value)
     if isinstance(value, tuple) and len(value) == 2:
         return Prior(value[0], value[1])
-    raise OptionError(f"prior {value!r} is not understood: give a Prior, a text like 'HalfNormal(sigma=5)' or "
-                      "a (name, params) pair")
+    raise OptionError(
+        f"prior {value!r} is not understood: give a Prior, a text like 'HalfNormal(sigma=5)' or a (name, params) pair"
+    )

@@ -24,8 +24,8 @@ import numpy as np
 from .._errors import OptionError
 from .._interrupt import Interrupted, sigint_guard
 from ..spec import ModelSpec
-from ._model import _rowless, build_model, default_priors, process_labels
-from ._structure import psd_sqrt, structure_for
+from ._model import build_model, default_priors, process_labels
+from ._structure import DenseGroupStructure, psd_sqrt, structure_for
 
 SAMPLERS = ("pymc", "nutpie", "numpyro", "blackjax")
 #: posterior attribute set to 1 on an interrupted run returned with ``allow_partial=True``
@@ -40,12 +40,9 @@ def _D_blocks(spec: ModelSpec, vc: np.ndarray) -> list[np.ndarray]:
     out, i = [], 0
     for t in spec.terms:
         Dk = np.zeros((vc.shape[0], t.q, t.q))
-        Dk[:, np.arange(t.q), np.arange(t.q)] = vc[:, i : i + t.q]
-        i += t.q
-        for c in range(t.q):
-            for r in range(c + 1, t.q):
-                Dk[:, r, c] = Dk[:, c, r] = vc[:, i]
-                i += 1
+        for a, b in t.covariance.components():
+            Dk[:, a, b] = Dk[:, b, a] = vc[:, i]
+            i += 1
         out.append(Dk)
     return out
 
@@ -59,7 +56,9 @@ def _res_draws(spec: ModelSpec, group: Any, k: int) -> dict[str, np.ndarray]:
     return res
 
 
-def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | None, ranef: bool = True) -> None:
+def _complete(
+    spec: ModelSpec, idata: Any, param: str, beta_prior_var: float, seed: int | None, ranef: bool = True
+) -> None:
     """Add ``b_<term>`` (and ``beta`` for ``restricted``) drawn exactly, and the per-block log-likelihood.
 
     ``restricted``: ``beta | psi, y ~ N(M^-1 X'V^-1 y, M^-1)``, ``M = X'V^-1 X + I / beta_prior_var``;
@@ -81,12 +80,12 @@ def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | N
     ranef = ranef and param != "conditional"
     bs = [np.empty((K, t.nlevels, t.q)) for t in spec.terms] if ranef else []
     ll = None
-    if param == "marginal" and not ranef and _rowless(spec):
+    if param == "marginal" and not ranef and not spec.has_rows:
         return  # nothing to draw: no random effects asked for, no per-block log-likelihood without rows
     for k in range(K):
         st = struct.np_state([L[k] for L in Lks], {key: float(v[k]) for key, v in res.items()})
         if param == "restricted":
-            betas[k] = struct.np_draw_beta(st, tau, rng)
+            betas[k] = struct.np_draw_beta(st, beta_prior_var, rng)
         if ranef:
             for j, b in enumerate(struct.np_draw_b(st, betas[k], rng)):
                 bs[j][k] = b
@@ -98,17 +97,21 @@ def _complete(spec: ModelSpec, idata: Any, param: str, tau: float, seed: int | N
     dims = ("chain", "draw")
     coords = {"chain": post["chain"].values, "draw": post["draw"].values}
     if param == "restricted":
-        post["beta"] = xr.DataArray(betas.reshape(C, Dn, p), dims=(*dims, "coef"),
-                                    coords={**coords, "coef": list(spec.fixef_names)})
+        post["beta"] = xr.DataArray(
+            betas.reshape(C, Dn, p), dims=(*dims, "coef"), coords={**coords, "coef": list(spec.fixef_names)}
+        )
     if ranef:
         for t, b in zip(spec.terms, bs):
             post[f"b_{t.name}"] = xr.DataArray(
-                b.reshape(C, Dn, t.nlevels, t.q), dims=(*dims, f"{t.name}_level", f"{t.name}_coef"),
-                coords={**coords, f"{t.name}_level": list(t.levels), f"{t.name}_coef": list(t.coef_names)})
+                b.reshape(C, Dn, t.nlevels, t.q),
+                dims=(*dims, f"{t.name}_level", f"{t.name}_coef"),
+                coords={**coords, f"{t.name}_level": list(t.levels), f"{t.name}_coef": list(t.coef_names)},
+            )
     if ll is not None:
         dim = struct.loglik_dim
-        idata["log_likelihood"] = xr.Dataset({"y": xr.DataArray(
-            ll.reshape(C, Dn, -1), dims=(*dims, dim), coords={**coords, dim: struct.loglik_labels})})
+        idata["log_likelihood"] = xr.Dataset(
+            {"y": xr.DataArray(ll.reshape(C, Dn, -1), dims=(*dims, dim), coords={**coords, dim: struct.loglik_labels})}
+        )
 
 
 def _simulate_y(spec: ModelSpec, group: Any, rng: np.random.Generator) -> np.ndarray:
@@ -121,9 +124,10 @@ def _simulate_y(spec: ModelSpec, group: Any, rng: np.random.Generator) -> np.nda
         b = group[f"b_{t.name}"].values.reshape(K, t.nlevels, t.q)
         y += np.einsum("nq,dnq->dn", t.Zraw, b[:, t.codes, :])
     res = _res_draws(spec, group, K)
-    if spec.residual is None:
-        return y + np.sqrt(res["sigma2"])[:, None] * rng.standard_normal((K, spec.n))
-    return y + structure_for(spec).np_residual_draws(res, rng)
+    struct = structure_for(spec) if spec.residual is not None else None
+    if isinstance(struct, DenseGroupStructure):
+        return y + struct.np_residual_draws(res, rng)
+    return y + np.sqrt(res["sigma2"])[:, None] * rng.standard_normal((K, spec.n))
 
 
 def _predictive(spec: ModelSpec, group: Any, rng: np.random.Generator) -> Any:
@@ -132,13 +136,26 @@ def _predictive(spec: ModelSpec, group: Any, rng: np.random.Generator) -> Any:
 
     C, D = group["varcorr"].shape[:2]
     y = _simulate_y(spec, group, rng)
-    return xr.Dataset({"y": xr.DataArray(y.reshape(C, D, spec.n), dims=("chain", "draw", "obs"),
-                                         coords={"chain": group["chain"].values, "draw": group["draw"].values,
-                                                 "obs": np.arange(spec.n)})})
+    return xr.Dataset(
+        {
+            "y": xr.DataArray(
+                y.reshape(C, D, spec.n),
+                dims=("chain", "draw", "obs"),
+                coords={"chain": group["chain"].values, "draw": group["draw"].values, "obs": np.arange(spec.n)},
+            )
+        }
+    )
 
 
-def _prior_draws(spec: ModelSpec, model: Any, draws: int, tau: float, seed: int | None,
-                 predictive: bool = True, ranef: bool = True) -> tuple[Any, Any]:
+def _prior_draws(
+    spec: ModelSpec,
+    model: Any,
+    draws: int,
+    beta_prior_var: float,
+    seed: int | None,
+    predictive: bool = True,
+    ranef: bool = True,
+) -> tuple[Any, Any]:
     """Prior draws of the parameters (``b_<term>`` drawn from ``N(0, D)`` where the model has no ``z``)
     and the prior predictive of ``y``."""
     import pymc as pm
@@ -153,14 +170,19 @@ def _prior_draws(spec: ModelSpec, model: Any, draws: int, tau: float, seed: int 
         pri = pm.sample_prior_predictive(draws=draws, var_names=names, random_seed=rng)
     prior = pri.prior.to_dataset() if hasattr(pri.prior, "to_dataset") else pri.prior
     if "beta" not in prior:
-        prior["beta"] = xr.DataArray(rng.normal(0, np.sqrt(tau), (1, draws, spec.p)), dims=("chain", "draw", "coef"),
-                                     coords={"coef": list(spec.fixef_names)})
+        prior["beta"] = xr.DataArray(
+            rng.normal(0, np.sqrt(beta_prior_var), (1, draws, spec.p)),
+            dims=("chain", "draw", "coef"),
+            coords={"coef": list(spec.fixef_names)},
+        )
     vc = prior["varcorr"].values.reshape(draws, -1)
     for t, Dk in zip(spec.terms if ranef else [], _D_blocks(spec, vc)):
         b = np.einsum("dqr,dlr->dlq", psd_sqrt(Dk), rng.standard_normal((draws, t.nlevels, t.q)))
-        prior[f"b_{t.name}"] = xr.DataArray(b[None], dims=("chain", "draw", f"{t.name}_level", f"{t.name}_coef"),
-                                            coords={f"{t.name}_level": list(t.levels),
-                                                    f"{t.name}_coef": list(t.coef_names)})
+        prior[f"b_{t.name}"] = xr.DataArray(
+            b[None],
+            dims=("chain", "draw", f"{t.name}_level", f"{t.name}_coef"),
+            coords={f"{t.name}_level": list(t.levels), f"{t.name}_coef": list(t.coef_names)},
+        )
     return prior, (_predictive(spec, prior, rng) if predictive else None)
 
 
@@ -169,8 +191,10 @@ def _check_sampler(sampler: str) -> None:
         raise OptionError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     mod = _NEEDS.get(sampler)
     if mod and importlib.util.find_spec(mod) is None:
-        raise OptionError(f"sampler {sampler!r} needs the {mod} package: pip install 'bayeslmm[jax]' "
-                          "(numpyro, blackjax) or pip install nutpie")
+        raise OptionError(
+            f"sampler {sampler!r} needs the {mod} package: pip install 'bayeslmm[jax]' "
+            "(numpyro, blackjax) or pip install nutpie"
+        )
 
 
 def _seed_of(seed: Any, random_seed: Any) -> int | None:
@@ -222,11 +246,25 @@ def _exact_float() -> Iterator[None]:
             os.environ["PYTENSOR_FLAGS"] = old
 
 
-def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tune: int = 1000, chains: int = 2,
-           seed: int | np.random.Generator | None = None, progressbar: bool = False, sampler: str = "pymc",
-           mode: str | None = "NUMBA", target_accept: float | None = None, posterior_predictive: bool | None = None,
-           prior: bool = False, ranef: bool | None = None, random_seed: int | np.random.Generator | None = None,
-           allow_partial: bool = False, **priors: Any) -> Any:
+def sample(
+    spec: ModelSpec,
+    *,
+    param: str = "conditional",
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 2,
+    seed: int | np.random.Generator | None = None,
+    progressbar: bool = False,
+    sampler: str = "pymc",
+    mode: str | None = "NUMBA",
+    target_accept: float | None = None,
+    posterior_predictive: bool | None = None,
+    prior: bool = False,
+    ranef: bool | None = None,
+    random_seed: int | np.random.Generator | None = None,
+    allow_partial: bool = False,
+    **priors: Any,
+) -> Any:
     """Sample a model of ``spec``; the same InferenceData layout for all three parameterisations.
 
     The posterior holds ``beta``, ``b_<term>``, ``varcorr``, ``sigma``, ``process`` (serial
@@ -264,7 +302,7 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
     returns.)
 
     A specification from sufficient statistics (``bayeslmm.suff.stats_model_spec`` or a
-    ``StatsFit``'s ``spec``) samples the ``marginal`` and ``restricted`` models with no rows: each
+    a fit from sufficient statistics' ``spec``) samples the ``marginal`` and ``restricted`` models with no rows: each
     gradient costs O(levels) whatever the number of rows. It has no ``observed_data``,
     ``posterior_predictive``, ``prior_predictive`` or ``log_likelihood`` (they need the rows).
 
@@ -280,40 +318,75 @@ def sample(spec: ModelSpec, *, param: str = "conditional", draws: int = 1000, tu
     seed = _seed_of(seed, random_seed)
     if draws < 1 or tune < 0 or chains < 1:
         raise OptionError("draws and chains must be at least 1 and tune at least 0")
-    rowless = _rowless(spec)
+    rowless = not spec.has_rows
     if posterior_predictive is None:
         posterior_predictive = not rowless
     if rowless and posterior_predictive:
-        raise OptionError("a model from sufficient statistics has no rows to replicate: posterior_predictive "
-                          "needs the data (fit with the rows, or pass posterior_predictive=False)")
+        raise OptionError(
+            "a model from sufficient statistics has no rows to replicate: posterior_predictive "
+            "needs the data (fit with the rows, or pass posterior_predictive=False)"
+        )
     if param != "conditional" and spec.terms:
         nbytes = 8 * chains * draws * sum(t.nlevels * t.q for t in spec.terms)
         if ranef is None:
             ranef = nbytes <= MAX_RANEF_BYTES
             if not ranef:
-                raise OptionError(f"the random-effect draws would take {nbytes / 1024**3:.1f} GiB (more than "
-                                  f"{MAX_RANEF_BYTES / 1024**3:.0f} GiB): pass ranef=False to skip them, or "
-                                  "fewer draws")
+                raise OptionError(
+                    f"the random-effect draws would take {nbytes / 1024**3:.1f} GiB (more than "
+                    f"{MAX_RANEF_BYTES / 1024**3:.0f} GiB): pass ranef=False to skip them, or "
+                    "fewer draws"
+                )
     ranef = True if ranef is None else bool(ranef)
     # Ctrl-C raises Interrupted, which PyMC and nutpie do not catch; within pm.sample with
     # allow_partial, KeyboardInterrupt, which they catch to return the draws so far
     mode_of = {"partial": False}
     try:
-        with (threadpool_limits(limits=1, user_api="blas"), _exact_float(),
-              sigint_guard(lambda: KeyboardInterrupt() if mode_of["partial"] else Interrupted()) as hit):
-            return _sample(spec, param, draws, tune, chains, seed, progressbar, sampler, mode, target_accept,
-                           posterior_predictive, prior, ranef, bool(allow_partial), priors, hit, mode_of)
+        with (
+            threadpool_limits(limits=1, user_api="blas"),
+            _exact_float(),
+            sigint_guard(lambda: KeyboardInterrupt() if mode_of["partial"] else Interrupted()) as hit,
+        ):
+            return _sample(
+                spec,
+                param,
+                draws,
+                tune,
+                chains,
+                seed,
+                progressbar,
+                sampler,
+                mode,
+                target_accept,
+                posterior_predictive,
+                prior,
+                ranef,
+                bool(allow_partial),
+                priors,
+                hit,
+                mode_of,
+            )
     except Interrupted:
         raise KeyboardInterrupt("sampling interrupted") from None
 
 
-def _run_sampler(model: Any, draws: int, tune: int, chains: int, seed: int | None, progressbar: bool,
-                 sampler: str, allow_partial: bool, kwargs: dict[str, Any], hit: dict[str, bool],
-                 mode_of: dict[str, bool]) -> Any:
+def _run_sampler(
+    model: Any,
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int | None,
+    progressbar: bool,
+    sampler: str,
+    allow_partial: bool,
+    kwargs: dict[str, Any],
+    hit: dict[str, bool],
+    mode_of: dict[str, bool],
+) -> Any:
     """``pm.sample`` that stops at Ctrl-C and never passes a partial posterior off as a complete one."""
     import pymc as pm
 
     if sampler == "pymc" and allow_partial:
+
         def stop_other_chains(trace: Any, draw: Any) -> None:  # PyMC goes on with the next chain
             if hit["hit"]:
                 raise KeyboardInterrupt
@@ -322,8 +395,9 @@ def _run_sampler(model: Any, draws: int, tune: int, chains: int, seed: int | Non
     mode_of["partial"] = allow_partial
     try:
         with model:
-            idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=progressbar,
-                              **kwargs)
+            idata = pm.sample(
+                draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=progressbar, **kwargs
+            )
     except Exception:
         if hit["hit"]:  # e.g. nothing drawn yet to return
             raise KeyboardInterrupt("sampling interrupted") from None
@@ -336,17 +410,34 @@ def _run_sampler(model: Any, draws: int, tune: int, chains: int, seed: int | Non
     if not (hit["hit"] or short):
         return idata
     if not allow_partial:
-        raise KeyboardInterrupt(f"sampling stopped early ({got_chains} of {chains} chains, {got_draws} of {draws} "
-                                "draws); pass allow_partial=True to keep such draws")
+        raise KeyboardInterrupt(
+            f"sampling stopped early ({got_chains} of {chains} chains, {got_draws} of {draws} "
+            "draws); pass allow_partial=True to keep such draws"
+        )
     post.attrs.update({PARTIAL_ATTR: 1, "chains_requested": int(chains), "draws_requested": int(draws)})
     idata["posterior"] = post
     return idata
 
 
-def _sample(spec: ModelSpec, param: str, draws: int, tune: int, chains: int, seed: int | None, progressbar: bool,
-            sampler: str, mode: str | None, target_accept: float | None, posterior_predictive: bool, prior: bool,
-            ranef: bool, allow_partial: bool, priors: dict[str, Any], hit: dict[str, bool],
-            mode_of: dict[str, bool]) -> Any:
+def _sample(
+    spec: ModelSpec,
+    param: str,
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int | None,
+    progressbar: bool,
+    sampler: str,
+    mode: str | None,
+    target_accept: float | None,
+    posterior_predictive: bool,
+    prior: bool,
+    ranef: bool,
+    allow_partial: bool,
+    priors: dict[str, Any],
+    hit: dict[str, bool],
+    mode_of: dict[str, bool],
+) -> Any:
     import pymc as pm
 
     streams = _streams(seed)
@@ -358,27 +449,29 @@ def _sample(spec: ModelSpec, param: str, draws: int, tune: int, chains: int, see
         target_accept = 0.95  # OU/AR(1) posteriors have a funnel in (process variance, rho): smaller steps
     if target_accept is not None:
         kwargs["target_accept"] = float(target_accept)
-    idata = _run_sampler(model, draws, tune, chains, streams["sampler"], progressbar, sampler, allow_partial, kwargs,
-                         hit, mode_of)
+    idata = _run_sampler(
+        model, draws, tune, chains, streams["sampler"], progressbar, sampler, allow_partial, kwargs, hit, mode_of
+    )
     if param == "conditional" and spec.residual is None:
         with model:
             pm.compute_log_likelihood(idata, progressbar=False)
-    tau = priors.get("beta_prior_var") or default_priors(spec)["beta_prior_var"]
+    beta_prior_var = priors.get("beta_prior_var") or default_priors(spec)["beta_prior_var"]
     if param != "conditional" or spec.residual is not None:
-        _complete(spec, idata, param, float(tau), streams["complete"], ranef)
-    if _rowless(spec):
+        _complete(spec, idata, param, float(beta_prior_var), streams["complete"], ranef)
+    if not spec.has_rows:
         if "observed_data" in idata.children and not idata["observed_data"].data_vars:
             del idata["observed_data"]  # PyMC leaves an empty group; there is no data to show
         if prior:
-            idata["prior"] = _prior_draws(spec, model, draws, float(tau), streams["prior"], predictive=False,
-                                          ranef=ranef)[0]
+            idata["prior"] = _prior_draws(
+                spec, model, draws, float(beta_prior_var), streams["prior"], predictive=False, ranef=ranef
+            )[0]
         return idata
     idata["observed_data"] = _observed(spec)
     rng = np.random.default_rng(streams["predictive"])
     if posterior_predictive:
         idata["posterior_predictive"] = _predictive(spec, idata.posterior, rng)
     if prior:
-        pri, pri_pred = _prior_draws(spec, model, draws, float(tau), streams["prior"])
+        pri, pri_pred = _prior_draws(spec, model, draws, float(beta_prior_var), streams["prior"])
         idata["prior"] = pri
         idata["prior_predictive"] = pri_pred
     return idata
@@ -398,19 +491,27 @@ def sample_summary(spec: ModelSpec, idata: Any) -> dict[str, Any]:
     tab = az.summary(idata, var_names=names, ci_kind="hdi", ci_prob=0.94, round_to="none")
     rows = []
     for (_, r), (kind, extra) in zip(tab.iterrows(), _row_kinds(spec)):
-        rows.append({"kind": kind, **extra, "mean": float(r["mean"]), "sd": float(r["sd"]),
-                     "hdi_low": float(r["hdi94_lb"]), "hdi_high": float(r["hdi94_ub"]),
-                     "mcse_mean": float(r["mcse_mean"]), "ess_bulk": float(r["ess_bulk"]),
-                     "ess_tail": float(r["ess_tail"]), "r_hat": float(r["r_hat"])})
+        rows.append(
+            {
+                "kind": kind,
+                **extra,
+                "mean": float(r["mean"]),
+                "sd": float(r["sd"]),
+                "hdi_low": float(r["hdi94_lb"]),
+                "hdi_high": float(r["hdi94_ub"]),
+                "mcse_mean": float(r["mcse_mean"]),
+                "ess_bulk": float(r["ess_bulk"]),
+                "ess_tail": float(r["ess_tail"]),
+                "r_hat": float(r["r_hat"]),
+            }
+        )
     div = idata.sample_stats["diverging"] if "diverging" in idata.sample_stats else None
     return {"params": rows, "divergences": int(div.sum()) if div is not None else 0}
 
 
-def _row_kinds(spec: ModelSpec) -> list[tuple[str, dict[str, Any]]]:
-    out = [("fixef", {"name": n}) for n in spec.fixef_names]
+def _row_kinds(spec: ModelSpec) -> list[tuple[str, dict[str, str | None]]]:
+    out: list[tuple[str, dict[str, str | None]]] = [("fixef", {"name": n}) for n in spec.fixef_names]
     for t in spec.terms:
-        out += [("varcorr", {"grp": t.name, "var1": c, "var2": None}) for c in t.coef_names]
-        out += [("varcorr", {"grp": t.name, "var1": t.coef_names[j], "var2": t.coef_names[i]})
-                for j in range(t.q) for i in range(j + 1, t.q)]
+        out += [("varcorr", {"grp": t.name, "var1": v1, "var2": v2}) for v1, v2 in t.covariance.component_names()]
     out.append(("varcorr", {"grp": "Residual", "var1": None, "var2": None}))
     return out + [("process", {"name": n}) for n in process_labels(spec)]

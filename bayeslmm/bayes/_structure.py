@@ -10,7 +10,7 @@
 * :class:`FullStructure`: independent errors, several grouping factors (nested or crossed). The
   same identity once, with ``Z'Z`` (``q x q`` over all terms and levels, ``q`` at most
   :data:`MAX_Q`) and ``Lambda = blockdiag_k(I_{l_k} (x) L_k)``.
-* :class:`SerialStructure`: a serial process in ``R`` (``ou``/``ar1``, all terms on the process's
+* :class:`DenseGroupStructure`: a residual structure in ``R`` (``ou``, ``ar1``, ``cs``, ...; all terms on its
   factor). Per group the dense ``V_i = Z_i D Z_i' + R_i`` and its Cholesky factor, batched over
   groups of equal (padded) size: groups are put into at most :data:`MAX_BUCKETS` size classes and
   padded with identity rows (``V = [[V_i, 0], [0, I]]``, zero design rows), which changes neither
@@ -25,6 +25,7 @@ routines used after sampling: the GLS pieces ``X'V^-1 X``, ``X'V^-1 y``, an exac
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,19 +33,70 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from .._errors import OptionError
-from ..linalg._basis import FixedBasis, TermBasis
-from ..spec import ModelSpec
+from ..linalg import FixedBasis, TermBasis, by_level
+from ..spec import ModelSpec, check_terms
 
 #: largest total number of random effects for the dense Woodbury of several grouping factors
 MAX_Q = 1500
-#: most size classes of the serial structure's padded per-group blocks
+#: most size classes of the residual structure's padded per-group blocks
 MAX_BUCKETS = 12
 
 
-def _by_level(codes: np.ndarray, nlev: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    from ..linalg._blocks import _by_level as f
+@dataclass(frozen=True)
+class WoodburyState:
+    """Per-draw quantities of the Woodbury structures (one posterior draw of the covariance parameters).
 
-    return f(codes, nlev, left, right)
+    ``L`` ``(q, q)`` the factor of ``D`` acting on the working columns ``Z_w``, ``Lb`` the one of the
+    original columns (``b = Lb u``); ``S = I + L'Z'Z L / s2`` per level ``(G, q, q)`` and its inverse;
+    ``s2`` the residual variance; ``LtZtX`` ``(G, q, p)`` and ``LtZty`` ``(G, q, 1)``.
+    """
+
+    L: np.ndarray
+    Lb: np.ndarray
+    S: np.ndarray
+    Sinv: np.ndarray
+    s2: float
+    LtZtX: np.ndarray
+    LtZty: np.ndarray
+
+
+@dataclass(frozen=True)
+class SizeClass:
+    """Groups of one (padded) size ``s`` of :class:`DenseGroupStructure`: rows, masks, lags and data.
+
+    ``idx`` ``(G_s, s)`` rows (``n`` for a padding row), ``m`` its 0/1 mask, ``mm`` the mask of pairs,
+    ``pad`` the identity on padding rows, ``lag`` ``(G_s, s, s)``, ``X``/``y``/``Z`` the rows, ``n`` the
+    real sizes.
+    """
+
+    groups: np.ndarray
+    idx: np.ndarray
+    m: np.ndarray
+    mm: np.ndarray
+    pad: np.ndarray
+    lag: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    Z: np.ndarray
+    n: np.ndarray
+
+
+@dataclass(frozen=True)
+class ClassState:
+    """One size class at one draw: ``logdet`` ``(G_s,)`` of ``V_i`` and ``W = C_i^-1 [X y Z]`` (``V_i = C_i C_i'``)."""
+
+    logdet: np.ndarray
+    W: np.ndarray
+
+
+@dataclass(frozen=True)
+class DenseState:
+    """Per-draw quantities of :class:`DenseGroupStructure`: ``D`` ``(q, q)``, the size classes' states and
+    the residual structure's natural parameters."""
+
+    D: np.ndarray
+    parts: list[ClassState]
+    res: dict[str, float]
 
 
 def psd_sqrt(D: np.ndarray) -> np.ndarray:
@@ -68,7 +120,43 @@ def _split_terms(spec: ModelSpec, b: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-class _WoodburyBase(ABC):
+class Structure[StateT](ABC):
+    """What every structure offers: the PyTensor densities of ``y | beta, psi`` and of ``y | psi`` (beta
+    integrated out), and the NumPy pieces used after sampling, from a per-draw state ``StateT``."""
+
+    loglik_dim: str | None
+    loglik_labels: list[str]
+
+    @abstractmethod
+    def pt_marginal(self, Ls: list[Any], res: dict[str, Any], beta: Any, n: int) -> Any:
+        """``log N(y; X beta, V)`` (PyTensor)."""
+
+    @abstractmethod
+    def pt_restricted(self, Ls: list[Any], res: dict[str, Any], beta_prior_var: float, n: int) -> Any:
+        """``log int N(y; X beta, V) N(beta; 0, beta_prior_var I) dbeta`` (PyTensor)."""
+
+    @abstractmethod
+    def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> StateT:
+        """The per-draw quantities at the terms' factors ``Lks`` and the residual parameters ``res``."""
+
+    @abstractmethod
+    def np_gls(self, st: StateT) -> tuple[np.ndarray, np.ndarray]:
+        """``(X'V^-1 X, X'V^-1 y)`` in the original columns."""
+
+    @abstractmethod
+    def np_draw_beta(self, st: StateT, beta_prior_var: float, rng: np.random.Generator) -> np.ndarray:
+        """A draw of ``beta | psi, y`` under ``beta ~ N(0, beta_prior_var I)``."""
+
+    @abstractmethod
+    def np_draw_b(self, st: StateT, beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """A draw of ``b | beta, psi, y`` per term ``(nlevels, q)``."""
+
+    @abstractmethod
+    def np_loglik(self, st: StateT, beta: np.ndarray) -> np.ndarray | None:
+        """``log N(y_i; X_i beta, V_i)`` per independent block (None where the density does not factorise)."""
+
+
+class _WoodburyBase(Structure[WoodburyState]):
     """Shared Woodbury algebra of :class:`GroupStructure` (``G`` levels) and :class:`FullStructure` (``G = 1``).
 
     Every cross-product is of the working columns of :mod:`bayeslmm.linalg._basis` (``[X y]``
@@ -98,7 +186,8 @@ class _WoodburyBase(ABC):
     def _working_rows(self, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """``X_w``, ``y_w`` and each term's ``Z_w`` of the rows of ``spec`` (bases set from them)."""
         self._set_bases(FixedBasis.from_rows(spec.X, spec.y), tuple(TermBasis.from_rows(t.Zraw) for t in spec.terms))
-        Xw, yw = self.basis.apply(spec.X, spec.y)
+        Xw = self.basis.apply(spec.X, None)[0]
+        yw = self.basis.apply_y(spec.y)
         return Xw, yw, [b.apply(t.Zraw) for b, t in zip(self.zbases, spec.terms)]
 
     def _beta_w(self, beta: Any) -> Any:
@@ -111,22 +200,23 @@ class _WoodburyBase(ABC):
         """``A_z^-1 L_k`` per term (NumPy or PyTensor)."""
         return [L if b.is_identity else b.Ainv @ L for b, L in zip(self.zbases, Ls)]
 
-    def _prior_w(self, tau: float) -> tuple[np.ndarray, np.ndarray]:
-        """``beta ~ N(0, tau I)`` in working coordinates: precision ``P = A'A / tau`` and ``P mu``, ``mu = -c``."""
+    def _prior_w(self, beta_prior_var: float) -> tuple[np.ndarray, np.ndarray]:
+        """``beta ~ N(0, beta_prior_var I)`` in working coordinates: precision ``P = A'A / beta_prior_var``
+        and ``P mu``, ``mu = -c``."""
         A = self.basis.A
-        P = A.T @ A / tau
+        P = A.T @ A / beta_prior_var
         return P, P @ (-self._shift)
 
-    def np_gls(self, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def np_gls(self, st: WoodburyState) -> tuple[np.ndarray, np.ndarray]:
         """``(X'V^-1 X, X'V^-1 y)`` of the original columns: ``A^-T A_w A^-1`` and ``A^-T (b_w + A_w c)``."""
         A, bv = self._np_gls_w(st)
         Ainv = np.linalg.inv(self.basis.A)
         return Ainv.T @ A @ Ainv, Ainv.T @ (bv + A @ self._shift)
 
-    def np_draw_beta(self, st: dict[str, Any], tau: float, rng: np.random.Generator) -> np.ndarray:
-        """A draw of ``beta | psi, y`` under ``beta ~ N(0, tau I)``, made in working coordinates."""
+    def np_draw_beta(self, st: WoodburyState, beta_prior_var: float, rng: np.random.Generator) -> np.ndarray:
+        """A draw of ``beta | psi, y`` under ``beta ~ N(0, beta_prior_var I)``, made in working coordinates."""
         A, bv = self._np_gls_w(st)
-        P, Pmu = self._prior_w(tau)
+        P, Pmu = self._prior_w(beta_prior_var)
         Mi = np.linalg.inv(A + P)
         bw = rng.multivariate_normal(Mi @ (bv + Pmu), (Mi + Mi.T) / 2)
         return self.basis.A @ bw + self._shift
@@ -164,8 +254,10 @@ class _WoodburyBase(ABC):
         # loop; batched matrix products of tiny matrices are 100 times slower here)
         Lij = [[L[r, j] for j in range(q)] for r in range(q)]
         A = [[np.ascontiguousarray(self.ZtZ[:, r, c]) for c in range(q)] for r in range(q)]
-        M = [[sum(Lij[r][i] * Lij[c][j] * A[r][c] for r in range(q) for c in range(q)) for j in range(q)]
-             for i in range(q)]  # L' A_i L
+        M = [
+            [sum(Lij[r][i] * Lij[c][j] * A[r][c] for r in range(q) for c in range(q)) for j in range(q)]
+            for i in range(q)
+        ]  # L' A_i L
         if q == 1:
             s00 = 1 + M[0][0] / sigma2
             logdetS = pt.sum(pt.log(s00))
@@ -213,8 +305,8 @@ class _WoodburyBase(ABC):
         rr = self.yty - 2 * bw @ self.Xty + bw @ self.XtX @ bw
         return -0.5 * (n * np.log(2 * np.pi) + n * pt.log(s2) + logdetS + quad(Ztr, Ztr, rr)[0, 0])
 
-    def pt_restricted(self, Ls: list[Any], res: dict[str, Any], tau: float, n: int) -> Any:
-        """``log int N(y; X beta, V) N(beta; 0, tau I) dbeta``."""
+    def pt_restricted(self, Ls: list[Any], res: dict[str, Any], beta_prior_var: float, n: int) -> Any:
+        """``log int N(y; X beta, V) N(beta; 0, beta_prior_var I) dbeta``."""
         import pytensor.tensor as pt
 
         s2 = res["sigma2"]
@@ -225,36 +317,37 @@ class _WoodburyBase(ABC):
         A = quad(ZtX, ZtX, self.XtX)
         bv = quad(ZtX, Zty, self.Xty[:, None])[:, 0]
         yy = quad(Zty, Zty, np.array([[self.yty]]))[0, 0]
-        return _restricted_tail(n, n * pt.log(s2) + logdetS, A, bv, yy, tau, self._prior_w(tau))
+        return _restricted_tail(n, n * pt.log(s2) + logdetS, A, bv, yy, beta_prior_var, self._prior_w(beta_prior_var))
 
     # -- NumPy, one posterior draw at a time ---------------------------------
     @abstractmethod
     def _L_np(self, Lks: list[np.ndarray]) -> np.ndarray:
         """The ``q x q`` factor ``L`` of ``D`` (NumPy) from the terms' factors ``Lks``."""
 
-    def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> dict[str, Any]:
+    def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> WoodburyState:
         """Per-draw quantities: ``L``, ``S^-1`` and the products with the data blocks."""
         s2 = res["sigma2"]
         L = self._L_np(self._working_Ls(Lks))  # acts on the working columns Z_w = Z A_z
         S = np.eye(self.q) + L.T @ self.ZtZ @ L / s2
         Sinv = np.linalg.inv(S)
-        return {"L": L, "Lb": self._L_np(Lks), "S": S, "Sinv": Sinv, "s2": s2, "LtZtX": L.T @ self.ZtX,
-                "LtZty": L.T @ self.Zty[:, :, None]}
+        return WoodburyState(
+            L=L, Lb=self._L_np(Lks), S=S, Sinv=Sinv, s2=s2, LtZtX=L.T @ self.ZtX, LtZty=L.T @ self.Zty[:, :, None]
+        )
 
-    def _np_gls_w(self, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _np_gls_w(self, st: WoodburyState) -> tuple[np.ndarray, np.ndarray]:
         """``(X_w'V^-1 X_w, X_w'V^-1 y_w)`` (working columns)."""
-        s2, Sinv, a, c = st["s2"], st["Sinv"], st["LtZtX"], st["LtZty"]
+        s2, Sinv, a, c = st.s2, st.Sinv, st.LtZtX, st.LtZty
         A = (self.XtX - np.sum(np.swapaxes(a, 1, 2) @ Sinv @ a, axis=0) / s2) / s2
         bv = (self.Xty - np.sum(np.swapaxes(a, 1, 2) @ Sinv @ c, axis=0)[:, 0] / s2) / s2
         return A, bv
 
-    def _tvec(self, st: dict[str, Any], beta: np.ndarray) -> np.ndarray:
+    def _tvec(self, st: WoodburyState, beta: np.ndarray) -> np.ndarray:
         """``(G, q)`` ``L'Z_i'(y_i - X_i beta)``."""
-        return (st["LtZty"] - st["LtZtX"] @ self._beta_w(beta)[:, None])[:, :, 0]
+        return (st.LtZty - st.LtZtX @ self._beta_w(beta)[:, None])[:, :, 0]
 
-    def _b_draw(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _b_draw(self, st: WoodburyState, beta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``(G, q)``: ``b | beta ~ N(L S^-1 L'Z'r / sigma^2, L S^-1 L')`` (``b = L u`` with the original ``L``)."""
-        L, Sinv, s2 = st["Lb"], st["Sinv"], st["s2"]
+        L, Sinv, s2 = st.Lb, st.Sinv, st.s2
         tvec = self._tvec(st, beta)
         mean = (L @ (Sinv @ tvec[:, :, None]))[:, :, 0] / s2
         R = np.linalg.cholesky((Sinv + np.swapaxes(Sinv, 1, 2)) / 2)
@@ -263,9 +356,11 @@ class _WoodburyBase(ABC):
 
 def _check_q(q: int) -> None:
     if q > MAX_Q:
-        raise OptionError(f"the marginal and restricted parameterisations of a model with several grouping "
-                          f"factors use a dense {q} x {q} matrix (limit {MAX_Q}); use param='conditional' "
-                          "for this model (with the rows)")
+        raise OptionError(
+            f"the marginal and restricted parameterisations of a model with several grouping "
+            f"factors use a dense {q} x {q} matrix (limit {MAX_Q}); use param='conditional' "
+            "for this model (with the rows)"
+        )
 
 
 def _totals_from_F(obj: Any, F: np.ndarray, p: int) -> None:
@@ -290,28 +385,36 @@ def _logdet_chol(C: Any, size: int) -> Any:
     return 2 * pt.sum(pt.log(pt.sum(C * np.eye(size), axis=-1)))
 
 
-def _restricted_tail(n: int, logdetV: Any, A: Any, bv: Any, yy: Any, tau: float,
-                     prior: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
-    """``log N(y; 0, V + tau X X')`` from ``log|V|``, ``A = X'V^-1X``, ``bv = X'V^-1 y``, ``yy = y'V^-1 y``:
-    ``log|V + tau XX'| = log|V| + p log tau + log|M|`` and ``y'(V + tau XX')^-1 y = yy - bv'M^-1 bv``,
-    ``M = A + I / tau``.
+def _restricted_tail(
+    n: int,
+    logdetV: Any,
+    A: Any,
+    bv: Any,
+    yy: Any,
+    beta_prior_var: float,
+    prior: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Any:
+    """``log N(y; 0, V + beta_prior_var X X')`` from ``log|V|``, ``A = X'V^-1X``, ``bv = X'V^-1 y``, ``yy = y'V^-1 y``:
+    ``log|V + beta_prior_var XX'| = log|V| + p log beta_prior_var + log|M|`` and
+    ``y'(V + beta_prior_var XX')^-1 y = yy - bv'M^-1 bv``,
+    ``M = A + I / beta_prior_var``.
 
     With ``prior = (P, P mu)`` the cross-products are of working columns, where the prior of
-    ``beta_w`` is ``N(mu, P^-1)`` with ``|P^-1| = tau^p`` (the shift has determinant 1): then
+    ``beta_w`` is ``N(mu, P^-1)`` with ``|P^-1| = beta_prior_var^p`` (the shift has determinant 1): then
     ``M = A + P`` and the quadratic form is ``yy + mu'P mu - h'M^-1 h``, ``h = bv + P mu``.
     """
     import pytensor.tensor as pt
 
     p = A.shape[0] if isinstance(A, np.ndarray) else A.type.shape[0]
     if prior is None:
-        prior = (np.eye(p) / tau, np.zeros(p))
+        prior = (np.eye(p) / beta_prior_var, np.zeros(p))
     P, Pmu = prior
     M = A + P
     logdetM = _logdet_chol(pt.linalg.cholesky(M), p)
     h = bv + Pmu
     mPm = float(Pmu @ np.linalg.solve(P, Pmu)) if np.any(Pmu) else 0.0
     quad = yy + mPm - h @ pt.linalg.solve(M, h, assume_a="pos")
-    neg2 = n * np.log(2 * np.pi) + logdetV + p * np.log(tau) + logdetM + quad
+    neg2 = n * np.log(2 * np.pi) + logdetV + p * np.log(beta_prior_var) + logdetM + quad
     return -0.5 * neg2
 
 
@@ -324,14 +427,14 @@ class GroupStructure(_WoodburyBase):
         Z = np.hstack(Zs)
         self.spec = spec
         self.G, self.q = t0.nlevels, Z.shape[1]
-        self.ZtZ = _by_level(t0.codes, self.G, Z, Z)
-        self.ZtX = _by_level(t0.codes, self.G, Z, X)
-        self.Zty = _by_level(t0.codes, self.G, Z, y[:, None])[:, :, 0]
+        self.ZtZ = by_level(t0.codes, self.G, Z, Z)
+        self.ZtX = by_level(t0.codes, self.G, Z, X)
+        self.Zty = by_level(t0.codes, self.G, Z, y[:, None])[:, :, 0]
         self.XtX = X.T @ X
         self.Xty = X.T @ y
         self.yty = float(y @ y)
-        self.XtX_g = _by_level(t0.codes, self.G, X, X)
-        self.Xty_g = _by_level(t0.codes, self.G, X, y[:, None])[:, :, 0]
+        self.XtX_g = by_level(t0.codes, self.G, X, X)
+        self.Xty_g = by_level(t0.codes, self.G, X, y[:, None])[:, :, 0]
         self.yty_g = np.bincount(t0.codes, weights=y * y, minlength=self.G)
         self.n_g = np.bincount(t0.codes, minlength=self.G)
         self.loglik_dim: str | None = t0.group
@@ -363,18 +466,18 @@ class GroupStructure(_WoodburyBase):
 
         return block_diag(*Lks)
 
-    def np_draw_b(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    def np_draw_b(self, st: WoodburyState, beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         """Per term ``(levels, q_k)`` draws of ``b | beta, psi, y``."""
         return _split_terms(self.spec, self._b_draw(st, beta, rng))
 
-    def np_loglik(self, st: dict[str, Any], beta: np.ndarray) -> np.ndarray | None:
+    def np_loglik(self, st: WoodburyState, beta: np.ndarray) -> np.ndarray | None:
         """``(G,)`` ``log N(y_i; X_i beta, V_i)`` per level (``None`` when built from blocks)."""
         if self.loglik_dim is None:
             return None
-        s2, Sinv, tvec, bw = st["s2"], st["Sinv"], self._tvec(st, beta), self._beta_w(beta)
+        s2, Sinv, tvec, bw = st.s2, st.Sinv, self._tvec(st, beta), self._beta_w(beta)
         rr = self.yty_g - 2 * self.Xty_g @ bw + np.einsum("p,gpq,q->g", bw, self.XtX_g, bw)
         quad = (rr - np.einsum("gq,gq->g", tvec, (Sinv @ tvec[:, :, None])[:, :, 0]) / s2) / s2
-        return -0.5 * (self.n_g * np.log(2 * np.pi * s2) + np.linalg.slogdet(st["S"])[1] + quad)
+        return -0.5 * (self.n_g * np.log(2 * np.pi * s2) + np.linalg.slogdet(st.S)[1] + quad)
 
 
 class FullStructure(_WoodburyBase):
@@ -429,8 +532,9 @@ class FullStructure(_WoodburyBase):
                 cols.append(off + t.codes * t.q + c)
                 vals.append(Zt[:, c])
             off += t.ncols
-        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                             shape=(spec.n, self.q))
+        return sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(spec.n, self.q)
+        )
 
     def _blocks(self, spec: ModelSpec, X: np.ndarray, y: np.ndarray) -> None:
         """Independent blocks of rows (levels linked through shared rows), for the log-likelihood per block."""
@@ -439,11 +543,9 @@ class FullStructure(_WoodburyBase):
         edges = [(offs[0] + spec.terms[0].codes, offs[k] + t.codes) for k, t in enumerate(spec.terms)]
         r = np.concatenate([a for a, _ in edges])
         c = np.concatenate([b for _, b in edges])
-        ncomp, lab = connected_components(sp.coo_matrix((np.ones(r.size), (r, c)), shape=(nlev, nlev)),
-                                          directed=False)
+        ncomp, lab = connected_components(sp.coo_matrix((np.ones(r.size), (r, c)), shape=(nlev, nlev)), directed=False)
         self.row_block = lab[offs[0] + spec.terms[0].codes]
-        self.col_block = np.concatenate([np.repeat(lab[offs[k] : offs[k + 1]], t.q)
-                                         for k, t in enumerate(spec.terms)])
+        self.col_block = np.concatenate([np.repeat(lab[offs[k] : offs[k + 1]], t.q) for k, t in enumerate(spec.terms)])
         self.nblocks = ncomp
         self.loglik_dim, self.loglik_labels = None, []
         if ncomp == 1:
@@ -458,8 +560,8 @@ class FullStructure(_WoodburyBase):
                 break
         else:
             self.loglik_dim, self.loglik_labels = "block", [str(i) for i in range(ncomp)]
-        self.XtX_g = _by_level(self.row_block, ncomp, X, X)
-        self.Xty_g = _by_level(self.row_block, ncomp, X, y[:, None])[:, :, 0]
+        self.XtX_g = by_level(self.row_block, ncomp, X, X)
+        self.Xty_g = by_level(self.row_block, ncomp, X, y[:, None])[:, :, 0]
         self.yty_g = np.bincount(self.row_block, weights=y * y, minlength=ncomp)
         self.n_g = np.bincount(self.row_block, minlength=ncomp)
         self.cols_g = [np.flatnonzero(self.col_block == g) for g in range(ncomp)]
@@ -479,7 +581,7 @@ class FullStructure(_WoodburyBase):
 
         return self._kron_terms(Lks, np.kron, np.eye, block_diag)
 
-    def np_draw_b(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    def np_draw_b(self, st: WoodburyState, beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         b = self._b_draw(st, beta, rng)[0]
         out, off = [], 0
         for t in self.spec.terms:
@@ -487,11 +589,11 @@ class FullStructure(_WoodburyBase):
             off += t.ncols
         return out
 
-    def np_loglik(self, st: dict[str, Any], beta: np.ndarray) -> np.ndarray | None:
+    def np_loglik(self, st: WoodburyState, beta: np.ndarray) -> np.ndarray | None:
         """Per independent block (``None`` for crossed factors: the density does not factorise)."""
         if self.loglik_dim is None:
             return None
-        s2, S, tvec, bw = st["s2"], st["S"][0], self._tvec(st, beta)[0], self._beta_w(beta)
+        s2, S, tvec, bw = st.s2, st.S[0], self._tvec(st, beta)[0], self._beta_w(beta)
         rr = self.yty_g - 2 * self.Xty_g @ bw + np.einsum("p,gpq,q->g", bw, self.XtX_g, bw)
         out = np.empty(self.nblocks)
         for g, cols in enumerate(self.cols_g):
@@ -502,12 +604,15 @@ class FullStructure(_WoodburyBase):
         return out
 
 
-class SerialStructure:
-    """A serial process in ``R_i``: dense per-group ``V_i`` batched over padded size classes."""
+class DenseGroupStructure(Structure[DenseState]):
+    """A residual structure in ``R_i`` (:mod:`bayeslmm.cov`): dense per-group ``V_i`` batched over padded
+    size classes; ``R_i`` is the structure's matrix, in PyTensor for the densities and in NumPy after sampling."""
 
     def __init__(self, spec: ModelSpec) -> None:
         res = spec.residual
-        self.spec, self.kind = spec, res.kind
+        if res is None:
+            raise OptionError("the dense per-group structure is for a model with a residual structure")
+        self.spec, self.structure = spec, res.structure
         G = len(res.levels)
         codes = res.codes
         order = np.lexsort((np.arange(spec.n), res.t, codes))  # by group, then time, then row (as the engine)
@@ -526,7 +631,7 @@ class SerialStructure:
         Ze = np.vstack([Z, np.zeros((1, self.q))])
         te = np.r_[res.t, 0.0]
         pe = np.r_[pos, 0]
-        self.buckets = []
+        self.buckets: list[SizeClass] = []
         for s in np.unique(bsize):
             groups = np.flatnonzero(bsize == s)
             idx = np.full((groups.size, s), spec.n, dtype=np.int64)
@@ -534,28 +639,31 @@ class SerialStructure:
                 rows = order[start[g] : start[g] + n_g[g]]
                 idx[j, : rows.size] = rows
             m = (idx < spec.n).astype(float)
-            tt = te[idx] if self.kind == "ou" else pe[idx].astype(float)
+            tt = pe[idx].astype(float) if self.structure.by_order else te[idx]
             lag = np.abs(tt[:, :, None] - tt[:, None, :])
-            self.buckets.append({
-                "groups": groups, "idx": idx, "m": m, "mm": m[:, :, None] * m[:, None, :],
-                "pad": np.eye(s)[None] * (1 - m)[:, :, None], "lag": lag,
-                "X": Xe[idx], "y": ye[idx], "Z": Ze[idx], "n": m.sum(axis=1)})
+            self.buckets.append(
+                SizeClass(
+                    groups=groups,
+                    idx=idx,
+                    m=m,
+                    mm=m[:, :, None] * m[:, None, :],
+                    pad=np.eye(s)[None] * (1 - m)[:, :, None],
+                    lag=lag,
+                    X=Xe[idx],
+                    y=ye[idx],
+                    Z=Ze[idx],
+                    n=m.sum(axis=1),
+                )
+            )
         self.G = G
         self.loglik_dim: str | None = res.group
         self.loglik_labels: list[str] = list(res.levels)
 
     # -- PyTensor -------------------------------------------------------------
-    def _R_pt(self, bk: dict[str, Any], res: dict[str, Any]) -> Any:
+    def _R_pt(self, bk: SizeClass, res: dict[str, Any]) -> Any:
         import pytensor.tensor as pt
 
-        lag = pt.as_tensor_variable(bk["lag"])
-        if self.kind == "ou":
-            P = pt.exp(lag * pt.log(res["rho"]))
-            R = res["process_var"] * P + res["sigma2"] * pt.eye(bk["lag"].shape[1])
-        else:
-            P = pt.switch(pt.eq(lag, 0), 1.0, pt.power(res["phi"], lag))
-            R = res["sigma2"] * P
-        return R * bk["mm"] + bk["pad"]
+        return self.structure.matrix(bk.lag, res, pt) * bk.mm + bk.pad
 
     def _chol_V(self, Ls: list[Any], res: dict[str, Any]) -> list[Any]:
         import pytensor.tensor as pt
@@ -566,7 +674,7 @@ class SerialStructure:
         for bk in self.buckets:
             V = self._R_pt(bk, res)
             if Lfull is not None:
-                ZL = pt.as_tensor_variable(bk["Z"]) @ Lfull  # (G_s, s, q)
+                ZL = pt.as_tensor_variable(bk.Z) @ Lfull  # (G_s, s, q)
                 V = V + ZL @ pt.swapaxes(ZL, 1, 2)
             out.append(pt.linalg.cholesky(V))
         return out
@@ -586,21 +694,21 @@ class SerialStructure:
 
         total = n * np.log(2 * np.pi)
         for bk, C in zip(self.buckets, self._chol_V(Ls, res)):
-            r = pt.as_tensor_variable(bk["y"]) - pt.as_tensor_variable(bk["X"]) @ beta  # (G_s, s)
+            r = pt.as_tensor_variable(bk.y) - pt.as_tensor_variable(bk.X) @ beta  # (G_s, s)
             rw = pt.linalg.solve_triangular(C, r, lower=True, b_ndim=1)
             total = total + self._logdet(C) + pt.sum(rw**2)
         return -0.5 * total
 
-    def pt_restricted(self, Ls: list[Any], res: dict[str, Any], tau: float, n: int) -> Any:
+    def pt_restricted(self, Ls: list[Any], res: dict[str, Any], beta_prior_var: float, n: int) -> Any:
         import pytensor.tensor as pt
 
         logdet, A, bv, yy = 0.0, 0.0, 0.0, 0.0
         for bk, C in zip(self.buckets, self._chol_V(Ls, res)):
-            W = self._whiten(C, np.concatenate([bk["X"], bk["y"][:, :, None]], axis=2))  # (G_s, s, p + 1)
+            W = self._whiten(C, np.concatenate([bk.X, bk.y[:, :, None]], axis=2))  # (G_s, s, p + 1)
             WtW = pt.sum(pt.swapaxes(W, 1, 2) @ W, axis=0)
             logdet = logdet + self._logdet(C)
             A, bv, yy = A + WtW[:-1, :-1], bv + WtW[:-1, -1], yy + WtW[-1, -1]
-        return _restricted_tail(n, logdet, A, bv, yy, tau)
+        return _restricted_tail(n, logdet, A, bv, yy, beta_prior_var)
 
     def pt_conditional(self, mu: Any, res: dict[str, Any], n: int) -> Any:
         """``log N(y; mu, R)`` for the conditional mean ``mu`` (random effects given)."""
@@ -610,62 +718,57 @@ class SerialStructure:
         total = n * np.log(2 * np.pi)
         for bk in self.buckets:
             C = pt.linalg.cholesky(self._R_pt(bk, res))
-            rw = self._whiten(C, r[bk["idx"]][:, :, None])
+            rw = self._whiten(C, r[bk.idx][:, :, None])
             total = total + self._logdet(C) + pt.sum(rw**2)
         return -0.5 * total
 
     # -- NumPy -----------------------------------------------------------------
-    def _R_np(self, bk: dict[str, Any], res: dict[str, float]) -> np.ndarray:
-        if self.kind == "ou":
-            R = res["process_var"] * res["rho"] ** bk["lag"] + res["sigma2"] * np.eye(bk["lag"].shape[1])
-        else:
-            R = res["sigma2"] * np.where(bk["lag"] == 0, 1.0, res["phi"] ** bk["lag"])
-        return R * bk["mm"] + bk["pad"]
+    def _R_np(self, bk: SizeClass, res: dict[str, float]) -> np.ndarray:
+        return self.structure.matrix(bk.lag, res) * bk.mm + bk.pad
 
-    def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> dict[str, Any]:
+    def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> DenseState:
         from scipy.linalg import block_diag
 
         L = block_diag(*Lks) if Lks else np.zeros((0, 0))
         D = L @ L.T
         parts = []
         for bk in self.buckets:
-            ZL = bk["Z"] @ L
+            ZL = bk.Z @ L
             C = np.linalg.cholesky(self._R_np(bk, res) + ZL @ np.swapaxes(ZL, 1, 2))
-            W = np.linalg.solve(C, np.concatenate([bk["X"], bk["y"][:, :, None], bk["Z"]], axis=2))
-            parts.append({"logdet": 2 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(axis=1), "W": W})
-        return {"D": D, "parts": parts, "res": res}
+            W = np.linalg.solve(C, np.concatenate([bk.X, bk.y[:, :, None], bk.Z], axis=2))
+            parts.append(ClassState(logdet=2 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(axis=1), W=W))
+        return DenseState(D=D, parts=parts, res=res)
 
-    def np_gls(self, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def np_gls(self, st: DenseState) -> tuple[np.ndarray, np.ndarray]:
         p = self.spec.p
-        WtW = sum(np.einsum("gsa,gsb->ab", part["W"][:, :, : p + 1], part["W"][:, :, : p + 1])
-                  for part in st["parts"])
+        WtW = sum(np.einsum("gsa,gsb->ab", part.W[:, :, : p + 1], part.W[:, :, : p + 1]) for part in st.parts)
         return WtW[:p, :p], WtW[:p, p]
 
-    def np_draw_beta(self, st: dict[str, Any], tau: float, rng: np.random.Generator) -> np.ndarray:
-        """A draw of ``beta | psi, y`` under ``beta ~ N(0, tau I)``."""
+    def np_draw_beta(self, st: DenseState, beta_prior_var: float, rng: np.random.Generator) -> np.ndarray:
+        """A draw of ``beta | psi, y`` under ``beta ~ N(0, beta_prior_var I)``."""
         A, bv = self.np_gls(st)
-        Mi = np.linalg.inv(A + np.eye(A.shape[0]) / tau)
+        Mi = np.linalg.inv(A + np.eye(A.shape[0]) / beta_prior_var)
         return rng.multivariate_normal(Mi @ bv, (Mi + Mi.T) / 2)
 
-    def np_draw_b(self, st: dict[str, Any], beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        p, D = self.spec.p, st["D"]
+    def np_draw_b(self, st: DenseState, beta: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        p, D = self.spec.p, st.D
         b = np.zeros((self.G, self.q))
-        for bk, part in zip(self.buckets, st["parts"]):
-            W = part["W"]
+        for bk, part in zip(self.buckets, st.parts):
+            W = part.W
             rw = W[:, :, p] - W[:, :, :p] @ beta  # (G_s, s) whitened residuals
             if self.q:
                 Zw = W[:, :, p + 1 :]
                 mean = np.einsum("ab,gsb,gs->ga", D, Zw, rw)
                 cov = D - D @ np.swapaxes(Zw, 1, 2) @ Zw @ D
-                b[bk["groups"]] = _mvn_draw(mean, cov, rng)
+                b[bk.groups] = _mvn_draw(mean, cov, rng)
         return _split_terms(self.spec, b)
 
-    def np_loglik(self, st: dict[str, Any], beta: np.ndarray) -> np.ndarray:
+    def np_loglik(self, st: DenseState, beta: np.ndarray) -> np.ndarray:
         """``(G,)`` ``log N(y_i; X_i beta, V_i)``."""
         p, out = self.spec.p, np.empty(self.G)
-        for bk, part in zip(self.buckets, st["parts"]):
-            rw = part["W"][:, :, p] - part["W"][:, :, :p] @ beta
-            out[bk["groups"]] = -0.5 * (bk["n"] * np.log(2 * np.pi) + part["logdet"] + np.sum(rw**2, axis=1))
+        for bk, part in zip(self.buckets, st.parts):
+            rw = part.W[:, :, p] - part.W[:, :, :p] @ beta
+            out[bk.groups] = -0.5 * (bk.n * np.log(2 * np.pi) + part.logdet + np.sum(rw**2, axis=1))
         return out
 
     def np_residual_draws(self, res: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -675,28 +778,24 @@ class SerialStructure:
         for bk in self.buckets:
             for d in range(k):
                 C = np.linalg.cholesky(self._R_np(bk, {key: float(np.ravel(v)[d]) for key, v in res.items()}))
-                e[d, bk["idx"]] = (C @ rng.standard_normal((*bk["idx"].shape, 1)))[:, :, 0] * bk["m"]
+                e[d, bk.idx] = (C @ rng.standard_normal((*bk.idx.shape, 1)))[:, :, 0] * bk.m
         return e[:, : self.spec.n]
 
 
-def structure_for(spec: ModelSpec) -> GroupStructure | FullStructure | SerialStructure:
+def structure_for(spec: ModelSpec) -> Structure[Any]:
     """The structure of ``spec`` for the ``marginal``/``restricted`` densities and the exact draws.
 
-    A row-less specification from sufficient statistics (``bayeslmm.suff.StatsSpec``, with its
-    ``blocks``) gets the structure built from the blocks: one term per level, several terms dense.
+    A row-less specification from sufficient statistics (``spec.source.blocks``) gets the structure
+    built from the blocks: one term per level, several terms dense.
     """
-    blocks = getattr(spec, "blocks", None)
-    if blocks is not None:
+    if not spec.has_rows:
+        blocks = spec.source.blocks
         if len(spec.terms) == 1:
             return GroupStructure.from_blocks(spec, blocks)
         return FullStructure.from_blocks(spec, blocks)
     if spec.residual is not None:
-        res = spec.residual
-        for t in spec.terms:
-            if t.factors != res.factors:
-                raise OptionError(f"a random-effect term on {t.group!r} with a serial process on {res.group!r}: the "
-                                  "process combines with terms of its own grouping factor only")
-        return SerialStructure(spec)
+        check_terms(spec.residual, spec.terms)
+        return DenseGroupStructure(spec)
     if all(t.factors == spec.terms[0].factors for t in spec.terms):
         return GroupStructure(spec)
     return FullStructure(spec)

@@ -52,14 +52,18 @@ def _var_names(posterior: Any, var_names: str | list[str] | tuple[str, ...] | No
     if var_names is None:
         names = default_var_names(posterior)
         if not names:
-            raise OptionError("the posterior holds none of beta, varcorr, sigma, process; pass var_names=[...] "
-                              f"from {sorted(posterior.data_vars)}")
+            raise OptionError(
+                "the posterior holds none of beta, varcorr, sigma, process; pass var_names=[...] "
+                f"from {sorted(posterior.data_vars)}"
+            )
         return names
     names = [var_names] if isinstance(var_names, str) else list(var_names)
     missing = [v for v in names if v not in posterior.data_vars]
     if missing:
-        raise OptionError(f"no variable {', '.join(map(repr, missing))} in the posterior; "
-                          f"choose from {', '.join(sorted(posterior.data_vars))}")
+        raise OptionError(
+            f"no variable {', '.join(map(repr, missing))} in the posterior; "
+            f"choose from {', '.join(sorted(posterior.data_vars))}"
+        )
     return names
 
 
@@ -69,8 +73,10 @@ def _labelled(name: str, da: Any) -> list[tuple[str, float]]:
         return [(name, float(da))]
     labels = [list(da[d].values) if d in da.coords else list(range(da.sizes[d])) for d in da.dims]
     vals = np.asarray(da.values, dtype=float)
-    return [(f"{name}[{', '.join(str(labels[k][i]) for k, i in enumerate(idx))}]", float(vals[idx]))
-            for idx in np.ndindex(vals.shape)]
+    return [
+        (f"{name}[{', '.join(str(labels[k][i]) for k, i in enumerate(idx))}]", float(vals[idx]))
+        for idx in np.ndindex(vals.shape)
+    ]
 
 
 @dataclass(frozen=True)
@@ -114,9 +120,10 @@ class Diagnosis:
 
     def _header(self) -> list[str]:
         depth = f" (max depth {self.max_treedepth})" if self.max_treedepth is not None else ""
-        lines = [f"MCMC diagnostics: {self.chains} chains x {self.draws} draws",
-                 f"divergences after tuning: {self.divergences}; max tree depth hits: "
-                 f"{self.max_treedepth_hits}{depth}"]
+        lines = [
+            f"MCMC diagnostics: {self.chains} chains x {self.draws} draws",
+            f"divergences after tuning: {self.divergences}; max tree depth hits: {self.max_treedepth_hits}{depth}",
+        ]
         if self.bfmi:
             lines.append("E-BFMI per chain: " + ", ".join(f"{b:.2f}" for b in self.bfmi))
         return lines
@@ -129,16 +136,18 @@ class Diagnosis:
 
     def __str__(self) -> str:
         if self.ok:
-            warn = [f"no warnings: R-hat <= {self.rhat_max:g} and ESS >= {self.ess_min:g} everywhere, "
-                    "no divergences"]
+            warn = [f"no warnings: R-hat <= {self.rhat_max:g} and ESS >= {self.ess_min:g} everywhere, no divergences"]
         else:
             warn = ["warnings:", *(f"  - {w}" for w in self.warnings)]
         return "\n".join([*self._header(), "", self._tab().to_string(float_format=_fmt), "", *warn])
 
     def _repr_html_(self) -> str:
         head = "".join(f"<p>{html.escape(line)}</p>" for line in self._header())
-        warn = ("<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings) + "</ul>") if self.warnings \
+        warn = (
+            ("<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings) + "</ul>")
+            if self.warnings
             else "<p>No warnings.</p>"
+        )
         return f"<div>{head}{self._tab().to_html(float_format=_fmt)}{warn}</div>"
 
 
@@ -178,17 +187,21 @@ def _sampler_warnings(stats: Any | None, param_hint: str) -> tuple[int, int, int
     n_div = int(_after_tuning(stats, "diverging").sum()) if "diverging" in stats.data_vars else 0
     if n_div:
         s = "s" if n_div > 1 else ""
-        out.append(f"{n_div} divergent transition{s} after tuning: the posterior geometry is hard and the draws may "
-                   f"be biased; {param_hint}")
+        out.append(
+            f"{n_div} divergent transition{s} after tuning: the posterior geometry is hard and the draws may "
+            f"be biased; {param_hint}"
+        )
     hits_name = next((n for n in _MAXDEPTH_HIT_NAMES if n in stats.data_vars), None)
     hits = _after_tuning(stats, hits_name) if hits_name else np.zeros(0, dtype=bool)
     n_hit = int(hits.sum())
     depth = _max_treedepth(stats, hits)
     if n_hit:
         at = f" ({depth})" if depth is not None else ""
-        out.append(f"{n_hit} transitions stopped at the maximum tree depth{at}: the sampler needs very long "
-                   "trajectories (strongly correlated or badly scaled parameters); the draws are valid but "
-                   "inefficient; centre and scale the covariates")
+        out.append(
+            f"{n_hit} transitions stopped at the maximum tree depth{at}: the sampler needs very long "
+            "trajectories (strongly correlated or badly scaled parameters); the draws are valid but "
+            "inefficient; centre and scale the covariates"
+        )
     bfmi: tuple[float, ...] = ()
     if "energy" in stats.data_vars and stats.sizes.get("draw", 0) > 2:
         import arviz_stats as azs
@@ -197,8 +210,10 @@ def _sampler_warnings(stats: Any | None, param_hint: str) -> tuple[int, int, int
         bfmi = tuple(float(b) for b in np.atleast_1d(azs.bfmi(stats["energy"], sample_dims=list(SAMPLE_DIMS)).values))
         low = [f"chain {i}: {b:.2f}" for i, b in enumerate(bfmi) if b < 0.3]
         if low:
-            out.append(f"E-BFMI below 0.3 ({', '.join(low)}): the momentum resampling explores the energy poorly "
-                       "(heavy tails or a funnel); reparameterise, e.g. param='marginal'")
+            out.append(
+                f"E-BFMI below 0.3 ({', '.join(low)}): the momentum resampling explores the energy poorly "
+                "(heavy tails or a funnel); reparameterise, e.g. param='marginal'"
+            )
     return n_div, n_hit, depth, bfmi, out
 
 
@@ -212,8 +227,9 @@ def _worst(table: pd.DataFrame, col: str, bad: pd.Series, high: bool) -> list[tu
     return out
 
 
-def diagnose(idata: Any, var_names: str | list[str] | None = None, *, rhat_max: float = 1.01,
-             ess_min: float = 400.0) -> Diagnosis:
+def diagnose(
+    idata: Any, var_names: str | list[str] | None = None, *, rhat_max: float = 1.01, ess_min: float = 400.0
+) -> Diagnosis:
     """Sampler diagnostics of a posterior, with plain-language warnings.
 
     Computes, with ArviZ, the rank-normalised split R-hat and the bulk and tail effective
@@ -253,25 +269,44 @@ def diagnose(idata: Any, var_names: str | list[str] | None = None, *, rhat_max: 
         et = _labelled(v, azs.ess(da, sample_dims=list(SAMPLE_DIMS), method="tail"))
         rows += [(lab, v, r, b, t) for (lab, r), (_, b), (_, t) in zip(rh, eb, et)]
     table = pd.DataFrame(rows, columns=["parameter", "variable", "r_hat", "ess_bulk", "ess_tail"]).set_index(
-        "parameter")
+        "parameter"
+    )
     conditional = any(str(v).startswith("z_") for v in post.data_vars)
-    hint = ("try param='marginal' (random effects integrated out), or a higher target_accept" if conditional
-            else "try a higher target_accept (sample(..., target_accept=0.95)) and check the priors of the "
-                 "variance components")
+    hint = (
+        "try param='marginal' (random effects integrated out), or a higher target_accept"
+        if conditional
+        else "try a higher target_accept (sample(..., target_accept=0.95)) and check the priors of the "
+        "variance components"
+    )
     stats = idata["sample_stats"].to_dataset() if "sample_stats" in idata.children else None
     n_div, n_hit, depth, bfmi, warns = _sampler_warnings(stats, hint)
     for lab, val, more in _worst(table, "r_hat", table["r_hat"] > rhat_max, high=True):
-        warns.append(f"R-hat {val:.3f} for {lab} > {rhat_max:g}{more}: chains disagree; run longer (more tune "
-                     "and draws) and look at plot_trace() for a chain stuck elsewhere")
+        warns.append(
+            f"R-hat {val:.3f} for {lab} > {rhat_max:g}{more}: chains disagree; run longer (more tune "
+            "and draws) and look at plot_trace() for a chain stuck elsewhere"
+        )
     for lab, val, more in _worst(table, "ess_bulk", table["ess_bulk"] < ess_min, high=False):
-        warns.append(f"bulk ESS {val:.0f} < {ess_min:g} for {lab}{more}: too few effective draws for a stable "
-                     "posterior mean and sd; run more draws")
+        warns.append(
+            f"bulk ESS {val:.0f} < {ess_min:g} for {lab}{more}: too few effective draws for a stable "
+            "posterior mean and sd; run more draws"
+        )
     for lab, val, more in _worst(table, "ess_tail", table["ess_tail"] < ess_min, high=False):
-        warns.append(f"tail ESS {val:.0f} < {ess_min:g} for {lab}{more}: the 5% and 95% quantiles (interval "
-                     "ends) are unstable; run more draws")
-    return Diagnosis(table=table, chains=int(post.sizes["chain"]), draws=int(post.sizes["draw"]),
-                     divergences=n_div, max_treedepth_hits=n_hit, max_treedepth=depth, bfmi=bfmi,
-                     rhat_max=rhat_max, ess_min=ess_min, warnings=tuple(warns))
+        warns.append(
+            f"tail ESS {val:.0f} < {ess_min:g} for {lab}{more}: the 5% and 95% quantiles (interval "
+            "ends) are unstable; run more draws"
+        )
+    return Diagnosis(
+        table=table,
+        chains=int(post.sizes["chain"]),
+        draws=int(post.sizes["draw"]),
+        divergences=n_div,
+        max_treedepth_hits=n_hit,
+        max_treedepth=depth,
+        bfmi=bfmi,
+        rhat_max=rhat_max,
+        ess_min=ess_min,
+        warnings=tuple(warns),
+    )
 
 
 def plot_trace(idata: Any, var_names: str | list[str] | None = None, **kwargs: Any) -> Any:
@@ -325,15 +360,20 @@ def save(plot: Any, path: Any, **kwargs: Any) -> None:
 
 def _loglik(idata: Any, name: str) -> Any:
     """The pointwise log-likelihood DataArray ``(chain, draw, unit)`` of a model."""
-    ll = _group(idata, "log_likelihood", f"model {name!r} has no pointwise log-likelihood to leave out (with "
-                                         "crossed grouping factors param='marginal'/'restricted' has no independent "
-                                         "groups); sample it with bayeslmm.bayes.sample(param='conditional')")
+    ll = _group(
+        idata,
+        "log_likelihood",
+        f"model {name!r} has no pointwise log-likelihood to leave out (with "
+        "crossed grouping factors param='marginal'/'restricted' has no independent "
+        "groups); sample it with bayeslmm.bayes.sample(param='conditional')",
+    )
     if "y" in ll.data_vars:
         return ll["y"]
     if len(ll.data_vars) == 1:
         return ll[next(iter(ll.data_vars))]
-    raise OptionError(f"model {name!r} has several log-likelihood variables ({', '.join(ll.data_vars)}); "
-                      "keep one called 'y'")
+    raise OptionError(
+        f"model {name!r} has several log-likelihood variables ({', '.join(ll.data_vars)}); keep one called 'y'"
+    )
 
 
 def _unit(ll: Any) -> str:
@@ -347,8 +387,10 @@ def _unit(ll: Any) -> str:
 def _describe(unit: str, size: int) -> str:
     if unit == "obs":
         return f"per observation (param='conditional'; leave-one-out over {size} observations)"
-    return (f"per group of {unit!r} (random effects integrated out: param='marginal'/'restricted' or a serial "
-            f"residual process; leave-one-group-out over {size} groups)")
+    return (
+        f"per group of {unit!r} (random effects integrated out: param='marginal'/'restricted' or a serial "
+        f"residual process; leave-one-group-out over {size} groups)"
+    )
 
 
 @dataclass(frozen=True)
@@ -390,17 +432,26 @@ class ModelFit:
     @property
     def table(self) -> pd.DataFrame:
         """Rows ``loo`` and ``waic``; columns ``elpd``, ``se``, ``p``."""
-        return pd.DataFrame({"elpd": [self.loo.elpd, self.elpd_waic], "se": [self.loo.se, self.se_waic],
-                             "p": [self.loo.p, self.p_waic]}, index=["loo", "waic"])
+        return pd.DataFrame(
+            {
+                "elpd": [self.loo.elpd, self.elpd_waic],
+                "se": [self.loo.se, self.se_waic],
+                "p": [self.loo.p, self.p_waic],
+            },
+            index=["loo", "waic"],
+        )
 
     def _lines(self) -> list[str]:
         k = np.asarray(self.pareto_k.values)
         n_bad, n_vbad = int(np.sum((k > self.loo.good_k) & (k <= 1))), int(np.sum(k > 1))
-        what = "observations (leave-one-out)" if self.unit == "obs" else \
-            f"groups of {self.unit!r} (leave-one-group-out)"
-        return [f"predictive accuracy from {self.loo.n_samples} draws over {k.size} {what}",
-                f"Pareto k: {k.size - n_bad - n_vbad} good (<= {self.loo.good_k:.2f}), {n_bad} bad, "
-                f"{n_vbad} very bad (> 1); max k = {k.max():.2f}"]
+        what = (
+            "observations (leave-one-out)" if self.unit == "obs" else f"groups of {self.unit!r} (leave-one-group-out)"
+        )
+        return [
+            f"predictive accuracy from {self.loo.n_samples} draws over {k.size} {what}",
+            f"Pareto k: {k.size - n_bad - n_vbad} good (<= {self.loo.good_k:.2f}), {n_bad} bad, "
+            f"{n_vbad} very bad (> 1); max k = {k.max():.2f}",
+        ]
 
     def __str__(self) -> str:
         warn = ["warnings:", *(f"  - {w}" for w in self.warnings)] if self.warnings else ["no warnings"]
@@ -408,8 +459,11 @@ class ModelFit:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<p>{html.escape(line)}</p>" for line in self._lines())
-        warn = ("<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings) + "</ul>") if self.warnings \
+        warn = (
+            ("<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings) + "</ul>")
+            if self.warnings
             else "<p>No warnings.</p>"
+        )
         return f"<div>{head}{self.table.to_html(float_format=lambda v: f'{v:.2f}')}{warn}</div>"
 
 
@@ -453,15 +507,19 @@ def model_fit(idata: Any) -> ModelFit:
         labels = k[unit].values if unit in k.coords else np.arange(k.size)
         order = np.argsort(-k.values)[: min(5, int(bad.sum()))]
         names = ", ".join(f"{labels[i]} (k={k.values[i]:.2f})" for i in order)
-        fix = ("use K-fold cross-validation by group, or more draws" if unit != "obs"
-               else "use more draws, or refit without them (reloo), or K-fold cross-validation")
-        warns.append(f"Pareto k > {loo.good_k:.2f} for {int(bad.sum())} of {k.size} {kind} ({names}): the "
-                     f"PSIS-LOO estimate is unreliable for them and elpd_loo may be too optimistic; {fix}")
+        fix = (
+            "use K-fold cross-validation by group, or more draws"
+            if unit != "obs"
+            else "use more draws, or refit without them (reloo), or K-fold cross-validation"
+        )
+        warns.append(
+            f"Pareto k > {loo.good_k:.2f} for {int(bad.sum())} of {k.size} {kind} ({names}): the "
+            f"PSIS-LOO estimate is unreliable for them and elpd_loo may be too optimistic; {fix}"
+        )
     n_w = int(np.sum(p_i > 0.4))
     if n_w:
         warns.append(f"p_waic_i > 0.4 for {n_w} of {p_i.size} units: WAIC is unreliable; use LOO")
-    return ModelFit(loo=loo, elpd_waic=elpd_w, se_waic=se_w, p_waic=p_w, p_waic_i=p_i, unit=unit,
-                    warnings=tuple(warns))
+    return ModelFit(loo=loo, elpd_waic=elpd_w, se_waic=se_w, p_waic=p_w, p_waic_i=p_i, unit=unit, warnings=tuple(warns))
 
 
 def _check_comparable(models: dict[str, Any]) -> str:
@@ -477,25 +535,36 @@ def _check_comparable(models: dict[str, Any]) -> str:
         unit = _unit(ll)
         if unit != unit0:
             if "obs" in (unit, unit0):
-                fix = ("refit them with the same param: param='marginal' for both to compare leave-one-group-out, "
-                       "or param='conditional' for both to compare leave-one-observation-out")
+                fix = (
+                    "refit them with the same param: param='marginal' for both to compare leave-one-group-out, "
+                    "or param='conditional' for both to compare leave-one-observation-out"
+                )
             else:
                 fix = "refit both with param='conditional' to compare them per observation"
-            raise OptionError(f"cannot compare {name0!r} and {name!r}: {name0!r} stores the log-likelihood "
-                              f"{_describe(unit0, ll0.sizes[unit0])} and {name!r} {_describe(unit, ll.sizes[unit])}; "
-                              f"their elpd values estimate different things; {fix}")
+            raise OptionError(
+                f"cannot compare {name0!r} and {name!r}: {name0!r} stores the log-likelihood "
+                f"{_describe(unit0, ll0.sizes[unit0])} and {name!r} {_describe(unit, ll.sizes[unit])}; "
+                f"their elpd values estimate different things; {fix}"
+            )
         same_units = ll.sizes[unit] == ll0.sizes[unit0] and (
-            unit not in ll.coords or unit0 not in ll0.coords
-            or np.array_equal(ll[unit].values, ll0[unit0].values))
+            unit not in ll.coords or unit0 not in ll0.coords or np.array_equal(ll[unit].values, ll0[unit0].values)
+        )
         y = idata["observed_data"].to_dataset() if "observed_data" in idata.children else None
-        same_y = y is None or y0 is None or all(
-            v in y0.data_vars and y[v].shape == y0[v].shape and np.array_equal(y[v].values, y0[v].values)
-            for v in y.data_vars)
+        same_y = (
+            y is None
+            or y0 is None
+            or all(
+                v in y0.data_vars and y[v].shape == y0[v].shape and np.array_equal(y[v].values, y0[v].values)
+                for v in y.data_vars
+            )
+        )
         if not (same_units and same_y):
-            raise OptionError(f"cannot compare {name0!r} and {name!r}: they were fitted to different data "
-                              f"({'different ' + unit if not same_units else 'the observed responses differ'}); "
-                              "LOO comparison needs the same observations: fit both formulas to the same data "
-                              "frame, without rows dropped for missing values in only one of them")
+            raise OptionError(
+                f"cannot compare {name0!r} and {name!r}: they were fitted to different data "
+                f"({'different ' + unit if not same_units else 'the observed responses differ'}); "
+                "LOO comparison needs the same observations: fit both formulas to the same data "
+                "frame, without rows dropped for missing values in only one of them"
+            )
     return unit0
 
 

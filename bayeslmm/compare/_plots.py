@@ -115,8 +115,9 @@ def plot_shrinkage(fit: Any, idata: Any = None) -> Any:
         ax2.fill_between(grid, lo, hi, color=ORANGE, alpha=0.25, lw=0, label="posterior 94% band")
         ax2.plot(grid, fd.mean(axis=0), color=ORANGE, ls="--", lw=1.2, label="posterior mean")
     sizes, counts = np.unique(n_i, return_counts=True)
-    ax2.scatter(sizes, sizes * s_u2 / (s2 + sizes * s_u2), s=12 + 6 * np.sqrt(counts), color=RED, zorder=3,
-                label="group sizes")
+    ax2.scatter(
+        sizes, sizes * s_u2 / (s2 + sizes * s_u2), s=12 + 6 * np.sqrt(counts), color=RED, zorder=3, label="group sizes"
+    )
     ax2.set_ylim(0, 1.02)
     ax2.set_xlabel("group size n")
     ax2.set_ylabel("factor  n s_u^2 / (s^2 + n s_u^2)")
@@ -196,8 +197,13 @@ def plot_residuals(fit: Any) -> Any:
     edges = np.quantile(x, np.linspace(0, 1, min(21, x.size // 5 + 2)))
     idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, edges.size - 2)
     keep = [b for b in range(edges.size - 1) if np.any(idx == b)]
-    ax.plot([np.median(x[idx == b]) for b in keep], [np.median(r[idx == b]) for b in keep],
-            color=ORANGE, lw=2, label="running median")
+    ax.plot(
+        [np.median(x[idx == b]) for b in keep],
+        [np.median(r[idx == b]) for b in keep],
+        color=ORANGE,
+        lw=2,
+        label="running median",
+    )
     ax.set_xlabel("fitted value")
     ax.set_ylabel("normalized residual" if fit.spec.residual is not None else "scaled residual")
     ax.set_title(f"residuals against fitted values ({fit.spec.formula})", fontsize=10)

@@ -26,14 +26,17 @@ STATS = ("mean", "slope")
 def _plot_dist(idata: Any, group: str, num_samples: int, what: str, **kwargs: Any) -> Any:
     import arviz_plots as azp
 
-    _group(idata, group, f"{what} needs it: sample with bayeslmm.bayes.sample("
-                         f"{'prior=True' if group == 'prior_predictive' else 'posterior_predictive=True'})")
+    _group(
+        idata,
+        group,
+        f"{what} needs it: sample with bayeslmm.bayes.sample("
+        f"{'prior=True' if group == 'prior_predictive' else 'posterior_predictive=True'})",
+    )
     _group(idata, "observed_data", f"{what} needs the observed response")
     if num_samples < 1:
         raise OptionError("num_samples must be at least 1")
     n_draws = idata[group].sizes["chain"] * idata[group].sizes["draw"]
-    return azp.plot_ppc_dist(idata, group=group, num_samples=min(num_samples, n_draws), backend="matplotlib",
-                             **kwargs)
+    return azp.plot_ppc_dist(idata, group=group, num_samples=min(num_samples, n_draws), backend="matplotlib", **kwargs)
 
 
 def plot_ppc(idata: Any, *, num_samples: int = 50, **kwargs: Any) -> Any:
@@ -92,8 +95,9 @@ def _factor_term(spec: ModelSpec, factor: str | None) -> Any:
     for t in spec.terms:
         if factor in (t.group, t.name):
             return t
-    raise OptionError(f"no grouping factor {factor!r} in the model; choose from "
-                      f"{', '.join(sorted({t.group for t in spec.terms}))}")
+    raise OptionError(
+        f"no grouping factor {factor!r} in the model; choose from {', '.join(sorted({t.group for t in spec.terms}))}"
+    )
 
 
 def _covariate(spec: ModelSpec, name: str) -> np.ndarray:
@@ -102,8 +106,10 @@ def _covariate(spec: ModelSpec, name: str) -> np.ndarray:
     for t in spec.terms:
         if name in t.coef_names:
             return np.asarray(t.Zraw[:, t.coef_names.index(name)])
-    raise OptionError(f"no covariate {name!r} among the model's columns; choose from "
-                      f"{', '.join(n for n in spec.fixef_names if n != '(Intercept)')}")
+    raise OptionError(
+        f"no covariate {name!r} among the model's columns; choose from "
+        f"{', '.join(n for n in spec.fixef_names if n != '(Intercept)')}"
+    )
 
 
 def _weights(spec: ModelSpec, codes: np.ndarray, G: int, stat: str, covariate: str | None) -> np.ndarray:
@@ -115,8 +121,10 @@ def _weights(spec: ModelSpec, codes: np.ndarray, G: int, stat: str, covariate: s
         W[rows, codes] = 1.0 / n_g[codes]
         return W
     if covariate is None:
-        raise OptionError("stat='slope' needs covariate='<column>', e.g. one of "
-                          f"{', '.join(n for n in spec.fixef_names if n != '(Intercept)')}")
+        raise OptionError(
+            "stat='slope' needs covariate='<column>', e.g. one of "
+            f"{', '.join(n for n in spec.fixef_names if n != '(Intercept)')}"
+        )
     x = _covariate(spec, covariate)
     dx = x - (np.bincount(codes, weights=x, minlength=G) / n_g)[codes]
     Sxx = np.bincount(codes, weights=dx * dx, minlength=G)
@@ -129,9 +137,16 @@ def _weights(spec: ModelSpec, codes: np.ndarray, G: int, stat: str, covariate: s
     return W
 
 
-def ppc_group_stats(idata: Any, spec: ModelSpec, stat: str = "mean", *, covariate: str | None = None,
-                    factor: str | None = None, prob: float = 0.9,
-                    predictive: str = "posterior_predictive") -> GroupCheck:
+def ppc_group_stats(
+    idata: Any,
+    spec: ModelSpec,
+    stat: str = "mean",
+    *,
+    covariate: str | None = None,
+    factor: str | None = None,
+    prob: float = 0.9,
+    predictive: str = "posterior_predictive",
+) -> GroupCheck:
     """Compare a per-group statistic of the observed ``y`` with its predictive distribution.
 
     ``stat="mean"``: the mean response of each level of ``factor``; ``stat="slope"``: the OLS
@@ -163,8 +178,9 @@ def ppc_group_stats(idata: Any, spec: ModelSpec, stat: str = "mean", *, covariat
         raise OptionError("predictive must be 'posterior_predictive' or 'prior_predictive'")
     rep = _group(idata, predictive, "sample with bayeslmm.bayes.sample(posterior_predictive=True, prior=True)")
     if "y" not in rep.data_vars or rep["y"].shape[-1] != spec.n:
-        raise OptionError(f"the {predictive} group has no y with {spec.n} observations: was idata sampled from "
-                          "this spec?")
+        raise OptionError(
+            f"the {predictive} group has no y with {spec.n} observations: was idata sampled from this spec?"
+        )
     if "observed_data" in idata.children:
         y_obs = idata["observed_data"]["y"].values
         if y_obs.shape != spec.y.shape or not np.allclose(y_obs, spec.y):
@@ -182,17 +198,40 @@ def ppc_group_stats(idata: Any, spec: ModelSpec, stat: str = "mean", *, covariat
     ppp = np.full(t.nlevels, np.nan)
     low[defined], high[defined] = np.quantile(T_rep[:, defined], [a, 1 - a], axis=0)
     ppp[defined] = np.mean(T_rep[:, defined] >= T_obs[defined], axis=0)
-    table = pd.DataFrame({"n": np.bincount(t.codes, minlength=t.nlevels), "observed": T_obs,
-                          "pred_mean": T_rep.mean(axis=0), "pred_low": low, "pred_high": high, "ppp": ppp,
-                          "outside": defined & ((T_obs < low) | (T_obs > high))},
-                         index=pd.Index(list(t.levels), name=t.group))
-    return GroupCheck(table=table, replicated=T_rep, stat=stat, factor=t.group,
-                      covariate=covariate if stat == "slope" else None, prob=prob, predictive=predictive)
+    table = pd.DataFrame(
+        {
+            "n": np.bincount(t.codes, minlength=t.nlevels),
+            "observed": T_obs,
+            "pred_mean": T_rep.mean(axis=0),
+            "pred_low": low,
+            "pred_high": high,
+            "ppp": ppp,
+            "outside": defined & ((T_obs < low) | (T_obs > high)),
+        },
+        index=pd.Index(list(t.levels), name=t.group),
+    )
+    return GroupCheck(
+        table=table,
+        replicated=T_rep,
+        stat=stat,
+        factor=t.group,
+        covariate=covariate if stat == "slope" else None,
+        prob=prob,
+        predictive=predictive,
+    )
 
 
-def plot_ppc_groups(idata: Any, spec: ModelSpec, stat: str = "mean", *, covariate: str | None = None,
-                    factor: str | None = None, prob: float = 0.9, predictive: str = "posterior_predictive",
-                    ax: Any = None) -> Any:
+def plot_ppc_groups(
+    idata: Any,
+    spec: ModelSpec,
+    stat: str = "mean",
+    *,
+    covariate: str | None = None,
+    factor: str | None = None,
+    prob: float = 0.9,
+    predictive: str = "posterior_predictive",
+    ax: Any = None,
+) -> Any:
     """Per-group predictive check plot: for each level the central ``prob`` interval of the replicated
     statistic (line), its mean (tick) and the observed statistic (dot; red when outside the interval).
 

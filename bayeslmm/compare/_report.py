@@ -44,22 +44,31 @@ class Report:
 
     def table(self, obj: Any) -> None:
         """A :class:`Comparison`, a :class:`Diagnosis`, or a pandas DataFrame."""
-        self.parts.append(obj._repr_html_() if hasattr(obj, "_repr_html_") and not hasattr(obj, "to_html")
-                          else obj.to_html(float_format=lambda v: f"{v:.5g}"))
+        self.parts.append(
+            obj._repr_html_()
+            if hasattr(obj, "_repr_html_") and not hasattr(obj, "to_html")
+            else obj.to_html(float_format=lambda v: f"{v:.5g}")
+        )
 
     def figure(self, png: bytes, caption: str) -> None:
         data = base64.b64encode(png).decode("ascii")
-        self.parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
-                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.parts.append(
+            f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
 
     def html(self) -> str:
-        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-                 "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
-                 "td,th{padding:2px 8px;border-bottom:1px solid #ddd}caption{font-weight:bold;text-align:left}"
-                 "pre{background:#f6f6f6;padding:0.8em;overflow-x:auto}img{max-width:100%}")
-        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-                f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>{''.join(self.parts)}"
-                "</body></html>")
+        style = (
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
+            "td,th{padding:2px 8px;border-bottom:1px solid #ddd}caption{font-weight:bold;text-align:left}"
+            "pre{background:#f6f6f6;padding:0.8em;overflow-x:auto}img{max-width:100%}"
+        )
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>{''.join(self.parts)}"
+            "</body></html>"
+        )
 
 
 def _png(fig: Any) -> bytes:
@@ -106,9 +115,17 @@ class SideBySide:
         return self.files
 
 
-def side_by_side(fit: Any, idata: Any, *, limit: Any = None, out_dir: str | Path | None = None,
-                 html_path: str | Path | None = None, title: str | None = None, ranef_rows: int = 10,
-                 write: bool = True) -> SideBySide:
+def side_by_side(
+    fit: Any,
+    idata: Any,
+    *,
+    limit: Any = None,
+    out_dir: str | Path | None = None,
+    html_path: str | Path | None = None,
+    title: str | None = None,
+    ranef_rows: int = 10,
+    write: bool = True,
+) -> SideBySide:
     """The REML fit and the posterior side by side (see the module docstring).
 
     Parameters
@@ -141,13 +158,20 @@ def side_by_side(fit: Any, idata: Any, *, limit: Any = None, out_dir: str | Path
     ran = compare_ranef(fit, idata)
     diag = diagnose(idata)
     lines = [str(fit.summary()), "", str(cmp), "", _head(ran, ranef_rows), "", str(diag)]
-    data: dict[str, Any] = {"formula": fit.spec.formula, "method": fit.method, "compare": cmp.to_dict(),
-                            "ranef": ran.to_dict(), "diagnostics": {"divergences": diag.divergences,
-                                                                    "warnings": list(diag.warnings)}}
+    data: dict[str, Any] = {
+        "formula": fit.spec.formula,
+        "method": fit.method,
+        "compare": cmp.to_dict(),
+        "ranef": ran.to_dict(),
+        "diagnostics": {"divergences": diag.divergences, "warnings": list(diag.warnings)},
+    }
     if limit is not None:
-        lines += ["", "REML as a Bayesian limit: posterior mode of the variance components, beta ~ N(0, "
-                  "beta_prior_var I) integrated out, flat prior (last row: REML)",
-                  limit.table().to_string(float_format=lambda v: f"{v:.6g}")]
+        lines += [
+            "",
+            "REML as a Bayesian limit: posterior mode of the variance components, beta ~ N(0, "
+            "beta_prior_var I) integrated out, flat prior (last row: REML)",
+            limit.table().to_string(float_format=lambda v: f"{v:.6g}"),
+        ]
         data["limit"] = limit.to_dict()
     rep = Report(title)
     rep.heading("REML fit")
@@ -163,24 +187,32 @@ def side_by_side(fit: Any, idata: Any, *, limit: Any = None, out_dir: str | Path
         rep.table(limit.table())
     files: list[str] = []
     writer: Callable[[], None] | None = None
-    if out_dir is not None or html_path is not None:
+    folder = Path(out_dir) if out_dir is not None else None
+    target = Path(html_path) if html_path is not None else folder / REPORT if folder is not None else None
+    if target is not None:  # out_dir or html_path given
         figs: list[tuple[str, str, Any]] = []
         single_intercept = len(fit.spec.terms) == 1 and fit.spec.terms[0].q == 1 and fit.spec.residual is None
         if single_intercept:
-            figs.append(("shrinkage", "Shrinkage: raw mean residual, BLUP and posterior mean",
-                         lambda: _plots.plot_shrinkage(fit, idata)))
+            figs.append(
+                (
+                    "shrinkage",
+                    "Shrinkage: raw mean residual, BLUP and posterior mean",
+                    lambda: _plots.plot_shrinkage(fit, idata),
+                )
+            )
         if fit.spec.terms:
             figs.append(("caterpillar", "BLUPs with conditional intervals", lambda: _plots.plot_caterpillar(fit)))
-        figs += [("residuals", "Scaled residuals vs fitted values", lambda: _plots.plot_residuals(fit)),
-                 ("qq", "QQ plots of residuals and BLUPs", lambda: _plots.plot_qq(fit)),
-                 ("trace", "Trace plots", lambda: plot_trace(idata))]
+        figs += [
+            ("residuals", "Scaled residuals vs fitted values", lambda: _plots.plot_residuals(fit)),
+            ("qq", "QQ plots of residuals and BLUPs", lambda: _plots.plot_qq(fit)),
+            ("trace", "Trace plots", lambda: plot_trace(idata)),
+        ]
         if "posterior_predictive" in idata.children:
             figs.append(("ppc", "Posterior predictive check", lambda: plot_ppc(idata)))
         if limit is not None:
-            figs.append(("limit", "Posterior mode of the variances vs beta_prior_var",
-                         lambda: _plots.plot_limit(limit)))
-        folder = Path(out_dir) if out_dir is not None else None
-        target = Path(html_path) if html_path is not None else folder / REPORT
+            figs.append(
+                ("limit", "Posterior mode of the variances vs beta_prior_var", lambda: _plots.plot_limit(limit))
+            )
         if folder is not None:
             files += [str(folder / f"{name}.png") for name, _, _ in figs]
         files.append(str(target))

@@ -23,11 +23,33 @@ import pandas as pd
 from .._errors import DataError, OptionError
 
 #: Columns of :func:`compare`'s table with their display headers (``estimate`` gets the method).
-COMPARE_COLUMNS = {"kind": "kind", "name": "name", "estimate": "REML", "se": "SE", "low": "low", "high": "high",
-                   "mean": "mean", "median": "median", "mode": "mode", "sd": "sd", "hdi_low": "HDI low",
-                   "hdi_high": "HDI high", "width_ratio": "width ratio"}
-RANEF_COLUMNS = {"term": "term", "coef": "coef", "level": "level", "n": "n", "mean_resid": "mean resid",
-                 "factor": "factor", "blup": "BLUP", "condsd": "cond sd", "mean": "post mean", "sd": "post sd"}
+COMPARE_COLUMNS = {
+    "kind": "kind",
+    "name": "name",
+    "estimate": "REML",
+    "se": "SE",
+    "low": "low",
+    "high": "high",
+    "mean": "mean",
+    "median": "median",
+    "mode": "mode",
+    "sd": "sd",
+    "hdi_low": "HDI low",
+    "hdi_high": "HDI high",
+    "width_ratio": "width ratio",
+}
+RANEF_COLUMNS = {
+    "term": "term",
+    "coef": "coef",
+    "level": "level",
+    "n": "n",
+    "mean_resid": "mean resid",
+    "factor": "factor",
+    "blup": "BLUP",
+    "condsd": "cond sd",
+    "mean": "post mean",
+    "sd": "post sd",
+}
 
 
 def _num(x: Any) -> str:
@@ -78,8 +100,9 @@ class Comparison:
                 return str(v)
             return _num(v) if isnum else ("" if v is None or v is pd.NA else str(v))
 
-        rows = [[cell(v, a, b) for v, a, b in zip(r, numeric, integer)]
-                for r in self.table[cols].itertuples(index=False)]
+        rows = [
+            [cell(v, a, b) for v, a, b in zip(r, numeric, integer)] for r in self.table[cols].itertuples(index=False)
+        ]
         return list(self.columns.values()), rows, numeric
 
     def __str__(self) -> str:
@@ -110,14 +133,18 @@ class Comparison:
         head, rows, numeric = self._cells()
         style = ["text-align:right" if num else "text-align:left" for num in numeric]
         th = "".join(f"<th style='{s}'>{html.escape(h)}</th>" for h, s in zip(head, style))
-        body = "".join("<tr>" + "".join(f"<td style='{s}'>{html.escape(c)}</td>" for c, s in zip(r, style)) + "</tr>"
-                       for r in rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='{s}'>{html.escape(c)}</td>" for c, s in zip(r, style)) + "</tr>" for r in rows
+        )
         notes = "".join(f"<div>{html.escape(n)}</div>" for n in self.notes)
-        return (f"<div class='bayeslmm-comparison'><table><caption>{html.escape(self.title)}</caption>"
-                f"<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>{notes}</div>")
+        return (
+            f"<div class='bayeslmm-comparison'><table><caption>{html.escape(self.title)}</caption>"
+            f"<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>{notes}</div>"
+        )
 
     def to_dict(self) -> list[dict[str, Any]]:
         """JSON-ready rows of ``table`` (NaN as None)."""
+
         def clean(v: Any) -> Any:
             if isinstance(v, float | np.floating):
                 return float(v) if math.isfinite(v) else None
@@ -139,8 +166,9 @@ def _posterior(idata: Any) -> Any:
     try:
         post = idata["posterior"]
     except (KeyError, TypeError, AttributeError):
-        raise OptionError("idata has no posterior group: pass the result of "
-                          "bayeslmm.bayes.sample(fit.spec, ...)") from None
+        raise OptionError(
+            "idata has no posterior group: pass the result of bayeslmm.bayes.sample(fit.spec, ...)"
+        ) from None
     return post.to_dataset() if hasattr(post, "to_dataset") else post
 
 
@@ -149,10 +177,12 @@ def _draws(post: Any, name: str) -> np.ndarray:
     da = post[name]
     sample = [d for d in ("chain", "draw") if d in da.dims]
     if not sample:
-        raise OptionError(f"posterior variable {name!r} has no chain/draw dimensions; pass the InferenceData "
-                          "returned by bayeslmm.bayes.sample")
+        raise OptionError(
+            f"posterior variable {name!r} has no chain/draw dimensions; pass the InferenceData "
+            "returned by bayeslmm.bayes.sample"
+        )
     da = da.transpose(*sample, ...)
-    return np.asarray(da.values, dtype=float).reshape(-1, *da.shape[len(sample):])
+    return np.asarray(da.values, dtype=float).reshape(-1, *da.shape[len(sample) :])
 
 
 def _labels(post: Any, name: str, dim: str) -> list[str]:
@@ -181,23 +211,31 @@ def check_posterior(fit: Any, idata: Any) -> Any:
             raise OptionError(f"the posterior has no {var!r} variable; {hint}")
     coef = _labels(post, "beta", "coef")
     if coef != list(spec.fixef_names):
-        raise OptionError(f"the posterior was sampled from another model: its fixed effects are {coef} but the "
-                          f"fit's are {list(spec.fixef_names)}; {hint}")
+        raise OptionError(
+            f"the posterior was sampled from another model: its fixed effects are {coef} but the "
+            f"fit's are {list(spec.fixef_names)}; {hint}"
+        )
     comp = _labels(post, "varcorr", "component")
     if comp != varcorr_labels(spec):
-        raise OptionError(f"the posterior was sampled from another model: its variance components are {comp} but "
-                          f"the fit's are {varcorr_labels(spec)}; {hint}")
+        raise OptionError(
+            f"the posterior was sampled from another model: its variance components are {comp} but "
+            f"the fit's are {varcorr_labels(spec)}; {hint}"
+        )
     if (spec.residual is None) != ("process" not in post):
         have = "has" if "process" in post else "has no"
-        raise OptionError(f"the posterior {have} serial-process parameters but the fit "
-                          f"{'has none' if spec.residual is None else 'has ' + spec.residual.kind}; {hint}")
+        raise OptionError(
+            f"the posterior {have} serial-process parameters but the fit "
+            f"{'has none' if spec.residual is None else 'has ' + spec.residual.kind}; {hint}"
+        )
     try:
         y = np.asarray(idata["observed_data"]["y"].values, dtype=float)
     except (KeyError, TypeError, AttributeError):
         y = None
     if y is not None and (y.shape != spec.y.shape or not np.allclose(y, spec.y, rtol=1e-12, atol=0)):
-        raise DataError(f"the posterior was sampled from other data: its observed y ({y.size} values) is not the "
-                        f"fit's response ({spec.n} values); sample bayeslmm.bayes.sample(fit.spec, ...)")
+        raise DataError(
+            f"the posterior was sampled from other data: its observed y ({y.size} values) is not the "
+            f"fit's response ({spec.n} values); sample bayeslmm.bayes.sample(fit.spec, ...)"
+        )
     return post
 
 
@@ -224,19 +262,27 @@ def _summaries(D: np.ndarray, hdi_prob: float) -> dict[str, np.ndarray]:
     from arviz_stats.base import array_stats
 
     hdi = np.asarray(array_stats.hdi(D, hdi_prob, axis=0)).reshape(D.shape[1], 2)
-    return {"mean": D.mean(axis=0), "median": np.median(D, axis=0),
-            "mode": np.array([_kde_mode(D[:, j]) for j in range(D.shape[1])]),
-            "sd": D.std(axis=0, ddof=1), "hdi_low": hdi[:, 0], "hdi_high": hdi[:, 1]}
+    return {
+        "mean": D.mean(axis=0),
+        "median": np.median(D, axis=0),
+        "mode": np.array([_kde_mode(D[:, j]) for j in range(D.shape[1])]),
+        "sd": D.std(axis=0, ddof=1),
+        "hdi_low": hdi[:, 0],
+        "hdi_high": hdi[:, 1],
+    }
 
 
 # --------------------------------------------------------------------- compare
-def _profile_limits(fit: Any, level: float) -> dict[tuple[str, ...], tuple[float, float]]:
-    """Profile limits keyed ``("fixef", name)``, ``("sd", grp, var1)``, ``("cor", grp, var1, var2)``."""
+def _profile_limits(fit: Any, level: float) -> dict[tuple[str | None, ...], tuple[float, float]]:
+    """Profile limits keyed ``("fixef", name)``, ``("sd", grp, var1)``, ``("cor", grp, var1, var2)``.
+
+    The residual standard deviation is ``("sd", "Residual", None)``.
+    """
     if fit.spec.residual is not None:
         raise OptionError("profile intervals are not available for serial-process fits; use interval='wald'")
     ci = fit.confint(level=level, method="profile")
     p = fit.spec.p
-    out: dict[tuple[str, ...], tuple[float, float]] = {}
+    out: dict[tuple[str | None, ...], tuple[float, float]] = {}
     for name, (lo, hi) in zip(fit.spec.fixef_names, ci.iloc[ci.shape[0] - p :, 1:3].to_numpy()):
         out[("fixef", name)] = (lo, hi)
     vc_rows = ci.iloc[: ci.shape[0] - p]
@@ -258,13 +304,19 @@ def _vc_with_se(fit: Any) -> tuple[pd.DataFrame, str | None]:
         if fit.spec.residual is not None:
             rp = fit.residual_params()
             extra = [k for k in rp if k not in ("kind", "nugget", "sigma2")]
-            vc = pd.concat([vc, pd.DataFrame({"grp": "process", "var1": extra, "var2": None,
-                                              "vcov": [rp[k] for k in extra], "sdcor": np.nan})], ignore_index=True)
+            vc = pd.concat(
+                [
+                    vc,
+                    pd.DataFrame(
+                        {"grp": "process", "var1": extra, "var2": None, "vcov": [rp[k] for k in extra], "sdcor": np.nan}
+                    ),
+                ],
+                ignore_index=True,
+            )
         return vc.assign(se_vcov=np.nan, se_sdcor=np.nan), f"no Wald SEs of the variance components: {e}"
 
 
-def compare(fit: Any, idata: Any, *, interval: str = "wald", level: float = 0.95,
-            hdi_prob: float = 0.94) -> Comparison:
+def compare(fit: Any, idata: Any, *, interval: str = "wald", level: float = 0.95, hdi_prob: float = 0.94) -> Comparison:
     """REML (or ML) estimates and intervals next to posterior summaries, one row per parameter.
 
     Rows: the fixed effects; per random-effect term its variances, covariances and
@@ -323,16 +375,37 @@ def compare(fit: Any, idata: Any, *, interval: str = "wald", level: float = 0.95
     rows: list[dict[str, Any]] = []
     cols: list[np.ndarray] = []
 
-    def add(kind: str, name: str, grp: Any, var1: Any, var2: Any, est: float, se: float,
-            draws: np.ndarray, key: tuple[Any, ...] | None = None, square: bool = False) -> None:
+    def add(
+        kind: str,
+        name: str,
+        grp: Any,
+        var1: Any,
+        var2: Any,
+        est: float,
+        se: float,
+        draws: np.ndarray,
+        key: tuple[Any, ...] | None = None,
+        square: bool = False,
+    ) -> None:
         if prof is None:
             lo, hi = est - z * se, est + z * se
         elif key is None:  # no profile interval for this parameter (covariances)
             lo, hi = np.nan, np.nan
         else:  # sd limits squared for variances (the profile interval is invariant to monotone maps)
             lo, hi = (v * v if square else v for v in prof[key])
-        rows.append({"kind": kind, "name": name, "grp": grp, "var1": var1, "var2": var2, "estimate": float(est),
-                     "se": float(se), "low": float(lo), "high": float(hi)})
+        rows.append(
+            {
+                "kind": kind,
+                "name": name,
+                "grp": grp,
+                "var1": var1,
+                "var2": var2,
+                "estimate": float(est),
+                "se": float(se),
+                "low": float(lo),
+                "high": float(hi),
+            }
+        )
         cols.append(draws)
 
     beta = _draws(post, "beta")
@@ -357,8 +430,17 @@ def compare(fit: Any, idata: Any, *, interval: str = "wald", level: float = 0.95
         for k, ja, jb in covs:
             r = vcse.iloc[k]
             cor = vc[:, k] / np.sqrt(vc[:, first + ja] * vc[:, first + jb])  # per draw
-            add("correlation", labels[k], t.name, r.var1, r.var2, r.sdcor, r.se_sdcor, cor,
-                ("cor", t.name, r.var1, r.var2))
+            add(
+                "correlation",
+                labels[k],
+                t.name,
+                r.var1,
+                r.var2,
+                r.sdcor,
+                r.se_sdcor,
+                cor,
+                ("cor", t.name, r.var1, r.var2),
+            )
     r = vcse.iloc[i]
     add("variance", labels[i], "Residual", None, None, r.vcov, r.se_vcov, vc[:, i], ("sd", "Residual", None), True)
     if spec.residual is not None:
@@ -367,8 +449,10 @@ def compare(fit: Any, idata: Any, *, interval: str = "wald", level: float = 0.95
         for j, name in enumerate(_labels(post, "process", "process_param")):
             hit = vcse[(vcse.grp == "process") & (vcse.var1 == name)]
             if name not in rp or hit.empty:
-                raise OptionError(f"the posterior's process parameter {name!r} is not one of the fit's "
-                                  f"{[k for k in rp if k != 'kind']}; sample bayeslmm.bayes.sample(fit.spec, ...)")
+                raise OptionError(
+                    f"the posterior's process parameter {name!r} is not one of the fit's "
+                    f"{[k for k in rp if k != 'kind']}; sample bayeslmm.bayes.sample(fit.spec, ...)"
+                )
             add("process", name, "process", name, None, rp[name], hit.se_vcov.iloc[0], proc[:, j])
     table = pd.DataFrame(rows)
     for key, val in _summaries(np.column_stack(cols), hdi_prob).items():
@@ -378,11 +462,16 @@ def compare(fit: Any, idata: Any, *, interval: str = "wald", level: float = 0.95
     for c in ("grp", "var1", "var2"):
         table[c] = table[c].astype(object).where(table[c].notna(), None)
     what = f"Wald {100 * level:g}%" if prof is None else f"profile {100 * level:g}%"
-    notes = [f"low/high: {what} intervals"
-             + (" (variances and covariances on the variance scale)" if prof is None else
-                " (ML profile, as lme4's confint; variances from squared sd limits, none for covariances)"),
-             f"posterior: {_draw_count(post)} draws; HDI {100 * hdi_prob:g}%; mode: maximum of a Gaussian KDE; "
-             "width ratio = HDI width / interval width"] + ([se_note] if se_note else [])
+    notes = [
+        f"low/high: {what} intervals"
+        + (
+            " (variances and covariances on the variance scale)"
+            if prof is None
+            else " (ML profile, as lme4's confint; variances from squared sd limits, none for covariances)"
+        ),
+        f"posterior: {_draw_count(post)} draws; HDI {100 * hdi_prob:g}%; mode: maximum of a Gaussian KDE; "
+        "width ratio = HDI width / interval width",
+    ] + ([se_note] if se_note else [])
     columns = {**COMPARE_COLUMNS, "estimate": fit.method}
     return Comparison(table, f"{fit.method} estimates against the posterior ({spec.formula})", columns, tuple(notes))
 
@@ -432,25 +521,37 @@ def compare_ranef(fit: Any, idata: Any = None) -> Comparison:
             name = f"b_{t.name}"
             if name not in post:
                 raise OptionError(f"the posterior has no {name!r}; sample bayeslmm.bayes.sample(fit.spec, ...)")
-            if (_labels(post, name, f"{t.name}_level") != list(t.levels)
-                    or _labels(post, name, f"{t.name}_coef") != list(t.coef_names)):
-                raise OptionError(f"the levels or coefficients of the posterior's {name!r} are not those of the "
-                                  f"fit's term {t.name!r}; sample bayeslmm.bayes.sample(fit.spec, ...)")
+            if _labels(post, name, f"{t.name}_level") != list(t.levels) or _labels(
+                post, name, f"{t.name}_coef"
+            ) != list(t.coef_names):
+                raise OptionError(
+                    f"the levels or coefficients of the posterior's {name!r} are not those of the "
+                    f"fit's term {t.name!r}; sample bayeslmm.bayes.sample(fit.spec, ...)"
+                )
             b = _draws(post, name)  # (S, nlevels, q)
         for c, coef in enumerate(t.coef_names):
             sel = re[(re.grpvar == t.name) & (re.term == coef)]
-            d = {"term": t.name, "coef": coef, "level": list(t.levels), "n": n_i,
-                 "mean_resid": (np.bincount(t.codes, weights=r, minlength=t.nlevels) / n_i
-                                if coef == "(Intercept)" else np.nan),
-                 "factor": shrink.factor.to_numpy() if shrink is not None else np.nan,
-                 "blup": sel.condval.to_numpy(), "condsd": sel.condsd.to_numpy()}
+            d = {
+                "term": t.name,
+                "coef": coef,
+                "level": list(t.levels),
+                "n": n_i,
+                "mean_resid": (
+                    np.bincount(t.codes, weights=r, minlength=t.nlevels) / n_i if coef == "(Intercept)" else np.nan
+                ),
+                "factor": shrink.factor.to_numpy() if shrink is not None else np.nan,
+                "blup": sel.condval.to_numpy(),
+                "condsd": sel.condsd.to_numpy(),
+            }
             if post is not None:
                 d["mean"], d["sd"] = b[:, :, c].mean(axis=0), b[:, :, c].std(axis=0, ddof=1)
             frames.append(pd.DataFrame(d))
     table = pd.concat(frames, ignore_index=True)
     columns = {k: v for k, v in RANEF_COLUMNS.items() if k in table}
-    notes = ["mean resid: group mean of y - X beta_hat; factor: n_i s_u^2 / (s^2 + n_i s_u^2) "
-             "(one random intercept, independent errors), BLUP = factor x mean resid"]
+    notes = [
+        "mean resid: group mean of y - X beta_hat; factor: n_i s_u^2 / (s^2 + n_i s_u^2) "
+        "(one random intercept, independent errors), BLUP = factor x mean resid"
+    ]
     if post is not None:
         notes.append(f"post mean/sd: posterior of b ({_draw_count(post)} draws)")
     title = f"BLUPs{' against the posterior' if post is not None else ''} ({spec.formula})"

@@ -41,5 +41,6 @@ def load(name: str) -> pd.DataFrame:
     path = resources.files(__package__).joinpath("data", _FILES[name])
     with path.open("r") as fh:
         # as R's read.csv: only NA and empty fields are missing (pandas would also take 'None', 'nan'...)
-        return pd.read_csv(fh, dtype={c: str for c in _STRING_COLUMNS.get(name, [])}, keep_default_na=False,
-                           na_values=list(NA_TOKENS))
+        return pd.read_csv(
+            fh, dtype={c: str for c in _STRING_COLUMNS.get(name, [])}, keep_default_na=False, na_values=list(NA_TOKENS)
+        )

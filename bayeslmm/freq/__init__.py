@@ -1,13 +1,47 @@
-"""ML/REML: objective(theta) -> optimise -> assemble the fit."""
+"""ML/REML: an engine gives the profiled criterion of psi -> optimise -> one fitted-model type."""
 
 from ._bootstrap import BootstrapResult, bootstrap
-from ._fit import LMMFit, fit_spec, lm, lmm
+from ._fit import LMMFit, fit_spec, lm, lmm, make_engine, one_blas_thread, optimize
+from ._grouped import GroupedEngine
 from ._linear import LinearFit
-from ._lrt import LRTResult, fit_model, lrt
-from ._objective import Objective, criterion_from_factor
-from ._optimize import OptimizerRecord, minimize_bobyqa
+from ._lrt import LRTResult, fit_model, lrt, lrt_formulas
+from ._objective import (
+    GLS,
+    BlockedEngine,
+    Engine,
+    Pieces,
+    check_method,
+    criterion_from_factor,
+    profiled_criterion,
+    varpar_deviance,
+)
+from ._optimize import SINGULAR_TOL, OptimizerRecord, minimize_bobyqa
 
 __all__ = [
-    "BootstrapResult", "LMMFit", "LRTResult", "LinearFit", "Objective", "OptimizerRecord", "bootstrap",
-    "criterion_from_factor", "fit_model", "fit_spec", "lm", "lmm", "lrt", "minimize_bobyqa",
+    "GLS",
+    "SINGULAR_TOL",
+    "BlockedEngine",
+    "BootstrapResult",
+    "Engine",
+    "GroupedEngine",
+    "LMMFit",
+    "LRTResult",
+    "LinearFit",
+    "OptimizerRecord",
+    "Pieces",
+    "bootstrap",
+    "check_method",
+    "criterion_from_factor",
+    "fit_model",
+    "fit_spec",
+    "lm",
+    "lmm",
+    "lrt",
+    "lrt_formulas",
+    "make_engine",
+    "minimize_bobyqa",
+    "one_blas_thread",
+    "optimize",
+    "profiled_criterion",
+    "varpar_deviance",
 ]

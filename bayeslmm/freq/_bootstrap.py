@@ -48,8 +48,14 @@ def _run_chunk(chunk: tuple[int, int]) -> tuple[int, list[Any]]:
     return chunk[0], [fn(np.random.default_rng(seeds[i])) for i in range(*chunk)]
 
 
-def parallel_replicates(fn: Callable[[np.random.Generator], Any], n: int, seed: int | None = None,
-                        n_jobs: int | None = None, progress: bool = True, desc: str = "bootstrap") -> list[Any]:
+def parallel_replicates(
+    fn: Callable[[np.random.Generator], Any],
+    n: int,
+    seed: int | None = None,
+    n_jobs: int | None = None,
+    progress: bool = True,
+    desc: str = "bootstrap",
+) -> list[Any]:
     """``[fn(rng_0), ..., fn(rng_{n-1})]`` computed over ``n_jobs`` processes with a progress bar.
 
     Parameters
@@ -87,8 +93,9 @@ def parallel_replicates(fn: Callable[[np.random.Generator], Any], n: int, seed: 
                 # Python 3.12 warns when a process with threads forks. The threads here are
                 # OpenBLAS's, which re-initialises its pool in a forked child (pthread_atfork);
                 # forking is what lets workers inherit the fits without pickling them.
-                warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks",
-                                        category=DeprecationWarning)
+                warnings.filterwarnings(
+                    "ignore", message=".*use of fork\\(\\) may lead to deadlocks", category=DeprecationWarning
+                )
                 pool = multiprocessing.get_context("fork").Pool(n_jobs, initializer=_init_worker)
             with pool:
                 for start, vals in pool.imap_unordered(_run_chunk, chunks):
@@ -136,14 +143,16 @@ class BootstrapResult:
         return pd.concat([est.rename("estimate"), self.draws.std().rename("boot_sd"), q], axis=1)
 
 
-def bootstrap(fit: Any, n: int = 1000, *, seed: int | None = None, n_jobs: int | None = None,
-              progress: bool = True) -> BootstrapResult:
+def bootstrap(
+    fit: Any, n: int = 1000, *, seed: int | None = None, n_jobs: int | None = None, progress: bool = True
+) -> BootstrapResult:
     """Simulate ``n`` responses from ``fit``, refit each, and collect every parameter.
 
     Returns
     -------
     BootstrapResult (``.draws``, ``.intervals(level)``).
     """
+
     def one(rng: np.random.Generator) -> dict[str, float]:
         return _params(fit.refit(fit.simulate(1, seed=rng)[:, 0]))
 

@@ -2,8 +2,12 @@
 
 Pipeline (lme4's ``lFormula -> mkLmerDevfun -> optimizeLmer -> mkMerMod``)::
 
-    ModelSpec --CrossProducts.from_spec--> blocks --Objective--> d(theta)
-              --minimize_bobyqa--> theta_hat --LMMFit--> estimates, BLUPs, summaries
+    ModelSpec --make_engine--> engine (blocks, or the grouped kernel of a residual structure)
+              --optimize--> psi_hat --LMMFit--> estimates, BLUPs, summaries
+
+``psi`` stacks ``theta`` (the random-effect factors, lme4's) and the parameters of the residual
+structure, if any; the engine gives the criterion and the GLS pieces, the fit is the same type
+whatever the engine.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import pandas as pd
 from .._errors import DataError
 from ..linalg import CrossProducts
 from ..spec import ModelSpec, build_spec
-from ._objective import Objective, check_method, criterion_from_factor
+from ._objective import GLS, BlockedEngine, Engine, check_method, profiled_criterion, varpar_deviance
 from ._optimize import OptimizerRecord, minimize_bobyqa
 
 
-def lmm(formula: str, data: Any, *, method: str = "REML", residual: str | None = None,
-        start: np.ndarray | None = None) -> LMMFit:
+def lmm(
+    formula: str, data: Any, *, method: str = "REML", residual: str | None = None, start: np.ndarray | None = None
+) -> LMMFit:
     """Fit a linear mixed model by REML (default) or ML.
 
     Parameters
@@ -67,8 +72,9 @@ def lm(formula: str, data: Any, *, method: str = "REML") -> Any:
     return LinearFit(spec, method)
 
 
-def fit_spec(spec: ModelSpec, *, method: str = "REML", start: np.ndarray | None = None,
-             blocks: CrossProducts | None = None) -> LMMFit:
+def fit_spec(
+    spec: ModelSpec, *, method: str = "REML", start: np.ndarray | None = None, blocks: CrossProducts | None = None
+) -> LMMFit:
     """Fit a model given its :class:`ModelSpec` (the engine behind :func:`lmm`)."""
     method = check_method(method)
     if not spec.terms and spec.residual is None:
@@ -78,40 +84,54 @@ def fit_spec(spec: ModelSpec, *, method: str = "REML", start: np.ndarray | None 
         )
     if spec.n <= spec.p:
         raise DataError(f"{spec.n} observations cannot estimate {spec.p} fixed effects and a variance")
-    if spec.residual is not None:
-        from ._serial import fit_serial
-
-        return fit_serial(spec, method, start=start)
     t0 = time.perf_counter()
-    with _one_blas_thread(len(spec.terms) > 1):
-        blocks = CrossProducts.from_spec(spec) if blocks is None else blocks
-        obj = Objective(blocks, reml=(method == "REML"))
-        rec = optimize_objective(obj, spec.theta_lower(), start, names=spec.theta_names())
-        fit = LMMFit(spec, method, obj, rec, 0.0)
+    with one_blas_thread(len(spec.terms) > 1):
+        engine = make_engine(spec, method, blocks)
+        rec = optimize(engine, start)
+        fit = LMMFit(spec, method, engine, rec, 0.0)
     fit.fit_seconds = time.perf_counter() - t0
     return fit
 
 
-def optimize_objective(obj: Objective, lower: np.ndarray, start: np.ndarray | None, names: list[str]
-                       ) -> OptimizerRecord:
-    """Minimise the criterion over the working theta and report lme4's theta.
+def make_engine(spec: ModelSpec, method: str, blocks: CrossProducts | None = None) -> Engine:
+    """The engine of ``spec``: blocked Cholesky for independent errors, grouped for a residual structure."""
+    reml = method == "REML"
+    if spec.residual is not None:
+        from ._grouped import GroupedEngine
+
+        return GroupedEngine(spec, reml)
+    return BlockedEngine(CrossProducts.from_spec(spec) if blocks is None else blocks, reml, spec)
+
+
+def optimize(engine: Engine, start: np.ndarray | None) -> OptimizerRecord:
+    """Minimise the criterion over the working ``psi`` and report the original ``psi``.
 
     The optimiser sees the criterion of the working columns (:mod:`bayeslmm.linalg._basis`), so
     that its path does not depend on shifts or units of the covariates; ``theta`` and
-    ``theta_start`` of the record are mapped back to the original columns. ``gradient`` and
-    ``hessian`` stay in the working coordinates.
+    ``theta_start`` of the record (the whole ``psi``) are mapped back to the original columns.
+    ``gradient`` and ``hessian`` stay in the working coordinates. Without a given ``start`` the
+    best of the engine's candidates (one evaluation each) starts BOBYQA.
     """
     from dataclasses import replace
 
-    from ..linalg import theta_from_working, theta_to_working
+    lo, hi = engine.bounds()
+    extra = 0
+    cands = engine.start_candidates()
+    if start is not None:
+        start_w = engine.to_working(np.asarray(start, dtype=float))
+    elif cands:
+        start_w = cands[int(np.argmin([engine.working(c) for c in cands]))]
+        extra = len(cands)
+    else:
+        start_w = None
+    upper = hi if np.any(np.isfinite(hi)) else None
+    rec = minimize_bobyqa(engine.working, lo, start_w, upper=upper, names=engine.names())
+    return replace(
+        rec, x=engine.from_working(rec.x), x_start=engine.from_working(rec.x_start), n_evals=rec.n_evals + extra
+    )
 
-    cp = obj.blocks
-    start_w = None if start is None else theta_to_working(cp, start)
-    rec = minimize_bobyqa(obj.working, lower, start_w, names=names)
-    return replace(rec, theta=theta_from_working(cp, rec.theta), theta_start=theta_from_working(cp, rec.theta_start))
 
-
-def _one_blas_thread(dense_schur: bool) -> Any:
+def one_blas_thread(dense_schur: bool) -> Any:
     """One BLAS thread while a model with a dense Schur complement (several terms) is fitted.
 
     Each evaluation then alternates NumPy work with a LAPACK Cholesky from SciPy's own
@@ -127,35 +147,44 @@ def _one_blas_thread(dense_schur: bool) -> Any:
 
 
 class LMMFit:
-    """A fitted linear mixed model (the frequentist path).
+    """A fitted linear mixed model (the frequentist path), whatever the engine.
 
-    Attributes are computed from the blocked factor at the optimum theta;
-    tidy pandas outputs mirror lme4's accessors (``fixef``, ``vcov``,
-    ``VarCorr``, ``ranef``, ``fitted``, ``residuals``, ``logLik``...).
+    Composed of the specification (``spec``), the engine (``objective``: the criterion and its
+    pieces, see :mod:`._objective`) and the optimiser's record (``optimizer``). Tidy pandas
+    outputs mirror lme4's accessors (``fixef``, ``vcov``, ``VarCorr``, ``ranef``, ``fitted``,
+    ``residuals``, ``logLik``...). A specification without rows (a fit from sufficient
+    statistics, :mod:`bayeslmm.suff`) gives everything the cross-products determine; what needs the
+    rows says so, with what to do.
+
+    ``psi`` is the optimiser's vector: ``theta`` (the random-effect factors, lme4's), then the
+    residual structure's parameters. ``scale2`` is the profiled scale ``s^2`` (``V = s^2 V_rel``);
+    ``sigma2`` the variance of the "Residual" row (``s^2`` except for structures with a nugget).
     """
 
-    def __init__(self, spec: ModelSpec, method: str, objective: Any,
-                 record: OptimizerRecord, fit_seconds: float) -> None:
+    #: seconds of each pass over the data, for fits from sufficient statistics made with Dask
+    timings: dict[str, float]
+
+    def __init__(
+        self, spec: ModelSpec, method: str, objective: Engine, record: OptimizerRecord, fit_seconds: float
+    ) -> None:
+        self.timings = {}
         self.spec = spec
         self.method = method
         self.objective = objective
         self.optimizer = record
         self.fit_seconds = fit_seconds
-        self.theta = record.theta.copy()
-        self.theta.setflags(write=False)
-        self._estimate()
-
-    def _estimate(self) -> None:
-        """beta, sigma^2 and the criterion at theta_hat (from the blocked factor)."""
-        spec, method, objective = self.spec, self.method, self.objective
-        f = objective.factor(self.theta)
-        self._factor = f
-        u, beta = f.solve_modes()
-        self._u = u
-        self._beta = beta
-        n, p = spec.n, spec.p
-        self.sigma2 = f.pwrss / (n - p if method == "REML" else n)
-        self.criterion = criterion_from_factor(f, n, p, method == "REML")
+        self.psi = record.x.copy()
+        self.psi.setflags(write=False)
+        self.theta = self.psi[: objective.ntheta]
+        gls = objective.gls(self.psi)
+        if gls is None:
+            raise DataError("the marginal covariance is not positive definite at the estimate")
+        self._gls: GLS = gls
+        self._beta = gls.beta
+        n, p = objective.n, objective.p
+        self.scale2 = gls.pieces.r2 / (n - p if self.reml else n)
+        self.sigma2 = objective.residual_variance(self.psi, self.scale2)
+        self.criterion = profiled_criterion(gls.pieces, n, p, self.reml)
 
     # ----------------------------------------------------------------- basics
     @property
@@ -175,7 +204,7 @@ class LMMFit:
 
     @property
     def sigma(self) -> float:
-        """Residual standard deviation."""
+        """Residual standard deviation (of the "Residual" row)."""
         return float(np.sqrt(self.sigma2))
 
     @property
@@ -190,24 +219,24 @@ class LMMFit:
 
     @property
     def npar(self) -> int:
-        """Number of parameters: fixed effects, theta and the residual variance."""
-        return self.spec.p + self.spec.ntheta + 1
+        """Number of parameters: fixed effects, ``psi`` and the scale."""
+        return self.spec.p + self.psi.size + 1
+
+    def _need_rows(self, what: str) -> None:
+        self.spec.require_rows(what)
 
     # ------------------------------------------------------- fixed effects
     @property
     def fixef(self) -> pd.Series:
-        """Fixed-effect estimates ``beta_hat`` (GLS at theta_hat)."""
+        """Fixed-effect estimates ``beta_hat`` (GLS at the estimate)."""
         return pd.Series(self._beta, index=list(self.spec.fixef_names), name="Estimate")
 
     @cached_property
     def vcov(self) -> pd.DataFrame:
-        """``cov(beta_hat) = sigma^2 (X'V_theta^{-1}X)^{-1}`` with ``V_theta = Z Lambda Lambda'Z' + I``."""
-        RX = self._factor.RX
-        p = RX.shape[0]
-        Rinv = np.linalg.solve(RX, np.eye(p)) if p else np.zeros((0, 0))
-        V = self.sigma2 * (Rinv.T @ Rinv)
+        """``cov(beta_hat) = s^2 (X'V_rel^{-1}X)^{-1}``."""
+        basis, V = self.vcov_working()
         names = list(self.spec.fixef_names)
-        return pd.DataFrame(V, index=names, columns=names)
+        return pd.DataFrame(basis.cov(V) if names else np.zeros((0, 0)), index=names, columns=names)
 
     def vcov_working(self) -> tuple[Any, np.ndarray]:
         """``(basis, cov(beta_w))``: the covariance of the working coefficients (:mod:`bayeslmm.linalg._basis`).
@@ -215,15 +244,7 @@ class LMMFit:
         ``x'cov(beta)x = x_w'cov(beta_w)x_w`` with ``x_w`` the shifted row: computed so, the SE of a
         prediction at covariates carrying a large constant loses no digits.
         """
-        f = getattr(self, "_factor", None)
-        if f is None:  # an engine without blocks (serial processes): the original columns
-            from ..linalg import FixedBasis
-
-            return FixedBasis.identity(self.spec.p), self.vcov.to_numpy()
-        RXw = f.RXw
-        p = RXw.shape[0]
-        Rinv = np.linalg.solve(RXw, np.eye(p)) if p else np.zeros((0, 0))
-        return self.objective.blocks.fixed_basis, self.sigma2 * (Rinv.T @ Rinv)
+        return self._gls.basis, self.scale2 * self._gls.cov_w
 
     @property
     def se(self) -> pd.Series:
@@ -240,9 +261,13 @@ class LMMFit:
         return pd.concat([self.fixef, self.se, self.tvalues], axis=1)
 
     # -------------------------------------------------- variance components
+    @cached_property
+    def _Ts(self) -> list[np.ndarray]:
+        return self.objective.factors(self.psi)
+
     def cov_matrices(self) -> dict[str, np.ndarray]:
-        """Covariance matrix ``D_k = sigma^2 T_k T_k'`` of each term's random effects."""
-        return {t.name: self.sigma2 * (T @ T.T) for t, T in zip(self.spec.terms, self._factor.Ts)}
+        """Covariance matrix ``D_k = s^2 T_k T_k'`` of each term's random effects."""
+        return {t.name: self.scale2 * (T @ T.T) for t, T in zip(self.spec.terms, self._Ts)}
 
     def varcorr(self) -> pd.DataFrame:
         """Variance components as R's ``as.data.frame(VarCorr(fit))``.
@@ -251,46 +276,42 @@ class LMMFit:
         (``var2`` None, ``sdcor`` the sd), then the covariances (``sdcor`` the
         correlation), then the residual row (``grp`` = "Residual").
         """
-        rows = []
+        rows: list[tuple[str, str | None, str | None, float, float]] = []
         for t, D in zip(self.spec.terms, self.cov_matrices().values()):
-            sd = np.sqrt(np.diag(D))
-            for i in range(t.q):
-                rows.append((t.name, t.coef_names[i], None, D[i, i], sd[i]))
-            for j in range(t.q):
-                for i in range(j + 1, t.q):
-                    denom = sd[i] * sd[j]
-                    corr = D[i, j] / denom if denom > 0 else np.nan
-                    rows.append((t.name, t.coef_names[j], t.coef_names[i], D[i, j], corr))
+            cov = t.covariance
+            for (v1, v2), (v, sc) in zip(cov.component_names(), cov.component_values(D)):
+                rows.append((t.name, v1, v2, v, sc))
         rows.append(("Residual", None, None, self.sigma2, self.sigma))
         cols = list(zip(*rows))
-        return pd.DataFrame({
-            "grp": pd.Series(cols[0], dtype=object),
-            "var1": pd.Series(cols[1], dtype=object),  # None where R has NA
-            "var2": pd.Series(cols[2], dtype=object),
-            "vcov": np.array(cols[3], dtype=float),
-            "sdcor": np.array(cols[4], dtype=float),
-        })
+        return pd.DataFrame(
+            {
+                "grp": pd.Series(cols[0], dtype=object),
+                "var1": pd.Series(cols[1], dtype=object),  # None where R has NA
+                "var2": pd.Series(cols[2], dtype=object),
+                "vcov": np.array(cols[3], dtype=float),
+                "sdcor": np.array(cols[4], dtype=float),
+            }
+        )
 
     # ------------------------------------------------------ random effects
     @cached_property
+    def _modes(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return self.objective.modes(self._gls)
+
+    @property
     def _b(self) -> list[np.ndarray]:
-        """Per term ``(nlevels, q)`` BLUPs ``b = Lambda u``."""
-        out, start = [], 0
-        for t, T in zip(self.spec.terms, self._factor.Ts):
-            u = self._u[start : start + t.ncols].reshape(t.nlevels, t.q)
-            out.append(u @ T.T)
-            start += t.ncols
-        return out
+        """Per term ``(nlevels, q)`` BLUPs."""
+        return self._modes[0]
 
     @cached_property
     def _condcov(self) -> list[np.ndarray]:
-        return [self.sigma2 * c for c in self._factor.cond_cov_blocks()]
+        return [self.scale2 * c for c in self._modes[1]]
 
     def ranef(self, cond_var: bool = True) -> pd.DataFrame:
         """BLUPs (conditional modes) as R's ``as.data.frame(ranef(fit, condVar = TRUE))``.
 
         Columns ``grpvar, term, grp, condval`` and, with ``cond_var``, ``condsd``:
-        the conditional standard deviation given the data at theta_hat and beta_hat.
+        the conditional standard deviation given the data at the estimates of psi and beta.
         """
         frames = []
         for k, t in enumerate(self.spec.terms):
@@ -299,7 +320,7 @@ class LMMFit:
                 if cond_var:
                     d["condsd"] = np.sqrt(self._condcov[k][:, i, i])
                 frames.append(pd.DataFrame(d))
-        if not frames:  # a model with a serial process only
+        if not frames:  # a model with a residual structure only
             return pd.DataFrame(columns=["grpvar", "term", "grp", "condval"] + (["condsd"] if cond_var else []))
         return pd.concat(frames, ignore_index=True)
 
@@ -325,12 +346,14 @@ class LMMFit:
         Raises
         ------
         DataError
-            If the model is not a single random intercept.
+            If the model is not a single random intercept with independent errors, or has no rows.
         """
+        self._need_rows("the shrinkage table needs the mean residual per group")
         terms = self.spec.terms
-        if len(terms) != 1 or terms[0].coef_names != ("(Intercept)",):
+        if len(terms) != 1 or terms[0].coef_names != ("(Intercept)",) or self.spec.residual is not None:
             raise DataError(
-                "the closed-form shrinkage factor applies to a model with one random intercept (1 | g) only"
+                "the closed-form shrinkage factor applies to a model with one random intercept (1 | g) and "
+                "independent errors only"
             )
         t = terms[0]
         n_i = t.counts()
@@ -353,12 +376,37 @@ class LMMFit:
     @cached_property
     def fitted(self) -> np.ndarray:
         """Conditional fitted values ``X beta_hat + Z b_hat``."""
+        self._need_rows("fitted values need the rows")
         return self.spec.X @ self._beta + self._zb()
 
     def residuals(self, scaled: bool = False) -> np.ndarray:
-        """Raw residuals ``y - fitted``, or divided by sigma when ``scaled``."""
-        r = self.spec.y - self.fitted
-        return r / self.sigma if scaled else r
+        """Raw residuals ``y - fitted``; with ``scaled``, divided by sigma (independent errors) or the
+        normalized residuals ``V^{-1/2}(y - X beta_hat)`` of a residual structure (nlme's ``"normalized"``),
+        which are independent N(0, 1) under the model, unlike raw residuals divided by an sd."""
+        self._need_rows("residuals need the rows")
+        return self.objective.scaled_residuals(self) if scaled else self.spec.y - self.fitted
+
+    def process(self, newdata: Any = None) -> pd.DataFrame:
+        """Conditional mean and sd of the residual process at observed or new times.
+
+        For a Markov structure (``ou``, ``ar1``) by Kalman smoothing (linear in the group size),
+        otherwise densely per group; new rows are times without an observation. Conditional on
+        ``beta_hat``, as lme4's ``condVar``.
+
+        Parameters
+        ----------
+        newdata
+            Rows with the time and grouping columns (and the random-effect columns, if
+            any); ``None`` for the rows of the fit. Rows of groups not in the fit get the
+            process's marginal mean 0 and sd.
+
+        Returns
+        -------
+        DataFrame with ``process`` (``E(w | y)``), ``process_sd``, ``random`` (``E(z'b + w | y)``,
+        what :meth:`predict` adds to ``X beta_hat``) and ``random_sd``.
+        """
+        self._need_rows("the conditional process needs the rows")
+        return self.objective.process(self, newdata)
 
     # ------------------------------------------------ likelihood summaries
     @property
@@ -387,40 +435,33 @@ class LMMFit:
         return self.criterion + np.log(self.spec.n) * self.npar
 
     def residual_params(self) -> dict[str, Any]:
-        """The residual process: ``{"kind": "iid", "sigma2": sigma^2}`` for independent errors."""
-        return {"kind": "iid", "sigma2": self.sigma2}
+        """The residual structure: ``{"kind": "iid", "sigma2": sigma^2}`` for independent errors, else its
+        natural parameters (``{"kind": "ou", "process_var", "rho", "nugget"}``, ``{"kind": "ar1", "phi",
+        "sigma2"}``, ``{"kind": "cs", "rho", "sigma2"}``, ...)."""
+        return self.objective.residual_params(self.psi, self.scale2)
 
-    # ------------------------------------ the likelihood in (theta, sigma)
+    # ------------------------------------ the likelihood in (psi, s)
     def varpar(self) -> np.ndarray:
-        """``(theta, sigma)`` at the optimum: lmerTest's variance parameters."""
-        return np.r_[self.theta, self.sigma]
+        """``(psi, s)`` at the optimum: lmerTest's variance parameters (``s = sigma`` for independent errors)."""
+        return np.r_[self.psi, np.sqrt(self.scale2)]
 
     def deviance_varpar(self, varpar: np.ndarray) -> float:
-        """Minus twice the (restricted) log-likelihood at ``(theta, sigma)``, beta profiled.
-
-        ``log|L_theta|^2 + r^2(theta)/sigma^2 + n log(2 pi sigma^2)`` for ML; REML adds
-        ``log|R_X|^2 - p log(2 pi sigma^2)`` (lmerTest's ``devfun_vp``).
-        """
-        theta, sigma = np.asarray(varpar[:-1], float), float(varpar[-1])
-        try:
-            f = self.objective.factor(theta)
-        except np.linalg.LinAlgError:
+        """Minus twice the (restricted) log-likelihood at ``(psi, s)``, beta profiled (lmerTest's ``devfun_vp``)."""
+        s = float(varpar[-1])
+        pc = self.objective.pieces(np.asarray(varpar[:-1], float))
+        if pc is None:
             return np.inf
-        s2 = sigma * sigma
-        n, p = self.spec.n, self.spec.p
-        dev = f.logdet_L + f.pwrss / s2 + n * np.log(2 * np.pi * s2)
-        if self.reml:
-            dev += f.logdet_RX - p * np.log(2 * np.pi * s2)
-        return float(dev)
+        return varpar_deviance(pc, s * s, self.objective.n, self.objective.p, self.reml)
 
     def vcov_varpar(self, varpar: np.ndarray) -> np.ndarray:
-        """``cov(beta_hat)`` as a function of ``(theta, sigma)``: ``sigma^2 (R_X R_X')^{-1}``."""
-        f = self.objective.factor(np.asarray(varpar[:-1], float))
-        Rinv = np.linalg.inv(f.RX)
-        return float(varpar[-1]) ** 2 * (Rinv.T @ Rinv)
+        """``cov(beta_hat) = s^2 (X'V_rel^{-1}X)^{-1}`` as a function of ``(psi, s)``."""
+        g = self.objective.gls(np.asarray(varpar[:-1], float))
+        if g is None:
+            raise np.linalg.LinAlgError("the marginal covariance is not positive definite")
+        return g.basis.cov(float(varpar[-1]) ** 2 * g.cov_w)
 
     def score(self) -> np.ndarray:
-        """Gradient of the (restricted) log-likelihood in ``(theta, sigma)`` at the estimate: ~0 inside."""
+        """Gradient of the (restricted) log-likelihood in ``(psi, s)`` at the estimate: ~0 inside."""
         from ._numderiv import jacobian
 
         return -0.5 * jacobian(lambda v: np.array(self.deviance_varpar(v)), self.varpar())
@@ -431,10 +472,17 @@ class LMMFit:
 
         return vc_standard_errors(self)
 
-    def confint(self, level: float = 0.95, method: str = "profile") -> pd.DataFrame:
-        """Profile-likelihood (or Wald) intervals; see :func:`bayeslmm.freq._profile.confint`."""
+    def confint(self, level: float = 0.95, method: str | None = None) -> pd.DataFrame:
+        """Profile-likelihood (default) or Wald intervals; see :func:`bayeslmm.freq._profile.confint`.
+
+        Without rows (a fit from sufficient statistics) the default is ``"wald"``: profiles refit the rows.
+        """
         from ._profile import confint
 
+        if method is None:
+            method = "profile" if self.spec.has_rows else "wald"
+        if method != "wald":
+            self._need_rows("profile intervals refit the model to the rows; use method='wald'")
         return confint(self, level=level, method=method)
 
     def satterthwaite(self, L: Any = None) -> pd.DataFrame:
@@ -449,23 +497,58 @@ class LMMFit:
     # ------------------------------------------------------------ others
     def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> LMMFit:
         """Refit the same model to a new response (same rows and design)."""
+        self._need_rows("a refit to a new response needs the design rows")
         y = np.asarray(y, dtype=float)
-        spec = self.spec.with_response(y)
-        blocks = self.objective.blocks.with_response(self.spec, y)
-        return fit_spec(spec, method=self.method, start=self.theta if start is None else start, blocks=blocks)
+        engine = self.objective.with_response(y)
+        t0 = time.perf_counter()
+        with one_blas_thread(len(self.spec.terms) > 1):
+            rec = optimize(engine, self.psi if start is None else start)
+            fit = LMMFit(engine.spec, self.method, engine, rec, 0.0)
+        fit.fit_seconds = time.perf_counter() - t0
+        return fit
 
-    def predict(self, newdata: Any = None, *, re_form: bool = True, allow_new_levels: bool = False,
-                se_fit: bool = False) -> Any:
-        """Predictions; see :func:`bayeslmm.freq._predict.predict`."""
-        from ._predict import predict
-
-        return predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels, se_fit=se_fit)
+    def predict(
+        self, newdata: Any = None, *, re_form: bool = True, allow_new_levels: bool = False, se_fit: bool = False
+    ) -> Any:
+        """Predictions; see :func:`bayeslmm.freq._predict.predict` (and :meth:`process` for a residual
+        structure, whose conditional mean at the new rows the prediction includes)."""
+        if newdata is None:
+            self._need_rows("predict() needs newdata")
+        return self.objective.predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels, se_fit=se_fit)
 
     def simulate(self, nsim: int = 1, seed: int | np.random.Generator | None = None) -> np.ndarray:
-        """Simulate responses from the fitted model; see :func:`bayeslmm.freq._predict.simulate`."""
-        from ._predict import simulate
+        """Simulate responses ``X beta_hat + Z b* + e*``: new random effects and residuals
+        (``e* ~ N(0, R)`` of the residual structure), as lme4's ``simulate(fit)``.
 
-        return simulate(self, nsim=nsim, seed=seed)
+        Returns
+        -------
+        ``(n, nsim)`` array.
+        """
+        if int(nsim) < 1:
+            raise DataError("nsim must be a positive integer")
+        self._need_rows("simulation needs the design rows")
+        rng = np.random.default_rng(seed)
+        spec = self.spec
+        mu = spec.X @ self._beta
+        s = np.sqrt(self.scale2)
+        out = np.empty((spec.n, int(nsim)))
+        for k in range(int(nsim)):
+            y = mu + self.objective.draw_residual(self.psi, self.scale2, rng)
+            for t, T in zip(spec.terms, self._Ts):
+                b = s * rng.standard_normal((t.nlevels, t.q)) @ T.T
+                y += np.einsum("nq,nq->n", t.Zraw, b[t.codes])
+            out[:, k] = y
+        return out
+
+    def fitted_frame(self, data: Any) -> pd.DataFrame:
+        """Fitted values and residuals of the rows of ``data`` (for a fit from sufficient statistics:
+        a chunk of the fitted data); see :func:`bayeslmm.suff.fitted_frame`."""
+        source = self.spec.source
+        if source is None:
+            raise DataError(
+                "fitted_frame() is for fits from sufficient statistics; use fit.fitted and fit.residuals() here"
+            )
+        return source.fitted_frame(self, data)
 
     def summary(self) -> Any:
         """lme4-style summary (printable; renders as HTML in notebooks)."""

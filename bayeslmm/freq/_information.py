@@ -22,14 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
+from ._objective import BlockedEngine
 
 if TYPE_CHECKING:
+    from ..linalg import CrossProducts
     from ._fit import LMMFit
-
-
-def _patterns(q: int) -> list[tuple[int, int]]:
-    """Entries of a ``q x q`` covariance in varcorr order: variances, then covariances by column."""
-    return [(i, i) for i in range(q)] + [(i, j) for j in range(q) for i in range(j + 1, q)]
 
 
 def _sym(q: int, a: int, b: int) -> np.ndarray:
@@ -43,9 +40,19 @@ def _sym(q: int, a: int, b: int) -> np.ndarray:
 MAX_Q = 1500
 
 
-def _cross_products(fit: LMMFit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Dense ``Z'Z``, ``Z'X`` and ``X'X`` of the working columns, from the fit's cross-product blocks (no rows)."""
-    cp = fit.objective.blocks
+def _blocks(fit: LMMFit) -> CrossProducts:
+    """The cross-product blocks of a fit with independent errors (its engine is a :class:`BlockedEngine`)."""
+    obj = fit.objective
+    if not isinstance(obj, BlockedEngine):
+        raise TypeError(
+            f"the expected information from cross products needs a fit with independent errors "
+            f"(a BlockedEngine), not a {type(obj).__name__}: use expected_information_grouped"
+        )
+    return obj.blocks
+
+
+def _cross_products(cp: CrossProducts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense ``Z'Z``, ``Z'X`` and ``X'X`` of the working columns, from a fit's cross-product blocks (no rows)."""
     p = cp.p
     l1, q1, _ = cp.A11.shape
     Q1 = l1 * q1
@@ -56,6 +63,8 @@ def _cross_products(fit: LMMFit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     B = np.zeros((Q, p))
     B[:Q1] = cp.B1[:, :, :p].reshape(Q1, p)
     if cp.C is not None:
+        if cp.D is None or cp.E is None:
+            raise ValueError("cross products of several terms need the blocks D and E")
         C = cp.C.toarray()
         A[Q1:, :Q1] = C
         A[:Q1, Q1:] = C.T
@@ -68,11 +77,12 @@ def expected_information(fit: LMMFit) -> tuple[np.ndarray, list[str]]:
     """``(k, k)`` expected information of ``psi`` (REML or ML, as the fit) and the names of ``psi``."""
     spec = fit.spec
     s2 = fit.sigma2
-    A, B, Cx = _cross_products(fit)
+    cp = _blocks(fit)
+    A, B, Cx = _cross_products(cp)
     n = spec.n
     Lam = np.zeros_like(A)
     i0 = 0
-    for t, T in zip(spec.terms, fit._factor.Tw):  # the blocks hold the working columns Z_w = Z A_z
+    for t, T in zip(spec.terms, cp.working_factors(fit._Ts)):  # blocks: Z_w = Z A_z
         Lam[i0 : i0 + t.ncols, i0 : i0 + t.ncols] = np.kron(np.eye(t.nlevels), T)
         i0 += t.ncols
     M = Lam.T @ A @ Lam + np.eye(A.shape[0])
@@ -100,13 +110,13 @@ def expected_information(fit: LMMFit) -> tuple[np.ndarray, list[str]]:
     # psi entries: (term index, slice of the term in Q, pattern matrix)
     entries, names, offsets = [], [], []
     i0 = 0
-    zb = fit.objective.blocks.term_bases
+    zb = cp.term_bases
     for k, t in enumerate(spec.terms):
         offsets.append(i0)
         Ainv = zb[k].Ainv  # dV/dD_ab = Z (I (x) S_ab) Z' = Z_w (I (x) A_z^-1 S_ab A_z^-T) Z_w'
-        for a, b in _patterns(t.q):
+        for (a, b), label in zip(t.covariance.components(), t.covariance.labels(t.name)):
             entries.append((k, Ainv @ _sym(t.q, a, b) @ Ainv.T))
-            names.append(f"{t.name}|{t.coef_names[b]}" + ("" if a == b else f"|{t.coef_names[a]}"))
+            names.append(label)
         i0 += t.ncols
     m = len(entries)
     info = np.zeros((m + 1, m + 1))
@@ -120,8 +130,9 @@ def expected_information(fit: LMMFit) -> tuple[np.ndarray, list[str]]:
         for c, (j, Sc) in enumerate(entries):
             info[r, c] = 0.5 * np.einsum("xy,uv,yuxv->", Sr, Sc, blocks[k, j])
         t = spec.terms[k]
-        Hkk = H[offsets[k] : offsets[k] + t.ncols, offsets[k] : offsets[k] + t.ncols].reshape(t.nlevels, t.q,
-                                                                                               t.nlevels, t.q)
+        Hkk = H[offsets[k] : offsets[k] + t.ncols, offsets[k] : offsets[k] + t.ncols].reshape(
+            t.nlevels, t.q, t.nlevels, t.q
+        )
         diag = np.einsum("iyix->yx", Hkk)
         info[r, m] = info[m, r] = 0.5 * np.sum(Sr * diag)
     info[m, m] = 0.5 * trP2
@@ -141,21 +152,30 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
     near +-1), where the Wald theory fails.
     """
     vc = fit.varcorr().copy()
-    if fit.spec.residual is not None:
-        info, names = expected_information_serial(fit)
+    res = fit.spec.residual
+    if res is not None:
+        info, names = expected_information_grouped(fit)
         rp = fit.residual_params()
         nterm = len(vc) - 1
-        resid = "nugget" if rp["kind"] == "ou" else "sigma2"
-        extra = ["process_var", "rho"] if rp["kind"] == "ou" else ["phi"]
-        order = list(range(nterm)) + [names.index(resid)] + [names.index(e) for e in extra]
+        extra = list(res.structure.process_keys)
+        order = list(range(nterm)) + [names.index("sigma2")] + [names.index(e) for e in extra]
         cov = np.linalg.pinv(info)[np.ix_(order, order)]
-        vc = pd.concat([vc, pd.DataFrame({"grp": "process", "var1": extra, "var2": None,
-                                          "vcov": [rp[e] for e in extra], "sdcor": np.nan})], ignore_index=True)
+        vc = pd.concat(
+            [
+                vc,
+                pd.DataFrame(
+                    {"grp": "process", "var1": extra, "var2": None, "vcov": [rp[e] for e in extra], "sdcor": np.nan}
+                ),
+            ],
+            ignore_index=True,
+        )
         vc["var2"] = vc["var2"].astype(object).where(vc["var2"].notna(), None)
     else:
         if sum(t.ncols for t in fit.spec.terms) > MAX_Q:
-            raise DataError(f"more than {MAX_Q} random effects: the dense expected information is not computed; "
-                            "use a parametric bootstrap (bayeslmm.bootstrap) for the variance components")
+            raise DataError(
+                f"more than {MAX_Q} random effects: the dense expected information is not computed; "
+                "use a parametric bootstrap (bayeslmm.bootstrap) for the variance components"
+            )
         info, _ = expected_information(fit)
         cov = np.linalg.pinv(info)
     var_idx = {}  # (grp, name) -> psi index of that variance
@@ -179,7 +199,7 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
             g[i] = 1 / np.sqrt(va * vb)
             g[a] = -r.sdcor / (2 * va)
             g[b] = -r.sdcor / (2 * vb)
-            se_s.append(float(np.sqrt(max(g @ cov @ g, 0.0))))
+            se_s.append(float(np.sqrt(max(float(g @ cov @ g), 0.0))))
             flag.append(bool(fit.singular or abs(r.sdcor) > 0.99))
     vc["se_vcov"] = se_v
     vc["se_sdcor"] = se_s
@@ -197,23 +217,27 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
 MAX_GROUP = 200
 
 
-def expected_information_serial(fit: Any) -> tuple[np.ndarray, list[str]]:
-    """Expected information of a serial-process fit, group by group (``V`` is block diagonal).
+def expected_information_grouped(fit: Any) -> tuple[np.ndarray, list[str]]:
+    """Expected information of a fit with a residual structure, group by group (``V`` is block diagonal).
 
-    ``psi``: the entries of each ``D_k`` (as :func:`expected_information`), then
-    ``process_var, rho, nugget`` (``ou``) or ``phi, sigma2`` (``ar1``). With per-group
-    ``V_i`` (groups padded to the largest size) and ``Y_j = V_i^-1 dV_i/dpsi_j``::
+    ``psi``: the entries of each ``D_k`` (as :func:`expected_information`), then the natural
+    parameters of the structure (its ``process_keys`` and ``sigma2``, the Residual row), with
+    ``dR_i/dpsi_j`` from the structure. With per-group ``V_i`` (groups padded to the largest size)
+    and ``Y_j = V_i^-1 dV_i/dpsi_j``::
 
         tr(V^-1 A_j V^-1 A_l) = sum_i tr(Y_j Y_l)
         REML: - 2 tr(C N_jl) + tr(C M_j C M_l),  M_j = sum_i X_i'Y_j V_i^-1 X_i,
               N_jl = sum_i X_i'Y_j Y_l V_i^-1 X_i,  C = (X'V^-1 X)^-1
     """
     spec, res = fit.spec, fit.spec.residual
+    structure = res.structure
     sizes = np.bincount(res.codes, minlength=len(res.levels))
     nmax = int(sizes.max())
     if nmax > MAX_GROUP:
-        raise DataError(f"groups of up to {nmax} observations: the per-group information is computed for groups "
-                        f"of at most {MAX_GROUP}; use a parametric bootstrap (bayeslmm.bootstrap)")
+        raise DataError(
+            f"groups of up to {nmax} observations: the per-group information is computed for groups "
+            f"of at most {MAX_GROUP}; use a parametric bootstrap (bayeslmm.bootstrap)"
+        )
     G = sizes.size
     order = np.lexsort((np.arange(spec.n), res.t, res.codes))
     starts = np.cumsum(sizes) - sizes
@@ -223,8 +247,12 @@ def expected_information_serial(fit: Any) -> tuple[np.ndarray, list[str]]:
     mask = idx >= 0
     safe = np.where(mask, idx, 0)
     mm = (mask[:, :, None] & mask[:, None, :]).astype(float)
-    t = np.where(mask, res.t[safe], 0.0)
-    lag = np.abs(t[:, :, None] - t[:, None, :]) if res.kind == "ou" else np.abs(pos_grid(nmax))[None]
+    src = (
+        np.broadcast_to(np.arange(nmax, dtype=float), (G, nmax))
+        if structure.by_order
+        else np.where(mask, res.t[safe], 0.0)
+    )
+    lag = np.abs(src[:, :, None] - src[:, None, :])
     # working columns (bayeslmm.linalg._basis): a large constant in a covariate costs no digits; REML's
     # projection does not depend on the basis of X, and Z_w D_w Z_w' = Z D Z' with D_w = A_z^-1 D A_z^-T
     obj = fit.objective
@@ -234,32 +262,21 @@ def expected_information_serial(fit: Any) -> tuple[np.ndarray, list[str]]:
     Ainvs = [b.Ainv for b in obj.term_bases]
     X = np.where(mask[:, :, None], obj.Y[:, : spec.p][safe], 0.0)
     s2 = fit.scale2
-    rp = fit.residual_params()
     dV, names = [], []
     V = np.zeros((G, nmax, nmax))
     for tm, Zk, T, Ai in zip(spec.terms, Zs, fit._Ts, Ainvs):
         D = s2 * (Ai @ T @ T.T @ Ai.T)
         V += Zk @ D @ np.swapaxes(Zk, 1, 2)
-        for a, b in _patterns(tm.q):
+        for (a, b), label in zip(tm.covariance.components(), tm.covariance.labels(tm.name)):
             S = Ai @ _sym(tm.q, a, b) @ Ai.T
             dV.append(Zk @ S @ np.swapaxes(Zk, 1, 2))
-            names.append(f"{tm.name}|{tm.coef_names[b]}" + ("" if a == b else f"|{tm.coef_names[a]}"))
-    eye = np.broadcast_to(np.eye(nmax), (G, nmax, nmax))
-    if res.kind == "ou":
-        R = np.power(rp["rho"], lag) * mm
-        V += rp["process_var"] * R + rp["nugget"] * eye * mm
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dR = np.where(lag > 0, lag * np.power(rp["rho"], lag - 1), 0.0) * mm
-        dV += [R, rp["process_var"] * dR, eye * mm]
-        names += ["process_var", "rho", "nugget"]
-    else:
-        R = np.power(rp["phi"], lag) * mm
-        V += rp["sigma2"] * R
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dR = np.where(lag > 0, lag * np.power(rp["phi"], lag - 1), 0.0) * mm
-        dV += [rp["sigma2"] * dR, R]
-        names += ["phi", "sigma2"]
-    V += eye * (1 - mm)  # padding: identity, uncorrelated with the data, zero derivatives
+            names.append(label)
+    nat = structure.natural(obj.split(fit.psi)[1], s2)
+    V += structure.matrix(lag, nat) * mm
+    for key, dR in structure.derivatives(lag, nat).items():
+        dV.append(dR * mm)
+        names.append(key)
+    V += np.eye(nmax) * (1 - mm)  # padding: identity, uncorrelated with the data, zero derivatives
     Vi = np.linalg.inv(V)
     Y = [Vi @ A for A in dV]
     k = len(Y)
@@ -273,9 +290,3 @@ def expected_information_serial(fit: Any) -> tuple[np.ndarray, list[str]]:
                 N = np.einsum("gap,gab,gbc,gcq->pq", X, Y[j], Y[m], ViX)
                 info[j, m] += -2 * np.trace(C @ N) + np.trace(C @ M[j] @ C @ M[m])
     return 0.5 * info, names
-
-
-def pos_grid(n: int) -> np.ndarray:
-    """``(n, n)`` differences of observation positions ``j - k`` (AR(1) lags)."""
-    r = np.arange(n, dtype=float)
-    return r[:, None] - r[None, :]

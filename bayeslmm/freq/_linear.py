@@ -9,14 +9,16 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
-from ..linalg._basis import FixedBasis
+from ..linalg import FixedBasis
 from ..spec import ModelSpec
+from ._objective import Pieces, profiled_criterion
 
 
 class LinearFit:
     """``y = X beta + e``, ``e ~ N(0, sigma^2 I)``, with lme4's likelihood conventions.
 
-    ML: ``-2 l = n (1 + log(2 pi RSS / n))``; REML: ``log|X'X| + (n - p)(1 + log(2 pi RSS/(n - p)))``.
+    ML: ``-2 l = n (1 + log(2 pi RSS / n))``; REML: ``log|X'X| + (n - p)(1 + log(2 pi RSS/(n - p)))``: the
+    profiled criterion of :mod:`._objective` with ``V_rel = I``.
     """
 
     converged = True
@@ -43,10 +45,7 @@ class LinearFit:
         self._beta = basis.beta(bw)
         self.sigma2 = rss / (n - p if method == "REML" else n)
         logdet = 2.0 * float(np.sum(np.log(np.abs(np.diag(R)))))
-        if method == "REML":
-            self.criterion = float(logdet + (n - p) * (1 + np.log(2 * np.pi * rss / (n - p))))
-        else:
-            self.criterion = float(n * (1 + np.log(2 * np.pi * rss / n)))
+        self.criterion = profiled_criterion(Pieces(0.0, logdet, rss), n, p, method == "REML")
         Rinv = np.linalg.solve(R, np.eye(p))
         self._XtX_inv = basis.cov(Rinv @ Rinv.T)
         self.theta = np.zeros(0)

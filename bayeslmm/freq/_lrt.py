@@ -65,8 +65,10 @@ def _check_nested(null: Any, alt: Any) -> tuple[int, list[str]]:
     for g, terms in g0.items():
         for cn in terms:
             if not any(set(cn) <= set(c1) for c1 in g1.get(g, [])):
-                raise DataError(f"the null model's random-effect term for {g!r} ({', '.join(cn)}) is not in the "
-                                "alternative; the models are not nested")
+                raise DataError(
+                    f"the null model's random-effect term for {g!r} ({', '.join(cn)}) is not in the "
+                    "alternative; the models are not nested"
+                )
     r0 = None if s0.residual is None else s0.residual.kind
     r1 = None if s1.residual is None else s1.residual.kind
     notes = []
@@ -137,26 +139,51 @@ class LRTResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``bayeslmm lrt --json``."""
-        out = {"lrt": self.statistic, "df": self.df, "p": self.p, "p_boundary": self.p_boundary,
-               "mixture": None if self.mixture is None else [{"weight": w, "df": d} for w, d in self.mixture],
-               "refit": self.refit, "null": self.null, "alt": self.alt, "notes": self.notes}
+        out = {
+            "lrt": self.statistic,
+            "df": self.df,
+            "p": self.p,
+            "p_boundary": self.p_boundary,
+            "mixture": None if self.mixture is None else [{"weight": w, "df": d} for w, d in self.mixture],
+            "refit": self.refit,
+            "null": self.null,
+            "alt": self.alt,
+            "notes": self.notes,
+        }
         if self.n_bootstrap:
             out.update(p_bootstrap=self.p_bootstrap, n_bootstrap=self.n_bootstrap)
         return out
 
     def table(self) -> pd.DataFrame:
         """lme4 ``anova``-style table."""
-        rows = [{"npar": self.null["npar"], "logLik": self.null["loglik"], "Chisq": np.nan, "Df": np.nan,
-                 "Pr(>Chisq)": np.nan},
-                {"npar": self.alt["npar"], "logLik": self.alt["loglik"], "Chisq": self.statistic, "Df": self.df,
-                 "Pr(>Chisq)": self.p}]
+        rows = [
+            {
+                "npar": self.null["npar"],
+                "logLik": self.null["loglik"],
+                "Chisq": np.nan,
+                "Df": np.nan,
+                "Pr(>Chisq)": np.nan,
+            },
+            {
+                "npar": self.alt["npar"],
+                "logLik": self.alt["loglik"],
+                "Chisq": self.statistic,
+                "Df": self.df,
+                "Pr(>Chisq)": self.p,
+            },
+        ]
         return pd.DataFrame(rows, index=["null", "alt"])
 
     def __str__(self) -> str:
-        lines = [f"Likelihood-ratio test{' (models refitted with ML)' if self.refit else ''}",
-                 f"null: {self.null['formula']}", f"alt:  {self.alt['formula']}", "",
-                 self.table().to_string(float_format=lambda v: f"{v:.6g}"), ""]
-        if self.p_boundary is not None:
+        lines = [
+            f"Likelihood-ratio test{' (models refitted with ML)' if self.refit else ''}",
+            f"null: {self.null['formula']}",
+            f"alt:  {self.alt['formula']}",
+            "",
+            self.table().to_string(float_format=lambda v: f"{v:.6g}"),
+            "",
+        ]
+        if self.p_boundary is not None and self.mixture is not None:  # set together (boundary_mixture)
             mix = " + ".join(f"{w:g} chi2_{d}" for w, d in self.mixture)
             lines.append(f"boundary-corrected p (null distribution {mix}): {self.p_boundary:.6g}")
         if self.n_bootstrap:
@@ -172,8 +199,15 @@ def _summary(fit: Any) -> dict[str, Any]:
     return {"formula": fit.spec.formula, "method": fit.method, "loglik": fit.loglik, "npar": fit.npar}
 
 
-def lrt(null: Any, alt: Any, *, bootstrap: int = 0, seed: int | None = None, n_jobs: int | None = None,
-        progress: bool = True) -> LRTResult:
+def lrt(
+    null: Any,
+    alt: Any,
+    *,
+    bootstrap: int = 0,
+    seed: int | None = None,
+    n_jobs: int | None = None,
+    progress: bool = True,
+) -> LRTResult:
     """Likelihood-ratio test of ``null`` against ``alt`` (fits of nested models).
 
     Parameters
@@ -216,14 +250,14 @@ def lrt(null: Any, alt: Any, *, bootstrap: int = 0, seed: int | None = None, n_j
     return res
 
 
-def lrt_formulas(data: Any, null: str, alt: str, *, method: str = "REML", residual: str | None = None,
-                 **kwargs: Any) -> LRTResult:
+def lrt_formulas(
+    data: Any, null: str, alt: str, *, method: str = "REML", residual: str | None = None, **kwargs: Any
+) -> LRTResult:
     """Fit ``null`` and ``alt`` to the same rows of ``data`` and test them (the CLI's ``lrt``).
 
     The rows are those complete for the alternative; the null is fitted to them.
     """
-    from ..spec import build_spec
-    from ..spec._design import as_pandas
+    from ..spec import as_pandas, build_spec
     from ._objective import check_method
 
     method = check_method(method)

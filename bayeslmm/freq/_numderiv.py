@@ -75,7 +75,8 @@ def hessian(fun: Callable[[np.ndarray], float], x: np.ndarray, rel: float = 0.1)
                     ei = np.zeros(k)
                     ej = np.zeros(k)
                     ei[i], ej[j] = hi, hj
-                    ests.append((fun(x + ei + ej) - fun(x + ei - ej) - fun(x - ei + ej) + fun(x - ei - ej))
-                                / (4 * hi * hj))
+                    ests.append(
+                        (fun(x + ei + ej) - fun(x + ei - ej) - fun(x - ei + ej) + fun(x - ei - ej)) / (4 * hi * hj)
+                    )
             H[i, j] = H[j, i] = _richardson(ests)
     return H

@@ -47,16 +47,18 @@ _NLOPT_STATUS = {
 class OptimizerRecord:
     """What the optimiser did: start, end, evaluations, status and checks.
 
+    ``x_start`` and ``x`` are the optimiser's vector at the start and at the end (for a fitted model
+    its ``psi``: theta, then the residual structure's parameters).
     ``gradient`` and ``hessian`` are the finite-difference derivatives over the free
     coordinates at the point BOBYQA returned; the convergence checks use them.
     ``polished`` says whether one Newton step from there lowered the criterion
-    (then ``theta`` is that point). ``restarts`` counts BOBYQA runs restarted, with a
+    (then ``x`` is that point). ``restarts`` counts BOBYQA runs restarted, with a
     smaller first step, after a failed gradient or Hessian check. ``n_evals`` counts every evaluation.
     """
 
     optimizer: str
-    theta_start: np.ndarray
-    theta: np.ndarray
+    x_start: np.ndarray
+    x: np.ndarray
     criterion: float
     n_evals: int
     status: str
@@ -74,8 +76,8 @@ class OptimizerRecord:
         """JSON-friendly summary."""
         return {
             "optimizer": self.optimizer,
-            "theta_start": self.theta_start.tolist(),
-            "theta": self.theta.tolist(),
+            "x_start": self.x_start.tolist(),
+            "x": self.x.tolist(),
             "criterion": self.criterion,
             "n_evals": self.n_evals,
             "status": self.status,
@@ -127,8 +129,9 @@ def _free(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray
     return ~(at_lower | at_upper)
 
 
-def derivatives(fun: Callable[[np.ndarray], float], x: np.ndarray, idx: np.ndarray, h: float = 1e-4,
-                f0: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def derivatives(
+    fun: Callable[[np.ndarray], float], x: np.ndarray, idx: np.ndarray, h: float = 1e-4, f0: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Finite-difference gradient and Hessian of ``fun`` at ``x`` over coordinates ``idx``.
 
     As lme4's ``deriv12``: central differences for the gradient and the diagonal,
@@ -162,9 +165,16 @@ def _newton_size(g: np.ndarray, H: np.ndarray) -> float:
         return np.inf
 
 
-def newton_polish(fun: Callable[[np.ndarray], float], x: np.ndarray, fx: float, lower: np.ndarray,
-                  upper: np.ndarray, idx: np.ndarray, g: np.ndarray, H: np.ndarray
-                  ) -> tuple[np.ndarray, float, bool]:
+def newton_polish(
+    fun: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    fx: float,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    idx: np.ndarray,
+    g: np.ndarray,
+    H: np.ndarray,
+) -> tuple[np.ndarray, float, bool]:
     """One Newton step on the free coordinates, kept only if it lowers the criterion.
 
     BOBYQA stops on a small change of the criterion; on flat likelihoods that can
@@ -219,22 +229,21 @@ def minimize_bobyqa(
 
     t0 = time.perf_counter()
     calls = [0]
-    inner = fun
 
-    def fun(theta: np.ndarray) -> float:  # counts every evaluation: start, optimiser, checks
+    def counted(theta: np.ndarray) -> float:  # counts every evaluation: start, optimiser, checks
         calls[0] += 1
-        return inner(theta)
+        return fun(theta)
 
     lower = np.asarray(lower, dtype=float)
     k = lower.size
     upper = np.full(k, np.inf) if upper is None else np.asarray(upper, dtype=float)
-    x0 = choose_start(fun, lower) if start is None else np.asarray(start, dtype=float)
+    x0 = choose_start(counted, lower) if start is None else np.asarray(start, dtype=float)
     x0 = np.clip(x0, lower, upper)
     hist: list[tuple[float, ...]] = []
     big = 1e300
 
     def wrapped(x: np.ndarray, grad: np.ndarray) -> float:
-        v = fun(x)
+        v = counted(x)
         hist.append((*x, v))
         return v if np.isfinite(v) else big
 
@@ -266,7 +275,7 @@ def minimize_bobyqa(
             best = min(hist, key=lambda r: r[-1])
             x, fx = np.array(best[:-1]), float(best[-1])
         else:
-            x, fx = x0, fun(x0)
+            x, fx = x0, counted(x0)
         status = _NLOPT_STATUS.get(code, str(code))
         ok = code > 0 and code != 5
         if code == 5:
@@ -279,16 +288,16 @@ def minimize_bobyqa(
         polished = False
         check_failed = False
         if check and idx.size:
-            g, H = derivatives(fun, x, idx, f0=fx)
+            g, H = derivatives(counted, x, idx, f0=fx)
             if np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and _newton_size(g, H) > POLISH_TOL:
-                x, fx, polished = newton_polish(fun, x, fx, lower, upper, idx, g, H)
+                x, fx, polished = newton_polish(counted, x, fx, lower, upper, idx, g, H)
             if polished:  # convergence and singularity are decided at the point returned, not before the step
                 free_after = _free(x, lower, upper)
                 if np.any(free_after != free):  # the step reached a bound: check the coordinates still free
                     free = free_after
                     singular = bool((~free).any())
                     idx = np.flatnonzero(free)
-                    g, H = derivatives(fun, x, idx, f0=fx) if idx.size else (np.zeros(0), np.zeros((0, 0)))
+                    g, H = derivatives(counted, x, idx, f0=fx) if idx.size else (np.zeros(0), np.zeros((0, 0)))
             if not np.all(np.isfinite(H)):
                 messages.append("Hessian could not be evaluated at the optimum")
                 ok = False
@@ -321,8 +330,8 @@ def minimize_bobyqa(
         )
     return OptimizerRecord(
         optimizer="NLopt BOBYQA",
-        theta_start=x0,
-        theta=np.asarray(x, dtype=float),
+        x_start=x0,
+        x=np.asarray(x, dtype=float),
         criterion=float(fx),
         n_evals=calls[0],
         status=status,

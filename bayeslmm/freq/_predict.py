@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
-from ..spec._design import _level_labels, as_pandas, text_as_object
-from ..spec._safe import evaluation_context
+from ..spec import as_pandas, evaluation_context, level_labels, text_as_object
 
 if TYPE_CHECKING:
+    from ..spec import ModelSpec
     from ._fit import LMMFit
 
 
-def _apply_design(design: Any, df: pd.DataFrame, what: str) -> pd.DataFrame:
+def apply_design(design: Any, df: pd.DataFrame, what: str) -> pd.DataFrame:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -25,22 +25,36 @@ def _apply_design(design: Any, df: pd.DataFrame, what: str) -> pd.DataFrame:
         raise DataError(f"cannot build the {what} for the new data: {e}") from None
 
 
-def _codes_for(df: pd.DataFrame, factors: tuple[str, ...], levels: tuple[str, ...]) -> np.ndarray:
+def fixed_matrix(spec: ModelSpec, df: pd.DataFrame) -> np.ndarray:
+    """The fixed-effects matrix of new rows ``df``, columns as in the fit."""
+    if spec.fixed_design is None:
+        raise DataError(
+            "the model specification holds no fixed-effects design (it was not built from a formula): "
+            "predictions for new data need one"
+        )
+    fixed_design, _, names = spec.fixed_design
+    mm = apply_design(fixed_design, df, "fixed-effects matrix")
+    mm.columns = ["(Intercept)" if c == "Intercept" else str(c) for c in mm.columns]
+    return mm.loc[:, list(names)].to_numpy(dtype=float)
+
+
+def codes_for(df: pd.DataFrame, factors: tuple[str, ...], levels: tuple[str, ...]) -> np.ndarray:
     """Index of each new row's level among the fitted ``levels`` (-1 when unseen)."""
     missing = [f for f in factors if f not in df.columns]
     if missing:
         raise DataError(f"new data lacks the grouping column(s) {', '.join(missing)}")
     labels = []
     for f in factors:
-        codes, labs = _level_labels(df[f])
+        codes, labs = level_labels(df[f])
         labels.append(np.asarray(labs, dtype=object)[codes])
     key = labels[0] if len(labels) == 1 else np.array([":".join(x) for x in zip(*labels)], dtype=object)
     lookup = {lev: i for i, lev in enumerate(levels)}
     return np.array([lookup.get(k, -1) for k in key], dtype=np.int64)
 
 
-def predict(fit: LMMFit, newdata: Any = None, *, re_form: bool = True, allow_new_levels: bool = False,
-            se_fit: bool = False) -> Any:
+def predict(
+    fit: LMMFit, newdata: Any = None, *, re_form: bool = True, allow_new_levels: bool = False, se_fit: bool = False
+) -> Any:
     """Population-level or conditional predictions.
 
     Parameters
@@ -68,17 +82,13 @@ def predict(fit: LMMFit, newdata: Any = None, *, re_form: bool = True, allow_new
         pred = fit.fitted.copy() if re_form else X @ fit.fixef.to_numpy()
     else:
         df = as_pandas(newdata)
-        fixed_design, _, names = spec.fixed_design
-        mm = _apply_design(fixed_design, df, "fixed-effects matrix")
-        cols = ["(Intercept)" if c == "Intercept" else str(c) for c in mm.columns]
-        mm.columns = cols
-        X = mm.loc[:, list(names)].to_numpy(dtype=float)
+        X = fixed_matrix(spec, df)
         pred = X @ fit.fixef.to_numpy()
         if re_form:
             for t, b in zip(spec.terms, fit._b):
                 what = f"random-effect columns of ({t.lhs} | {t.group})"
-                Zn = _apply_design(t.design, df, what).to_numpy(dtype=float)
-                codes = _codes_for(df, t.factors, t.levels)
+                Zn = apply_design(t.design, df, what).to_numpy(dtype=float)
+                codes = codes_for(df, t.factors, t.levels)
                 unseen = codes < 0
                 if unseen.any() and not allow_new_levels:
                     bad = sorted({str(v) for v in df.loc[unseen, list(t.factors)].astype(str).agg(":".join, axis=1)})
@@ -91,36 +101,7 @@ def predict(fit: LMMFit, newdata: Any = None, *, re_form: bool = True, allow_new
                 pred = pred + np.where(unseen, 0.0, contrib)
     if not se_fit:
         return pred
-    working = getattr(fit, "vcov_working", None)
-    if working is not None:  # in the working columns: a large constant in a covariate costs no digits
-        basis, V = working()
-        X = basis.apply(X, None)[0]
-    else:
-        V = fit.vcov.to_numpy()
+    basis, V = fit.vcov_working()  # in the working columns: a large constant in a covariate costs no digits
+    X = basis.apply(X, None)[0]
     se = np.sqrt(np.einsum("np,pq,nq->n", X, V, X))
     return pd.DataFrame({"fit": pred, "se_fixed": se})
-
-
-def simulate(fit: LMMFit, nsim: int = 1, seed: int | np.random.Generator | None = None) -> np.ndarray:
-    """Simulate responses from the fitted model (new random effects and errors).
-
-    ``y* = X beta_hat + Z Lambda(theta_hat) u* + e*`` with ``u* ~ N(0, sigma^2 I)``
-    and ``e* ~ N(0, sigma^2 I)``, as lme4's ``simulate(fit)``.
-
-    Returns
-    -------
-    ``(n, nsim)`` array.
-    """
-    if int(nsim) < 1:
-        raise DataError("nsim must be a positive integer")
-    rng = np.random.default_rng(seed)
-    spec = fit.spec
-    mu = spec.X @ fit.fixef.to_numpy()
-    out = np.empty((spec.n, int(nsim)))
-    for s in range(int(nsim)):
-        y = mu + fit.sigma * rng.standard_normal(spec.n)
-        for t, T in zip(spec.terms, fit._factor.Ts):
-            b = fit.sigma * rng.standard_normal((t.nlevels, t.q)) @ T.T
-            y += np.einsum("nq,nq->n", t.Zraw, b[t.codes])
-        out[:, s] = y
-    return out

@@ -57,7 +57,8 @@ def _omega_to_varpar(fit: LMMFit, omega: np.ndarray) -> np.ndarray | None:
     sigma = omega[-1]
     if sigma <= 0:
         return None
-    theta, i = [], 0
+    theta: list[np.ndarray] = []
+    i = 0
     for t in fit.spec.terms:
         sd = np.zeros(t.q)
         C = np.eye(t.q)
@@ -177,6 +178,9 @@ def confint(fit: LMMFit, level: float = 0.95, method: str = "profile") -> pd.Dat
         rows[name] = (v, _root(prof, v, step, base + crit, -1, lo[c]), _root(prof, v, step, base + crit, +1, hi[c]))
     for j, (name, b, s) in enumerate(zip(fit.spec.fixef_names, fit.fixef, fit.se)):
         prof = _fixef_profile(fit, j)
-        rows[name] = (b, _root(prof, b, 0.5 * s, base + crit, -1, -np.inf),
-                      _root(prof, b, 0.5 * s, base + crit, +1, np.inf))
+        rows[name] = (
+            b,
+            _root(prof, b, 0.5 * s, base + crit, -1, -np.inf),
+            _root(prof, b, 0.5 * s, base + crit, +1, np.inf),
+        )
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols)

@@ -21,7 +21,7 @@ def abbreviate(name: str, minlength: int) -> str:
             if s[i] in pool:
                 del s[i]
             i -= 1
-    return "".join(s[:max(minlength, 1)]) if len(s) > minlength else "".join(s)
+    return "".join(s[: max(minlength, 1)]) if len(s) > minlength else "".join(s)
 
 
 def _fmt(x: float, digits: int = 5) -> str:
@@ -33,11 +33,13 @@ def _fmt(x: float, digits: int = 5) -> str:
 def _table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
     rows = [r + [""] * (len(header) - len(r)) for r in rows]  # lower-triangular tables are ragged
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
     def line(cells: list[str]) -> str:
         out = []
         for c, w, a in zip(cells, widths, align):
             out.append(c.ljust(w) if a == "l" else c.rjust(w))
         return " ".join(out).rstrip()
+
     return [line(header), *(line(r) for r in rows)]
 
 
@@ -81,6 +83,8 @@ class Summary:
         return out
 
     def residual_quantiles(self) -> list[str]:
+        if not self.fit.spec.has_rows:
+            return ["Scaled residuals: not computed (fit from sufficient statistics; see fit.fitted_frame)"]
         q = np.quantile(self.fit.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1])
         table = _table(["Min", "1Q", "Median", "3Q", "Max"], [[f"{v:.4f}" for v in q]], ["r"] * 5)
         title = "Scaled residuals: " if self.fit.spec.residual is None else "Normalized residuals: "
@@ -108,16 +112,9 @@ class Summary:
         lines = _table(header, rows, ["l", "l", "r", "r"] + (["l"] if has_corr else []))
         groups = ", ".join(f"{g}, {n}" for g, n in f.ngroups.items())
         out = ["Random effects:", *[" " + s for s in lines], f"Number of obs: {f.nobs}, groups:  {groups}"]
-        rp = f.residual_params()
         res = f.spec.residual
-        if rp["kind"] == "ou":
-            out += ["", f"Serial process: Ornstein-Uhlenbeck in {res.time} within {res.group}, plus a nugget "
-                    "(the Residual row above is the nugget)",
-                    f" process variance {_fmt(rp['process_var'])}, rho {_fmt(rp['rho'])} per unit of "
-                    f"{res.time}, nugget {_fmt(rp['nugget'])}"]
-        elif rp["kind"] == "ar1":
-            out += ["", f"Serial process: AR(1) by order of {res.time} within {res.group} (the Residual row "
-                    f"above is its variance): phi {_fmt(rp['phi'])}"]
+        if res is not None:
+            out += ["", *res.structure.describe(res.time, res.group, f.residual_params(), _fmt)]
         return out
 
     def fixed_effects(self) -> list[str]:
@@ -131,8 +128,10 @@ class Summary:
         rows = [[n, a, b, f"{v:.2f}"] for n, a, b, v in zip(f.spec.fixef_names, e_s, s_s, t)]
         out = ["Fixed effects:", *_table(["", "Estimate", "Std. Error", "t value"], rows, ["l", "r", "r", "r"])]
         if f.spec.dropped_columns:
-            out.append(f"fixed-effect model matrix is rank deficient so dropping {len(f.spec.dropped_columns)} "
-                       f"column(s): {', '.join(f.spec.dropped_columns)}")
+            out.append(
+                f"fixed-effect model matrix is rank deficient so dropping {len(f.spec.dropped_columns)} "
+                f"column(s): {', '.join(f.spec.dropped_columns)}"
+            )
         return out
 
     def correlation(self) -> list[str]:
@@ -156,8 +155,15 @@ class Summary:
 
     # -- outputs ------------------------------------------------------------
     def __str__(self) -> str:
-        parts = [self.header(), [""], self.residual_quantiles(), [""], self.random_effects(), [""],
-                 self.fixed_effects()]
+        parts = [
+            self.header(),
+            [""],
+            self.residual_quantiles(),
+            [""],
+            self.random_effects(),
+            [""],
+            self.fixed_effects(),
+        ]
         corr = self.correlation()
         if corr:
             parts += [[""], corr]
@@ -217,6 +223,7 @@ def fit_to_dict(fit: LMMFit) -> dict[str, Any]:
         ],
         "sigma": fit.sigma,
         "theta": fit.theta.tolist(),
+        "psi": fit.psi.tolist(),
         "loglik": fit.loglik,
         "aic": fit.aic,
         "bic": fit.bic,
@@ -251,5 +258,14 @@ def _vc_se(fit: LMMFit) -> tuple[list[dict[str, Any]] | None, str | None]:
         se = fit.vc_se()
     except DataError as e:
         return None, str(e)
-    return [{"grp": r.grp, "var1": _name(r.var1), "var2": _name(r.var2), "se_vcov": _num(r.se_vcov),
-             "se_sdcor": _num(r.se_sdcor), "unreliable": bool(r.unreliable)} for r in se.itertuples(index=False)], None
+    return [
+        {
+            "grp": r.grp,
+            "var1": _name(r.var1),
+            "var2": _name(r.var2),
+            "se_vcov": _num(r.se_vcov),
+            "se_sdcor": _num(r.se_sdcor),
+            "unreliable": bool(r.unreliable),
+        }
+        for r in se.itertuples(index=False)
+    ], None

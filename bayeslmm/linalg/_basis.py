@@ -22,10 +22,11 @@ the term's intercept column (if it has one) and every column is scaled by its ro
 (lower triangular, ``T_w T_w' = A_z^-1 T T' A_z^-T``), so that neither shifts nor the units of a
 covariate change its path; results are reported in the original ``T``.
 
-The centres (lower medians, values of the data) and scales are fixed from the first rows an engine
-sees (all of them in memory, the first chunk out of core). They need not be means: any value close
-to the data removes the constant,
-and the same values are applied to every later chunk, so blocks from chunks still add up.
+The centres (lower medians, values of the data; :func:`bayeslmm.spec.column_centres`, which the
+rank check of ``X`` uses too) and scales are fixed from the first rows an engine sees (all of them
+in memory, the first chunk out of core). They need not be means: any value close to the data
+removes the constant, and the same values are applied to every later chunk, so blocks from chunks
+still add up.
 """
 
 from __future__ import annotations
@@ -34,30 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def intercept_column(X: np.ndarray) -> int | None:
-    """Index of the first column of ``X`` that is all ones, or None."""
-    if X.shape[0] == 0:
-        return None
-    for j in range(X.shape[1]):
-        col = X[:, j]
-        if col[0] == 1.0 and np.all(col == 1.0):
-            return j
-    return None
-
-
-def _centre(values: np.ndarray) -> float:
-    """A centre of a column: its lower median, a value of the column itself.
-
-    A data value rather than a mean: shifting the column by a constant that keeps its values
-    exact then gives bit for bit the same working column (a mean would carry the rounding of
-    the constant), so results do not depend on the constant even in the last digits.
-    """
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return 0.0
-    k = (v.size - 1) // 2
-    return float(np.partition(v, k)[k])
+from ..spec import column_centres, intercept_column, lower_median
 
 
 def _rms(values: np.ndarray) -> float:
@@ -77,12 +55,10 @@ class FixedBasis:
     @classmethod
     def from_rows(cls, X: np.ndarray, y: np.ndarray) -> FixedBasis:
         """Centres from these rows (all of the data in memory, or the first chunk)."""
-        p = X.shape[1]
         j0 = intercept_column(X)
         if j0 is None:
-            return cls(None, np.zeros(p), 0.0)
-        m = np.array([0.0 if j == j0 else _centre(X[:, j]) for j in range(p)])
-        return cls(j0, m, _centre(np.asarray(y, dtype=float)))
+            return cls(None, np.zeros(X.shape[1]), 0.0)
+        return cls(j0, column_centres(X, j0), lower_median(np.asarray(y, dtype=float)))
 
     @classmethod
     def identity(cls, p: int) -> FixedBasis:
@@ -116,7 +92,7 @@ class FixedBasis:
         """The same centres of ``X`` with the shift of a new response."""
         if self.intercept is None:
             return self
-        return FixedBasis(self.intercept, self.centres, _centre(np.asarray(y, dtype=float)))
+        return FixedBasis(self.intercept, self.centres, lower_median(np.asarray(y, dtype=float)))
 
     def beta(self, beta_w: np.ndarray) -> np.ndarray:
         """Original coefficients from working ones."""
@@ -163,9 +139,7 @@ class TermBasis:
         """Centres and scales from these rows of the term's columns."""
         q = Zraw.shape[1]
         j0 = intercept_column(Zraw) if q > 1 else None
-        m = np.zeros(q)
-        if j0 is not None:
-            m = np.array([0.0 if j == j0 else _centre(Zraw[:, j]) for j in range(q)])
+        m = column_centres(Zraw, j0)
         s = np.array([1.0 if j == j0 else _rms(Zraw[:, j] - m[j]) for j in range(q)])
         return cls(j0, m, s)
 

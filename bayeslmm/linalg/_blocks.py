@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..spec._spec import ModelSpec, ReTerm
+from ..spec import ModelSpec, ReTerm
 from ._basis import FixedBasis, TermBasis
 from ._pairs import PairOperator
 
@@ -55,7 +55,7 @@ def term_matrix(term: ReTerm, Zcols: np.ndarray | None = None) -> sp.csr_matrix:
     return sp.csr_matrix((np.ascontiguousarray(Zc).reshape(-1), (rows, cols)), shape=(n, term.ncols))
 
 
-def _by_level(codes: np.ndarray, nlev: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def by_level(codes: np.ndarray, nlev: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``(nlev, a, b)`` sums over rows of each level of ``left[r, :, None] * right[r, None, :]``."""
     a, b = left.shape[1], right.shape[1]
     out = np.empty((nlev, a, b))
@@ -108,8 +108,9 @@ class CrossProducts:
         return sum(q * nl for q, nl in zip(self.qs[1:], self.nlevels[1:]))
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, basis: FixedBasis | None = None,
-                  zbases: tuple[TermBasis, ...] | None = None) -> CrossProducts:
+    def from_spec(
+        cls, spec: ModelSpec, basis: FixedBasis | None = None, zbases: tuple[TermBasis, ...] | None = None
+    ) -> CrossProducts:
         """Form the blocks from the rows of a model specification (one pass).
 
         ``basis`` and ``zbases`` fix the working columns (default: from these rows); blocks of
@@ -118,14 +119,13 @@ class CrossProducts:
         if not spec.terms:
             raise ValueError("a linear mixed model needs at least one random-effect term")
         basis = FixedBasis.from_rows(spec.X, spec.y) if basis is None else basis
-        Xw, yw = basis.apply(spec.X, spec.y)
-        Xy = np.column_stack([Xw, yw])
+        Xy = np.column_stack([basis.apply(spec.X, None)[0], basis.apply_y(spec.y)])
         if zbases is None:
             zbases = tuple(TermBasis.from_rows(t.Zraw) for t in spec.terms)
         Zw = [b.apply(t.Zraw) for b, t in zip(zbases, spec.terms)]
         t1 = spec.terms[0]
-        A11 = _by_level(t1.codes, t1.nlevels, Zw[0], Zw[0])
-        B1 = _by_level(t1.codes, t1.nlevels, Zw[0], Xy)
+        A11 = by_level(t1.codes, t1.nlevels, Zw[0], Zw[0])
+        B1 = by_level(t1.codes, t1.nlevels, Zw[0], Xy)
         F = Xy.T @ Xy
         pairs = None
         if len(spec.terms) == 1:
@@ -165,7 +165,7 @@ class CrossProducts:
         Xw, _ = basis.apply(spec.X, None)
         t1 = spec.terms[0]
         B1 = self.B1.copy()
-        B1[:, :, -1] = _by_level(t1.codes, t1.nlevels, zb[0].apply(t1.Zraw), y[:, None])[:, :, 0]
+        B1[:, :, -1] = by_level(t1.codes, t1.nlevels, zb[0].apply(t1.Zraw), y[:, None])[:, :, 0]
         F = self.F.copy()
         Xty = Xw.T @ y
         F[-1, :-1] = Xty

@@ -139,8 +139,15 @@ class BlockedFactor:
     L22 : ``(Qr + m, Qr + m)`` dense lower factor (working ``[X y]``).
     """
 
-    def __init__(self, cp: CrossProducts, Ts: list[np.ndarray] | None, Tw: list[np.ndarray], L11: np.ndarray,
-                 W: np.ndarray, L22: np.ndarray) -> None:
+    def __init__(
+        self,
+        cp: CrossProducts,
+        Ts: list[np.ndarray] | None,
+        Tw: list[np.ndarray],
+        L11: np.ndarray,
+        W: np.ndarray,
+        L22: np.ndarray,
+    ) -> None:
         self.cp = cp
         self._Ts = Ts
         self.Tw = Tw
@@ -205,6 +212,11 @@ class BlockedFactor:
         u : ``(Q1 + Qr,)`` with the first term's levels first.
         beta : ``(p,)``.
         """
+        u, beta_w = self.solve_modes_working()
+        return u, self.cp.fixed_basis.beta(beta_w)
+
+    def solve_modes_working(self) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`solve_modes`, with the coefficients ``beta_w`` of the working columns."""
         l1, q1, m = self.W.shape
         c = self.L22[-1, :-1]
         rest = np.linalg.solve(self.L22[:-1, :-1].T, c)  # once per fit: LU on a triangle is fine
@@ -215,7 +227,7 @@ class BlockedFactor:
             t = t + (self.L21r.T @ u_r).reshape(l1, q1)
         rhs = (self.W[:, :, -1] - t)[:, :, None]
         u1 = solve_upper_batched(self.L11, rhs)[:, :, 0].reshape(-1)
-        return np.concatenate([u1, u_r]), self.cp.fixed_basis.beta(beta)
+        return np.concatenate([u1, u_r]), beta
 
     def cond_cov_blocks(self) -> list[np.ndarray]:
         """Diagonal blocks of ``Lambda (L_theta L_theta')^{-1} Lambda'`` per term and level.
@@ -274,6 +286,9 @@ def factorize(cp: CrossProducts, theta: np.ndarray, *, working: bool = False) ->
     S_xx = cp.F - Wf.T @ Wf
     if cp.C is None:
         return BlockedFactor(cp, Ts, Tw, L11, W, np.linalg.cholesky(S_xx))
+    C, D, E, pairs = cp.C, cp.D, cp.E, cp.pairs  # the blocks of the other terms: all set when C is
+    if D is None or E is None or pairs is None:
+        raise ValueError("cross products of several terms need the blocks D and E and their pair operator")
     import scipy.linalg
 
     Qr, m = cp.Qr, S_xx.shape[0]
@@ -283,10 +298,10 @@ def factorize(cp: CrossProducts, theta: np.ndarray, *, working: bool = False) ->
     S = np.empty((Qr + m, Qr + m))
     rest_T, rest_l = Tw[1:], cp.nlevels[1:]
     S_rr = S[:Qr, :Qr]
-    np.subtract(cp.D, cp.pairs.lower(G), out=S_rr)
+    np.subtract(D, pairs.lower(G), out=S_rr)
     S_rr[...] = _sym_scale(S_rr, rest_T, rest_l)  # lower triangle of Lr'(D - C G C')Lr (in place for q = 1)
     S_rr[np.diag_indices(Qr)] += 1.0
-    S_rx = _left_scale(cp.E - cp.C @ (G @ cp.B1).reshape(-1, m), rest_T, rest_l)
+    S_rx = _left_scale(E - C @ (G @ cp.B1).reshape(-1, m), rest_T, rest_l)
     S[:Qr, Qr:] = S_rx
     S[Qr:, :Qr] = S_rx.T
     S[Qr:, Qr:] = S_xx

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -59,11 +60,11 @@ class SerialLayout:
     rows: list[np.ndarray]
     gaps: list[np.ndarray]
     group_order: np.ndarray
-    order: np.ndarray | None = None
-    starts: np.ndarray | None = None
-    bounds: np.ndarray | None = None
-    perm: np.ndarray | None = None
-    gap_all: np.ndarray | None = None
+    order: np.ndarray
+    starts: np.ndarray
+    bounds: np.ndarray
+    perm: np.ndarray
+    gap_all: np.ndarray
 
     @classmethod
     def build(cls, codes: np.ndarray, t: np.ndarray, ngroups: int, by_order: bool) -> SerialLayout:
@@ -96,8 +97,16 @@ class SerialLayout:
         rows = [perm[bounds[k] : bounds[k + 1]] for k in range(counts.size)]
         gaps = [gap_s[bounds[k] : bounds[k + 1]] for k in range(counts.size)]
         nonempty = sorted_sizes > 0
-        return cls(rows=rows, gaps=gaps, group_order=group_order[nonempty], order=srt,
-                   starts=starts[nonempty].astype(np.int64), bounds=bounds, perm=perm, gap_all=gap_s)
+        return cls(
+            rows=rows,
+            gaps=gaps,
+            group_order=group_order[nonempty],
+            order=srt,
+            starts=starts[nonempty].astype(np.int64),
+            bounds=bounds,
+            perm=perm,
+            gap_all=gap_s,
+        )
 
 
 @dataclass
@@ -116,8 +125,15 @@ class FilterResult:
     P_b: np.ndarray | None
 
 
-def kalman_whiten(layout: SerialLayout, Y: np.ndarray, Z: np.ndarray | None, D_rel: np.ndarray | None,
-                  decay: float | None, var_w: float, kappa: float) -> FilterResult:
+def kalman_whiten(
+    layout: SerialLayout,
+    Y: np.ndarray,
+    Z: np.ndarray | None,
+    D_rel: np.ndarray | None,
+    decay: float | None,
+    var_w: float,
+    kappa: float,
+) -> FilterResult:
     """Whiten the columns of ``Y`` group by group.
 
     Parameters
@@ -147,13 +163,14 @@ def kalman_whiten(layout: SerialLayout, Y: np.ndarray, Z: np.ndarray | None, D_r
     if has_w:
         P[:, 0, 0] = var_w
     if q:
-        P[:, int(has_w):, int(has_w):] = D_rel
+        P[:, int(has_w) :, int(has_w) :] = D_rel
+    Zq = Z if q else None  # the random-effect columns, None if there are none
     white = np.empty((n, c))
     logdet = 0.0
     for rows, gap in zip(layout.rows, layout.gaps):
         A = rows.size
         aa, PP = a[:A], P[:A]
-        if has_w:
+        if decay is not None:
             r = np.power(decay, gap)  # (A,): 1 at the first step and at repeated times
             aa[:, 0, :] *= r[:, None]
             PP[:, 0, :] *= r[:, None]
@@ -162,8 +179,8 @@ def kalman_whiten(layout: SerialLayout, Y: np.ndarray, Z: np.ndarray | None, D_r
         h = np.empty((A, s))
         if has_w:
             h[:, 0] = 1.0
-        if q:
-            h[:, int(has_w):] = Z[rows]
+        if Zq is not None:
+            h[:, int(has_w) :] = Zq[rows]
         Ph = np.einsum("ast,at->as", PP, h)
         F = np.einsum("as,as->a", h, Ph) + kappa
         if np.any(F <= 1e-300):
@@ -179,9 +196,16 @@ def kalman_whiten(layout: SerialLayout, Y: np.ndarray, Z: np.ndarray | None, D_r
     return FilterResult(white, logdet, a[:, off:, :] if q else None, P[:, off:, off:] if q else None)
 
 
-def kalman_smooth(layout: SerialLayout, r: np.ndarray, observed: np.ndarray, Z: np.ndarray | None,
-                  D_rel: np.ndarray | None, decay: float, var_w: float, kappa: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def kalman_smooth(
+    layout: SerialLayout,
+    r: np.ndarray,
+    observed: np.ndarray,
+    Z: np.ndarray | None,
+    D_rel: np.ndarray | None,
+    decay: float,
+    var_w: float,
+    kappa: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Conditional mean and covariance of the state ``(w, b)`` at every row given a group's data.
 
     Rauch-Tung-Striebel smoothing of the residuals ``r = y - X beta`` (one column).
@@ -201,6 +225,7 @@ def kalman_smooth(layout: SerialLayout, r: np.ndarray, observed: np.ndarray, Z: 
     P[:, 0, 0] = var_w
     if q:
         P[:, 1:, 1:] = D_rel
+    Zq = Z if q else None  # the random-effect columns, None if there are none
     pred_a, pred_P, filt_a, filt_P, decays = [], [], [], [], []
     for rows, gap in zip(layout.rows, layout.gaps):
         A = rows.size
@@ -214,8 +239,8 @@ def kalman_smooth(layout: SerialLayout, r: np.ndarray, observed: np.ndarray, Z: 
         pred_P.append(PP.copy())
         decays.append(d)
         h = np.ones((A, s))
-        if q:
-            h[:, 1:] = Z[rows]
+        if Zq is not None:
+            h[:, 1:] = Zq[rows]
         Ph = np.einsum("ast,at->as", PP, h)
         F = np.einsum("as,as->a", h, Ph) + kappa
         obs = observed[rows] & (F > 1e-300)
@@ -227,10 +252,11 @@ def kalman_smooth(layout: SerialLayout, r: np.ndarray, observed: np.ndarray, Z: 
         filt_P.append(PP.copy())
     mean = np.empty((n, s))
     cov = np.empty((n, s, s))
-    sm_a, sm_P = None, None
+    smoothed: tuple[np.ndarray, np.ndarray] | None = None  # mean and covariance at the next step
     for k in range(len(layout.rows) - 1, -1, -1):
         a_k, P_k = filt_a[k].copy(), filt_P[k].copy()
-        if sm_a is not None:
+        if smoothed is not None:
+            sm_a, sm_P = smoothed
             A1 = sm_a.shape[0]
             Tm = np.broadcast_to(np.eye(s), (A1, s, s)).copy()
             Tm[:, 0, 0] = decays[k + 1]
@@ -240,7 +266,7 @@ def kalman_smooth(layout: SerialLayout, r: np.ndarray, observed: np.ndarray, Z: 
         rows = layout.rows[k]
         mean[rows] = a_k
         cov[rows] = P_k
-        sm_a, sm_P = a_k, P_k
+        smoothed = a_k, P_k
     return mean, cov
 
 
@@ -272,12 +298,15 @@ class GramResult:
 
         ``T M_i^-1 T' Z_i'R_i^-1 Y_i`` and ``T M_i^-1 T'``, groups in filter order.
         """
-        G, q, _ = self.L.shape
-        Lt = np.swapaxes(self.L, 1, 2)
-        u = np.linalg.solve(Lt, self.Lb)  # M^-1 T'Z'R^-1 Y
-        Linv = np.linalg.solve(self.L, np.broadcast_to(np.eye(q), (G, q, q)))
+        T, L, Lb = self.T, self.L, self.Lb
+        if T is None or L is None or Lb is None:
+            raise ValueError("no BLUPs: the model has no random effects (or V_rel is singular)")
+        G, q, _ = L.shape
+        Lt = np.swapaxes(L, 1, 2)
+        u = np.linalg.solve(Lt, Lb)  # M^-1 T'Z'R^-1 Y
+        Linv = np.linalg.solve(L, np.broadcast_to(np.eye(q), (G, q, q)))
         Minv = np.swapaxes(Linv, 1, 2) @ Linv
-        return self.T @ u, self.T @ Minv @ self.T.T
+        return T @ u, T @ Minv @ T.T
 
 
 class ProcessGram:
@@ -300,16 +329,26 @@ class ProcessGram:
         ``kappa`` must then be 0. Otherwise the scalar Kalman filter runs step by step.
     """
 
-    def __init__(self, layout: SerialLayout, Y: np.ndarray | None, Z: np.ndarray | None, closed_form: bool,
-                 *, U: np.ndarray | None = None, q: int | None = None) -> None:
+    def __init__(
+        self,
+        layout: SerialLayout,
+        Y: np.ndarray | None,
+        Z: np.ndarray | None,
+        closed_form: bool,
+        *,
+        U: np.ndarray | None = None,
+        q: int | None = None,
+    ) -> None:
         self.layout = layout
         self.closed_form = closed_form
         rows = self.row_order(layout, closed_form)
         self._rows = rows
         if U is None:  # [Z Y] in the kernel's row order (the only copy kept)
+            if Y is None:
+                raise ValueError("ProcessGram needs the columns Y, or U already in row_order()")
             self.q = 0 if Z is None else Z.shape[1]
             U = np.empty((Y.shape[0], self.q + Y.shape[1]))
-            if self.q:
+            if Z is not None and self.q:
                 U[:, : self.q] = Z[rows]
             U[:, self.q :] = Y[rows]
         else:  # already in row_order(): [Z Y] with q columns of Z
@@ -337,7 +376,12 @@ class ProcessGram:
         """The rows of the data in the kernel's order (``U = [Z Y][row_order]``)."""
         return layout.order if closed_form else layout.perm
 
-    def columns(self, which: str) -> np.ndarray | None:
+    @overload
+    def columns(self, which: Literal["Y"]) -> np.ndarray: ...
+    @overload
+    def columns(self, which: Literal["Z"]) -> np.ndarray | None: ...
+
+    def columns(self, which: Literal["Y", "Z"]) -> np.ndarray | None:
         """``Y`` (``"Y"``) or ``Z`` (``"Z"``) as given, rows in the original order (a new array)."""
         if which == "Z" and not self.q:
             return None
@@ -370,15 +414,15 @@ class ProcessGram:
         U = self.U
         n = self.n
         if self.unit_gaps:  # AR(1): one decay, first rows patched
-            e = var_w * (1.0 - decay * decay)
+            e1 = var_w * (1.0 - decay * decay)
             W = np.empty_like(U)
             if n:
                 np.multiply(U[:-1], -decay, out=W[1:])
                 W[1:] += U[1:]
-                W *= 1.0 / np.sqrt(e)
+                W *= 1.0 / np.sqrt(e1)
                 st = self.layout.starts
                 W[st] = U[st] * (1.0 / np.sqrt(var_w))
-            return W, float(self.G * np.log(var_w) + (n - self.G) * np.log(e))
+            return W, float(self.G * np.log(var_w) + (n - self.G) * np.log(e1))
         r = np.where(self.first, 0.0, np.power(decay, self.gap))
         e = var_w * (1.0 - r * r)
         s = 1.0 / np.sqrt(e)
@@ -436,8 +480,11 @@ class ProcessGram:
                     Gz[:, i, j] = Gz[:, j, i]
                     continue
                 prod = W[:, i] * W[:, j]
-                Gz[:, i, j] = (np.add.reduceat(prod, self.layout.starts) if grouped
-                               else np.bincount(self.step_group, weights=prod, minlength=G))
+                Gz[:, i, j] = (
+                    np.add.reduceat(prod, self.layout.starts)
+                    if grouped
+                    else np.bincount(self.step_group, weights=prod, minlength=G)
+                )
         return Gz
 
     def __call__(self, T: np.ndarray | None, decay: float, var_w: float, kappa: float) -> GramResult:
@@ -447,24 +494,62 @@ class ProcessGram:
         and ``kappa`` the nugget's variance, relative to ``s^2``. Returns ``logdet = inf`` where ``V_rel``
         is singular.
         """
-        q, G = self.q, self.G
         if self.closed_form:
             if kappa != 0.0:
                 raise ValueError("the closed-form whitening holds for a process without a nugget")
             if not (var_w > 0.0 and abs(decay) < 1.0):
                 return GramResult(np.inf, np.full((self.c, self.c), np.nan))
             W, logdet = self._whiten_closed(decay, var_w)
-            Gz = self._group_gram(W, grouped=True) if q else None
         else:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 W, F = self._whiten_steps(decay, var_w, kappa)
             if not np.all(F > 1e-300):
                 return GramResult(np.inf, np.full((self.c, self.c), np.nan))
             logdet = float(np.log(F).sum())
-            Gz = self._group_gram(W, grouped=False) if q else None
-        Cw = W.T @ W
+        return self.woodbury(W, logdet, T, grouped=self.closed_form)
+
+    def evaluate(self, T: np.ndarray | None, structure: Any, psi: np.ndarray) -> GramResult:
+        """The criterion's pieces at ``D_rel = T T'`` and a Markov structure's parameters ``psi``."""
+        return self(T, *structure.markov_process(psi))
+
+    def filter(
+        self, Y: np.ndarray, Z: np.ndarray | None, D_rel: np.ndarray | None, structure: Any, psi: np.ndarray
+    ) -> FilterResult:
+        """The full Kalman filter (state ``(w, b)``) of a Markov structure: whitened ``Y``, ``log|V_rel|``, BLUP
+        states."""
+        return kalman_whiten(self.layout, Y, Z, D_rel, *structure.markov_process(psi))
+
+    def draw(self, structure: Any, psi: np.ndarray, scale2: float, rng: np.random.Generator) -> np.ndarray:
+        """``(n,)`` residuals ``e ~ N(0, s^2 R)`` of a Markov structure: the nugget, then the process step by step."""
+        decay, var_w, kappa = structure.markov_process(psi)
+        lay = self.layout
+        n = self.n
+        s = np.sqrt(scale2)
+        e = s * np.sqrt(kappa) * rng.standard_normal(n)
+        w_prev = None
+        for rows, gap in zip(lay.rows, lay.gaps):
+            z = rng.standard_normal(rows.size)
+            if w_prev is None:
+                w = np.sqrt(var_w) * z
+            else:
+                r = np.power(decay, gap)
+                w = r * w_prev[: rows.size] + np.sqrt(var_w * (1 - r * r)) * z
+            e[rows] += s * w
+            w_prev = w
+        return e
+
+    def woodbury(self, W: np.ndarray, logdet: float, T: np.ndarray | None, grouped: bool) -> GramResult:
+        """Add the random effects to the process-whitened ``W = R^{-1/2}[Z Y]`` by Woodbury's identity.
+
+        ``grouped``: the rows of ``W`` are group by group (``layout.order``), else in step order.
+        """
+        q, G = self.q, self.G
         if not q:
-            return GramResult(logdet, Cw)
+            return GramResult(logdet, W.T @ W)
+        if T is None:
+            raise ValueError("the factor T of D_rel is required with random effects")
+        Gz = self._group_gram(W, grouped=grouped)
+        Cw = W.T @ W
         Cyy = Cw[q:, q:]
         if q == 1:
             t = float(T[0, 0])

@@ -1,25 +1,27 @@
-"""Residual processes: ``ou(t | g)`` and ``ar1(t | g)``.
+"""Residual structures in formulas: ``name(t | g)``, parsed and bound to the rows.
 
-* ``ou(t | g)``: within each level of ``g`` an Ornstein-Uhlenbeck process in the
-  continuous time ``t`` (``Cov(w_ij, w_ik) = process_var * rho^|t_ij - t_ik|``) plus
-  an independent measurement error (the nugget); irregular and repeated times allowed.
-* ``ar1(t | g)``: discrete AR(1) errors by the order of ``t`` within ``g``
-  (nlme's ``corAR1``): ``Corr(e_ij, e_ik) = phi^|j - k|`` for the j-th and k-th observation.
-* ``iid``: independent errors (the default).
+The structures themselves (``ou``, ``ar1``, ``cs``, ...) are classes of :mod:`bayeslmm.cov`;
+this module only reads the text and attaches the time and grouping columns. ``iid`` (or
+nothing) means independent errors.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .._errors import DataError, FormulaError
+from .._errors import DataError, FormulaError, StructureError
+from ..cov import STRUCTURES, ResidualStructure
 
-KINDS = ("ou", "ar1")
-_RE = re.compile(r"^\s*(ou|ar1)\s*\(\s*(`[^`]+`|[^|`]+?)\s*\|\s*(.+?)\s*\)\s*$")
+_RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*\(\s*(`[^`]+`|[^|`]+?)\s*\|\s*(.+?)\s*\)\s*$")
+
+
+def _known() -> str:
+    return ", ".join(f"'{k}(time | group)' ({c.description})" for k, c in sorted(STRUCTURES.items()))
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,12 @@ def parse_residual(text: str | None) -> ResidualSpec | None:
 
     m = _RE.match(str(text))
     time = column_name(m.group(2)) if m else None
-    if not m or time is None:
-        raise FormulaError(
-            f"residual process {text!r} is not understood: write 'ou(time | group)' (OU process plus "
-            "measurement error), 'ar1(time | group)' (AR(1) by order within group) or 'iid'"
-        )
+    if not m or time is None or m.group(1).lower() not in STRUCTURES:
+        raise FormulaError(f"residual process {text!r} is not understood: write one of {_known()}, or 'iid'")
     groups = _parse_group(m.group(3))
     if len(groups) != 1:
         raise FormulaError(f"residual process {text!r}: the grouping must be one factor (a or a:b), not a nesting")
-    return ResidualSpec(kind=m.group(1), time=time, factors=groups[0])
+    return ResidualSpec(kind=m.group(1).lower(), time=time, factors=groups[0])
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,9 @@ class ResidualProcess:
     Attributes
     ----------
     kind
-        ``"ou"`` or ``"ar1"``.
+        The structure's name (``"ou"``, ``"ar1"``, ``"cs"``, ...).
+    structure
+        The structure (:class:`bayeslmm.cov.ResidualStructure`), bound to these rows.
     time
         Name of the time column.
     group
@@ -91,6 +92,7 @@ class ResidualProcess:
     levels: tuple[str, ...]
     codes: np.ndarray
     t: np.ndarray
+    structure: ResidualStructure
 
     def __post_init__(self) -> None:
         for name in ("codes", "t"):
@@ -105,9 +107,7 @@ def bind_residual(res: ResidualSpec, df: pd.DataFrame) -> ResidualProcess:
 
     col = df[res.time]
     types = pd.api.types
-    if types.is_datetime64_any_dtype(col) or types.is_timedelta64_dtype(col) or isinstance(
-        col.dtype, pd.PeriodDtype
-    ):
+    if types.is_datetime64_any_dtype(col) or types.is_timedelta64_dtype(col) or isinstance(col.dtype, pd.PeriodDtype):
         raise DataError(
             f"time column {res.time!r} of {res} holds dates/times (dtype {col.dtype}): convert it to "
             f"a number before fitting, e.g. days since the start: (df[{res.time!r}] - "
@@ -120,5 +120,42 @@ def bind_residual(res: ResidualSpec, df: pd.DataFrame) -> ResidualProcess:
         )
     t = col.to_numpy(dtype=float)
     codes, levels = grouping_codes(df, res.factors)
-    return ResidualProcess(kind=res.kind, time=res.time, group=res.group, factors=res.factors,
-                           levels=tuple(levels), codes=codes, t=t)
+    structure = STRUCTURES[res.kind].bind(t, codes, len(levels))
+    return ResidualProcess(
+        kind=res.kind,
+        time=res.time,
+        group=res.group,
+        factors=res.factors,
+        levels=tuple(levels),
+        codes=codes,
+        t=t,
+        structure=structure,
+    )
+
+
+def check_terms(residual: ResidualProcess, terms: tuple[Any, ...]) -> None:
+    """Every random-effect term must be on the residual structure's grouping factor.
+
+    Raises
+    ------
+    StructureError
+        Naming the term and what is supported.
+    """
+    for t in terms:
+        if (
+            t.factors == residual.factors
+            and "(Intercept)" in t.coef_names
+            and residual.structure.confounded_with_intercept
+        ):
+            raise StructureError(
+                f"a random intercept ({t.lhs} | {t.group}) next to {residual.kind}({residual.time} | {residual.group}) "
+                "is not identifiable: both add one covariance to every pair of observations of a group; drop the "
+                f"intercept from the term (e.g. (0 + x | {t.group})), or use a residual structure without a "
+                "constant correlation"
+            )
+        if t.factors != residual.factors:
+            raise StructureError(
+                f"random-effect term ({t.lhs} | {t.group}) with residual structure {residual.kind}({residual.time} | "
+                f"{residual.group}): a residual structure combines with random-effect terms of its own grouping "
+                f"factor {residual.group!r} only (crossed or nested terms are not supported with it yet)"
+            )

@@ -60,8 +60,25 @@ ALLOWED_CONSTANTS: dict[str, float] = {"pi": float(np.pi), "e": float(np.e)}
 
 #: formulaic's own helpers: identity, categorical coding, stateful transforms, contrasts.
 FORMULA_HELPERS = frozenset(
-    {"I", "C", "center", "scale", "standardize", "poly", "bs", "cs", "cr", "cc",
-     "hashed", "Treatment", "Sum", "Helmert", "Diff", "Poly", "contr"}
+    {
+        "I",
+        "C",
+        "center",
+        "scale",
+        "standardize",
+        "poly",
+        "bs",
+        "cs",
+        "cr",
+        "cc",
+        "hashed",
+        "Treatment",
+        "Sum",
+        "Helmert",
+        "Diff",
+        "Poly",
+        "contr",
+    }
 )
 
 _NUMPY_PREFIXES = frozenset({"np", "numpy"})
@@ -120,11 +137,7 @@ class _Validator(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         # np.pi, numpy.e: the only attributes allowed outside function position
-        if (
-            isinstance(node.value, ast.Name)
-            and node.value.id in _NUMPY_PREFIXES
-            and node.attr in ALLOWED_CONSTANTS
-        ):
+        if isinstance(node.value, ast.Name) and node.value.id in _NUMPY_PREFIXES and node.attr in ALLOWED_CONSTANTS:
             return
         self.fail(f"the attribute {ast.unparse(node)!r}")
 

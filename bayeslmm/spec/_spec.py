@@ -9,9 +9,15 @@ per random-effect term; the columns of ``Z_k`` are ordered level by level (all
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .._errors import DataError
+from ..cov import Unstructured
+
+if TYPE_CHECKING:
+    from ._residual import ResidualProcess
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -42,7 +48,10 @@ class ReTerm:
     codes
         ``(n,)`` level index of each row.
     Zraw
-        ``(n, q)`` the term's model-matrix columns (before expansion by level).
+        ``(n, q)`` the term's model-matrix columns (before expansion by level); ``(0, q)`` in a
+        specification without rows.
+    level_counts
+        ``(nlevels,)`` observations per level where there are no rows (else None: from ``codes``).
     """
 
     group: str
@@ -54,6 +63,7 @@ class ReTerm:
     codes: np.ndarray
     Zraw: np.ndarray
     design: Any = field(repr=False, compare=False, default=None)
+    level_counts: np.ndarray | None = field(repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codes", _frozen(np.asarray(self.codes, dtype=np.int64)))
@@ -75,22 +85,36 @@ class ReTerm:
         return self.nlevels * self.q
 
     @property
+    def covariance(self) -> Unstructured:
+        """The term's covariance structure (parameters, names, ``varcorr()`` rows)."""
+        return Unstructured(self.coef_names)
+
+    @property
     def ntheta(self) -> int:
         """Number of covariance parameters (lower triangle of the ``q x q`` factor)."""
-        return self.q * (self.q + 1) // 2
+        return self.covariance.ntheta
 
     def counts(self) -> np.ndarray:
         """``(nlevels,)`` number of observations per level."""
+        if self.level_counts is not None:
+            return self.level_counts
         return np.bincount(self.codes, minlength=self.nlevels)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything both engines need: response, design matrices, terms and names.
+    """Everything both estimation paths need: response, design matrices, terms and names.
 
     Built by :func:`bayeslmm.model_spec` from a formula and a data frame; never
     modified afterwards (its arrays are read-only). ``residual`` is ``None`` for
-    independent errors or a :class:`~bayeslmm.spec._residual.ResidualProcess`.
+    independent errors or a :class:`~bayeslmm.spec.ResidualProcess`.
+
+    A specification may hold no rows: one made from sufficient statistics
+    (:mod:`bayeslmm.suff`) has ``y`` of shape ``(0,)``, ``X`` of shape ``(0, p)``, ``nobs``
+    the number of rows summarised and a ``source`` that holds the cross-product blocks
+    (``source.blocks``), the sd of the response (``source.y_sd``), the fitted values of chunks
+    (``source.fitted_frame(fit, data)``) and the message that says what to do where rows are
+    needed (``source.no_rows(what)``). :meth:`require_rows` is the one check.
     """
 
     formula: str
@@ -100,10 +124,13 @@ class ModelSpec:
     fixef_names: tuple[str, ...]
     terms: tuple[ReTerm, ...]
     row_index: np.ndarray
-    residual: Any = None
+    residual: ResidualProcess | None = None
     n_dropped: int = 0
     dropped_columns: tuple[str, ...] = ()
-    fixed_design: Any = field(repr=False, compare=False, default=None)
+    #: ``(formulaic ModelSpec of the fixed effects, ParsedFormula, kept column names)``
+    fixed_design: tuple[Any, Any, tuple[str, ...]] | None = field(repr=False, compare=False, default=None)
+    nobs: int | None = None
+    source: Any = field(repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "y", _frozen(np.asarray(self.y, dtype=float)))
@@ -113,7 +140,19 @@ class ModelSpec:
     @property
     def n(self) -> int:
         """Number of observations used."""
-        return self.y.shape[0]
+        return self.y.shape[0] if self.nobs is None else self.nobs
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether the rows are here (not a specification from sufficient statistics)."""
+        return self.nobs is None
+
+    def require_rows(self, what: str) -> None:
+        """Raise :class:`~bayeslmm.DataError` saying what to do if the rows are not here (``what`` needs them)."""
+        if self.has_rows:
+            return
+        hint = self.source.no_rows(what) if self.source is not None else f"{what}; the specification holds no rows"
+        raise DataError(hint)
 
     @property
     def p(self) -> int:
@@ -137,29 +176,21 @@ class ModelSpec:
 
     def theta_lower(self) -> np.ndarray:
         """Lower bounds of theta: 0 for diagonal elements of each factor, -inf elsewhere."""
-        lo = []
-        for t in self.terms:
-            for j in range(t.q):
-                for i in range(j, t.q):
-                    lo.append(0.0 if i == j else -np.inf)
-        return np.array(lo)
+        return np.concatenate([t.covariance.theta_lower() for t in self.terms]) if self.terms else np.zeros(0)
 
     def theta_names(self) -> list[str]:
         """lme4-style names of theta (``"Subject.(Intercept)"``, ``"Subject.Days.(Intercept)"``)."""
-        out = []
-        for t in self.terms:
-            for j in range(t.q):
-                for i in range(j, t.q):
-                    if i == j:
-                        out.append(f"{t.name}.{t.coef_names[i]}")
-                    else:
-                        out.append(f"{t.name}.{t.coef_names[i]}.{t.coef_names[j]}")
-        return out
+        return [name for t in self.terms for name in t.covariance.theta_names(t.name)]
+
+    def varcorr_labels(self) -> list[str]:
+        """``grp|var1|var2`` labels of the variance components, in ``varcorr()`` row order, "Residual" last."""
+        return [lab for t in self.terms for lab in t.covariance.labels(t.name)] + ["Residual"]
 
     def with_response(self, y: np.ndarray) -> ModelSpec:
         """A copy with another response vector (same design), e.g. for simulation refits."""
         from dataclasses import replace
 
+        self.require_rows("a new response needs the design rows")
         y = np.asarray(y, dtype=float)
         if y.shape != self.y.shape:
             raise ValueError(f"response must have shape {self.y.shape}, got {y.shape}")

@@ -4,7 +4,7 @@ Pipeline (each arrow a Dask computation; the optimisation runs on the reduced bl
 
     dask DataFrame / Parquet --(1) chunk_levels per partition, tree-merged--> categorical levels
         --DesignSchema--> --(2) SuffStats.from_chunk per partition, tree-merged--> SuffStats
-        --lmm_from_stats--> StatsFit --(3, optional) RowPredictor per partition--> fitted, residual
+        --lmm_from_stats--> LMMFit --(3, optional) RowPredictor per partition--> fitted, residual
 
 Pass (1) runs only when the fixed-effects formula has text (or ``C(...)``) columns whose
 levels are not given. The reductions are trees of ``dask.delayed`` merges
@@ -27,13 +27,15 @@ import glob
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 
 from .._errors import DataError, OptionError
-from ._fit import StatsFit, lmm_from_stats
+from .._io import has_glob
+from ..freq import LMMFit
+from ._fit import StatsSource, lmm_from_stats
 from ._schema import DesignSchema, FormulaColumns, chunk_levels, merge_levels
 from ._stats import SuffStats
 
@@ -66,7 +68,7 @@ def as_dask_frame(data: Any, *, npartitions: int | None = None) -> Any:
     ):
         paths = [os.fspath(data)] if isinstance(data, (str, os.PathLike)) else [os.fspath(d) for d in data]
         for p in paths:
-            if "://" not in p and not any(ch in p for ch in "*?[") and not os.path.exists(p):
+            if "://" not in p and not has_glob(p) and not os.path.exists(p):
                 raise DataError(f"no such Parquet file or directory: {p!r}")
         try:
             return dd.read_parquet(paths[0] if len(paths) == 1 else paths)
@@ -74,7 +76,7 @@ def as_dask_frame(data: Any, *, npartitions: int | None = None) -> Any:
             msg = _diagnose_parquet(data, ())
             raise DataError(msg or f"cannot read Parquet from {data!r}: {_first_line(e)}") from None
     if isinstance(data, pd.DataFrame) or hasattr(data, "to_pandas"):
-        from ..spec._design import as_pandas
+        from ..spec import as_pandas
 
         df = as_pandas(data)
         return dd.from_pandas(df, npartitions=npartitions or max(1, df.shape[0] // 1_000_000))
@@ -111,7 +113,7 @@ def _parquet_files(data: Any) -> list[str]:
                 files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(("_", "."))]
         elif os.path.isfile(item):
             files.append(item)
-        elif any(ch in item for ch in "*?["):
+        elif has_glob(item):
             files += [m for m in sorted(glob.glob(item, recursive=True)) if os.path.isfile(m)]
     return files
 
@@ -164,8 +166,10 @@ def _diagnose_parquet(data: Any, columns: Sequence[str]) -> str | None:
         missing = [c for c in columns if c not in sch.names]
         if missing:
             s = "s" * (len(missing) != 1)
-            return (f"the Parquet file {f!r} has no column{s} {', '.join(map(repr, missing))}, which the formula "
-                    f"uses (its columns: {', '.join(sch.names)}); every file needs every column of the formula")
+            return (
+                f"the Parquet file {f!r} has no column{s} {', '.join(map(repr, missing))}, which the formula "
+                f"uses (its columns: {', '.join(sch.names)}); every file needs every column of the formula"
+            )
     for c in columns:
         types = {f: sch.field(c).type for f, sch in schemas.items()}
         by_kind: dict[str, list[str]] = {}
@@ -175,9 +179,11 @@ def _diagnose_parquet(data: Any, columns: Sequence[str]) -> str | None:
             kinds = sorted(by_kind, key=lambda k: -len(by_kind[k]))  # the usual type first, then the odd ones
             usual = by_kind[kinds[0]]
             odd = [f"{_describe_type(types[by_kind[k][0]])} in {_files_text(by_kind[k])}" for k in kinds[1:]]
-            return (f"column {c!r} is {'; '.join(odd)} but {_describe_type(types[usual[0]])} in "
-                    f"{_files_text(usual)}; give it one type in every file (e.g. cast it to string when "
-                    "writing)")
+            return (
+                f"column {c!r} is {'; '.join(odd)} but {_describe_type(types[usual[0]])} in "
+                f"{_files_text(usual)}; give it one type in every file (e.g. cast it to string when "
+                "writing)"
+            )
     for f in files if columns else ():
         try:
             pq.read_table(f, columns=list(columns))
@@ -257,8 +263,14 @@ def _compute(dask: Any, obj: Any, client: Any) -> Any:
     return out
 
 
-def suff_stats_dask(formula: str, data: Any, *, client: Any = None,
-                    levels: Mapping[str, Sequence[Any]] | None = None, split_every: int = 8) -> SuffStats:
+def suff_stats_dask(
+    formula: str,
+    data: Any,
+    *,
+    client: Any = None,
+    levels: Mapping[str, Sequence[Any]] | None = None,
+    split_every: int = 8,
+) -> SuffStats:
     """Sufficient statistics of all the rows of a dask DataFrame or Parquet data (one pass, tree-reduced).
 
     Parameters
@@ -298,8 +310,9 @@ def _with_centres(dask: Any, ddf: Any, schema: DesignSchema, client: Any) -> Des
     return schema
 
 
-def _suff_stats(formula: str, data: Any, *, client: Any, levels: Mapping[str, Sequence[Any]] | None,
-                split_every: int) -> tuple[SuffStats, dict[str, float]]:
+def _suff_stats(
+    formula: str, data: Any, *, client: Any, levels: Mapping[str, Sequence[Any]] | None, split_every: int
+) -> tuple[SuffStats, dict[str, float]]:
     dask, _ = _dask()
     if int(split_every) < 2:
         raise OptionError(f"split_every must be at least 2, got {split_every}")
@@ -331,9 +344,45 @@ def _suff_stats(formula: str, data: Any, *, client: Any, levels: Mapping[str, Se
     return stats, timings
 
 
-def lmm_dask(formula: str, data: Any, method: str = "REML", *, client: Any = None,
-             levels: Mapping[str, Sequence[Any]] | None = None, fitted: bool = False, split_every: int = 8,
-             start: np.ndarray | None = None) -> StatsFit | tuple[StatsFit, Any]:
+@overload
+def lmm_dask(
+    formula: str,
+    data: Any,
+    method: str = ...,
+    *,
+    client: Any = ...,
+    levels: Mapping[str, Sequence[Any]] | None = ...,
+    fitted: Literal[False] = ...,
+    split_every: int = ...,
+    start: np.ndarray | None = ...,
+) -> LMMFit: ...
+
+
+@overload
+def lmm_dask(
+    formula: str,
+    data: Any,
+    method: str = ...,
+    *,
+    client: Any = ...,
+    levels: Mapping[str, Sequence[Any]] | None = ...,
+    fitted: Literal[True],
+    split_every: int = ...,
+    start: np.ndarray | None = ...,
+) -> tuple[LMMFit, Any]: ...
+
+
+def lmm_dask(
+    formula: str,
+    data: Any,
+    method: str = "REML",
+    *,
+    client: Any = None,
+    levels: Mapping[str, Sequence[Any]] | None = None,
+    fitted: bool = False,
+    split_every: int = 8,
+    start: np.ndarray | None = None,
+) -> LMMFit | tuple[LMMFit, Any]:
     """Fit a linear mixed model by REML or ML to a dask DataFrame or Parquet data.
 
     One Dask pass computes the sufficient statistics of every partition and merges them in a
@@ -364,7 +413,7 @@ def lmm_dask(formula: str, data: Any, method: str = "REML", *, client: Any = Non
 
     Returns
     -------
-    StatsFit, or ``(StatsFit, dask DataFrame)`` with ``fitted=True``. ``fit.timings`` holds the
+    LMMFit, or ``(LMMFit, dask DataFrame)`` with ``fitted=True``. ``fit.timings`` holds the
     seconds of the levels pass, the statistics pass and the fit, and the number of partitions.
     """
     _dask()
@@ -381,7 +430,7 @@ def _fitted_of(part: pd.DataFrame, predictor: Any) -> pd.DataFrame:
     return predictor(part)
 
 
-def fitted_dask(fit: StatsFit, data: Any) -> Any:
+def fitted_dask(fit: LMMFit, data: Any) -> Any:
     """Lazy fitted values and residuals of a dask DataFrame or Parquet data (the second pass).
 
     Returns
@@ -390,10 +439,14 @@ def fitted_dask(fit: StatsFit, data: Any) -> Any:
     ``data``; rows with a missing value in a column of the formula get NaN.
     """
     dask, _ = _dask()
-    if not isinstance(fit, StatsFit):
-        raise DataError(f"fit must be a StatsFit (from lmm_dask or lmm_from_stats), got {type(fit).__name__}")
+    source = fit.spec.source if isinstance(fit, LMMFit) else None
+    if not isinstance(source, StatsSource):
+        raise DataError(
+            f"fit must be a fit from sufficient statistics (lmm_dask or lmm_from_stats), got "
+            f"{type(fit).__name__}{'' if source is None else ' with rows'}"
+        )
     ddf = as_dask_frame(data)
-    ddf = ddf[list(fit.schema.columns)]
+    ddf = ddf[list(source.schema.columns)]
     meta = pd.DataFrame({"fitted": pd.Series(dtype=float), "residual": pd.Series(dtype=float)})
-    predictor = dask.delayed(fit.row_predictor(), pure=True)
+    predictor = dask.delayed(source.row_predictor(fit), pure=True)
     return ddf.map_partitions(_fitted_of, predictor, meta=meta)

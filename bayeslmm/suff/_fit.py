@@ -1,13 +1,13 @@
 """Fit an LMM from its sufficient statistics: the engine of :func:`bayeslmm.lmm` without the rows.
 
-:func:`lmm_from_stats` hands the merged blocks to the same objective and optimiser as
-:func:`bayeslmm.lmm` (``Objective`` -> ``optimize_objective``), so one evaluation of the
-criterion costs O(levels), never O(rows). The result, :class:`StatsFit`, is an
-:class:`~bayeslmm.LMMFit` whose specification holds no rows (:class:`StatsSpec`):
-estimates, ``vcov``, ``varcorr``, ``ranef`` (BLUPs and conditional sds), likelihood
-summaries, Satterthwaite df and Wald intervals work unchanged; what needs the rows
-(fitted values, residuals, simulation, refits, profiles of fixed effects) either
-takes the data again (:meth:`StatsFit.fitted_frame`) or says so.
+:func:`lmm_from_stats` hands the merged blocks to the same engine and optimiser as
+:func:`bayeslmm.lmm` (:class:`bayeslmm.freq.BlockedEngine` -> :func:`bayeslmm.freq.optimize`), so one
+evaluation of the criterion costs O(levels), never O(rows). The result is a
+:class:`~bayeslmm.LMMFit` whose specification holds no rows (``spec.has_rows`` is False and
+``spec.source`` is a :class:`StatsSource`): estimates, ``vcov``, ``varcorr``, ``ranef`` (BLUPs and
+conditional sds), likelihood summaries, Satterthwaite df and Wald intervals work unchanged; what
+needs the rows (fitted values, residuals, simulation, refits, profiles) says so, and
+:meth:`~bayeslmm.LMMFit.fitted_frame` takes the rows again, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -20,54 +20,68 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
-from ..freq._fit import LMMFit, _one_blas_thread, optimize_objective
-from ..freq._objective import Objective, check_method
-from ..freq._optimize import SINGULAR_TOL, OptimizerRecord
-from ..freq._summary import Summary
-from ..spec._spec import ModelSpec, ReTerm
+from ..freq import SINGULAR_TOL, BlockedEngine, LMMFit, OptimizerRecord, check_method, one_blas_thread, optimize
+from ..spec import ModelSpec, ReTerm, as_pandas
 from ._levels import LevelKeys
 from ._schema import DesignSchema
 from ._stats import ModelLayout, SuffStats
 
-_NO_ROWS = ("this fit was computed from sufficient statistics and holds no rows: {what}; "
-            "pass the data again to StatsFit.fitted_frame(data) (or bayeslmm.suff.fitted_dask for dask), "
-            "or fit in memory with bayeslmm.lmm")
+_NO_ROWS = (
+    "this fit was computed from sufficient statistics and holds no rows: {what}; "
+    "pass the data again to fit.fitted_frame(data) (or bayeslmm.suff.fitted_dask for dask), "
+    "or fit in memory with bayeslmm.lmm"
+)
 
 
-@dataclass(frozen=True)
-class StatsTerm(ReTerm):
-    """A random-effect term without rows: ``codes``/``Zraw`` are empty; ``level_counts`` gives the sizes."""
+@dataclass(eq=False)
+class StatsSource:
+    """Where a row-less :class:`~bayeslmm.ModelSpec` came from: merged sufficient statistics.
 
-    level_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False,
-                                     compare=False)
-
-    def counts(self) -> np.ndarray:
-        """``(nlevels,)`` number of observations per level."""
-        return self.level_counts
-
-
-@dataclass(frozen=True)
-class StatsSpec(ModelSpec):
-    """A :class:`~bayeslmm.ModelSpec` without rows: ``y`` is ``(0,)``, ``X`` is ``(0, p)``; ``nobs`` rows were used.
-
-    ``blocks`` are the merged cross-product blocks (the engine's ``CrossProducts``) and ``y_sd``
-    the standard deviation of the response (from the blocks when the model has an intercept, else
-    its root mean square): with them the PyMC ``marginal``/``restricted`` models of
-    :func:`bayeslmm.bayes.build_model` are built without rows.
+    ``blocks`` are the merged cross-product blocks (the engine's ``CrossProducts``), ``y_sd`` the
+    standard deviation of the response (from the blocks when the model has an intercept, else its
+    root mean square): with them the PyMC ``marginal``/``restricted`` models of
+    :func:`bayeslmm.bayes.build_model` are built without rows. ``layout`` and ``schema`` map chunks
+    of rows to the fit again (:meth:`fitted_frame`).
     """
 
-    nobs: int = 0
-    blocks: Any = field(default=None, repr=False, compare=False)
-    y_sd: float | None = None
+    blocks: Any
+    y_sd: float | None
+    layout: ModelLayout
+    schema: DesignSchema
+    _predictor: Any = field(default=None, repr=False)
 
-    @property
-    def n(self) -> int:
-        """Number of observations used."""
-        return self.nobs
+    @staticmethod
+    def no_rows(what: str) -> str:
+        """The message where ``what`` needs the rows."""
+        return _NO_ROWS.format(what=what)
 
-    def with_response(self, y: np.ndarray) -> ModelSpec:
-        """Not available: a new response needs the rows."""
-        raise DataError(_NO_ROWS.format(what="a new response needs the design rows"))
+    def fitted_frame(self, fit: LMMFit, data: Any) -> pd.DataFrame:
+        """Fitted values and residuals of the rows of ``data`` (a chunk of the fitted data).
+
+        ``fitted = X beta_hat + Z b_hat`` with the BLUPs of the fit; rows with a missing value
+        get NaN. See :class:`RowPredictor` (the object the Dask pass ships to its workers).
+
+        Returns
+        -------
+        DataFrame indexed as ``data`` with float columns ``fitted`` and ``residual``.
+        """
+        if self._predictor is None:
+            self._predictor = self.row_predictor(fit)
+        return self._predictor(data)
+
+    def row_predictor(self, fit: LMMFit) -> RowPredictor:
+        """The few arrays the fitted values need (beta, BLUPs, level keys), without the blocks."""
+        lay = self.layout
+        return RowPredictor(
+            schema=self.schema,
+            keep=lay.keep,
+            order=lay.order,
+            keys=lay.keys,
+            level_index=lay.level_index,
+            groups=tuple(t.group for t in fit.spec.terms),
+            beta=fit.fixef.to_numpy(),
+            b=tuple(fit._b),
+        )
 
 
 def _y_sd(stats: SuffStats) -> float:
@@ -80,8 +94,9 @@ def _y_sd(stats: SuffStats) -> float:
     return float(np.sqrt(max(yy / n - mean * mean, 0.0)))
 
 
-def stats_spec(schema: DesignSchema, layout: ModelLayout, n: int, n_dropped: int, blocks: Any = None,
-               y_sd: float | None = None) -> StatsSpec:
+def stats_spec(
+    schema: DesignSchema, layout: ModelLayout, n: int, n_dropped: int, blocks: Any = None, y_sd: float | None = None
+) -> ModelSpec:
     """The row-less specification of the merged statistics (terms in lme4's order, names as lme4)."""
     seen: dict[str, int] = {}
     terms = []
@@ -90,20 +105,22 @@ def stats_spec(schema: DesignSchema, layout: ModelLayout, n: int, n_dropped: int
         j = seen.get(bar.group, 0)
         seen[bar.group] = j + 1
         q = len(schema.coef_names[k])
-        terms.append(StatsTerm(
-            group=bar.group,
-            name=bar.group if j == 0 else f"{bar.group}.{j}",
-            factors=bar.factors,
-            lhs=bar.lhs,
-            coef_names=schema.coef_names[k],
-            levels=labels,
-            codes=np.zeros(0, dtype=np.int64),
-            Zraw=np.zeros((0, q)),
-            design=schema.bar_designs[k],
-            level_counts=counts,
-        ))
+        terms.append(
+            ReTerm(
+                group=bar.group,
+                name=bar.group if j == 0 else f"{bar.group}.{j}",
+                factors=bar.factors,
+                lhs=bar.lhs,
+                coef_names=schema.coef_names[k],
+                levels=labels,
+                codes=np.zeros(0, dtype=np.int64),
+                Zraw=np.zeros((0, q)),
+                design=schema.bar_designs[k],
+                level_counts=counts,
+            )
+        )
     p = len(layout.fixef_names)
-    return StatsSpec(
+    return ModelSpec(
         formula=schema.formula,
         response=schema.parsed.response,
         y=np.zeros(0),
@@ -115,13 +132,12 @@ def stats_spec(schema: DesignSchema, layout: ModelLayout, n: int, n_dropped: int
         dropped_columns=layout.dropped_columns,
         fixed_design=(schema.fixed_design, schema.parsed, layout.fixef_names),
         nobs=n,
-        blocks=blocks,
-        y_sd=y_sd,
+        source=StatsSource(blocks=blocks, y_sd=y_sd, layout=layout, schema=schema),
     )
 
 
-def stats_model_spec(stats: SuffStats) -> StatsSpec:
-    """The row-less :class:`StatsSpec` of merged statistics, blocks attached: what
+def stats_model_spec(stats: SuffStats) -> ModelSpec:
+    """The row-less :class:`~bayeslmm.ModelSpec` of merged statistics, blocks attached: what
     :func:`bayeslmm.bayes.build_model` and :func:`bayeslmm.bayes.sample` take for the ``marginal``
     and ``restricted`` models (one density evaluation costs O(levels), not O(rows)).
 
@@ -133,14 +149,17 @@ def stats_model_spec(stats: SuffStats) -> StatsSpec:
     if not isinstance(stats, SuffStats):
         raise DataError(f"stats must be a bayeslmm.suff.SuffStats, got {type(stats).__name__}")
     if not stats.terms:
-        raise DataError("the formula has no random-effect term such as (1 | group); the models from sufficient "
-                        "statistics need at least one")
+        raise DataError(
+            "the formula has no random-effect term such as (1 | group); the models from sufficient "
+            "statistics need at least one"
+        )
     blocks, layout = stats.to_model()
     return stats_spec(stats.schema, layout, stats.n, stats.n_dropped, blocks, _y_sd(stats))
 
 
-def lmm_from_stats(stats: SuffStats, method: str = "REML", *, start: np.ndarray | None = None,
-                   theta: np.ndarray | None = None) -> StatsFit:
+def lmm_from_stats(
+    stats: SuffStats, method: str = "REML", *, start: np.ndarray | None = None, theta: np.ndarray | None = None
+) -> LMMFit:
     """Fit a linear mixed model by REML (default) or ML from merged sufficient statistics.
 
     Parameters
@@ -157,8 +176,9 @@ def lmm_from_stats(stats: SuffStats, method: str = "REML", *, start: np.ndarray 
 
     Returns
     -------
-    StatsFit
-        The same estimates as ``bayeslmm.lmm(formula, all_rows)`` up to rounding.
+    LMMFit
+        Without rows (``fit.spec.has_rows`` is False); the same estimates as
+        ``bayeslmm.lmm(formula, all_rows)`` up to rounding.
 
     Raises
     ------
@@ -179,107 +199,35 @@ def lmm_from_stats(stats: SuffStats, method: str = "REML", *, start: np.ndarray 
     spec = stats_spec(stats.schema, layout, stats.n, stats.n_dropped, blocks, _y_sd(stats))
     if spec.n <= spec.p:
         raise DataError(f"{spec.n} observations cannot estimate {spec.p} fixed effects and a variance")
-    with _one_blas_thread(len(spec.terms) > 1):
-        obj = Objective(blocks, reml=(method == "REML"))
-        if theta is None:
-            rec = optimize_objective(obj, spec.theta_lower(), start, names=spec.theta_names())
-        else:
-            rec = _given(obj, np.asarray(theta, dtype=float), spec.theta_lower())
-        fit = StatsFit(spec, method, obj, rec, 0.0, layout=layout, schema=stats.schema)
+    with one_blas_thread(len(spec.terms) > 1):
+        engine = BlockedEngine(blocks, reml=(method == "REML"), spec=spec)
+        rec = optimize(engine, start) if theta is None else _given(engine, np.asarray(theta, dtype=float))
+        fit = LMMFit(spec, method, engine, rec, 0.0)
     fit.fit_seconds = time.perf_counter() - t0
     return fit
 
 
-def _given(obj: Objective, theta: np.ndarray, lower: np.ndarray) -> OptimizerRecord:
+def _given(obj: BlockedEngine, theta: np.ndarray) -> OptimizerRecord:
     """The record of a fit evaluated at a given theta (no optimisation)."""
+    lower = obj.bounds()[0]
     if theta.shape != lower.shape or np.any(theta < lower):
         raise DataError(f"theta must have {lower.size} values within the bounds {lower.tolist()}, got {theta.tolist()}")
     val = obj(theta)
     if not np.isfinite(val):
         raise DataError(f"the criterion cannot be evaluated at theta = {theta.tolist()}")
-    return OptimizerRecord(optimizer="none (theta given)", theta_start=theta, theta=theta, criterion=val, n_evals=1,
-                           status="theta given", converged=False,
-                           singular=bool(np.any(np.isfinite(lower) & (theta - lower < SINGULAR_TOL))),
-                           gradient=np.zeros(0), hessian=np.zeros((0, 0)),
-                           messages=("theta was given: the criterion was not optimised",))
-
-
-class StatsFit(LMMFit):
-    """An :class:`~bayeslmm.LMMFit` computed from sufficient statistics (no rows kept).
-
-    Everything that needs only the cross-product blocks is inherited. ``fitted``,
-    ``residuals``, ``shrinkage``, ``simulate``, ``refit`` and ``predict()`` without new data
-    raise :class:`~bayeslmm.DataError`; :meth:`fitted_frame` takes the rows again.
-    """
-
-    def __init__(self, spec: StatsSpec, method: str, objective: Any, record: OptimizerRecord,
-                 fit_seconds: float, *, layout: ModelLayout, schema: DesignSchema) -> None:
-        self.layout = layout
-        self.schema = schema
-        self.timings: dict[str, float] = {}
-        super().__init__(spec, method, objective, record, fit_seconds)
-
-    # ------------------------------------------------ what needs the rows
-    @property
-    def fitted(self) -> np.ndarray:  # type: ignore[override]
-        """Not available without the rows: use :meth:`fitted_frame`."""
-        raise DataError(_NO_ROWS.format(what="fitted values need the rows"))
-
-    def residuals(self, scaled: bool = False) -> np.ndarray:
-        """Not available without the rows: use :meth:`fitted_frame`."""
-        raise DataError(_NO_ROWS.format(what="residuals need the rows"))
-
-    def shrinkage(self) -> pd.DataFrame:
-        """Not available without the rows (it needs the mean residual per group)."""
-        raise DataError(_NO_ROWS.format(what="the shrinkage table needs the mean residual per group"))
-
-    def simulate(self, nsim: int = 1, seed: Any = None) -> np.ndarray:
-        """Not available without the rows."""
-        raise DataError(_NO_ROWS.format(what="simulation needs the design rows"))
-
-    def refit(self, y: np.ndarray, *, start: np.ndarray | None = None) -> LMMFit:
-        """Not available without the rows."""
-        raise DataError(_NO_ROWS.format(what="a refit to a new response needs the design rows"))
-
-    def predict(self, newdata: Any = None, *, re_form: bool = True, allow_new_levels: bool = False,
-                se_fit: bool = False) -> Any:
-        """Predictions for new data (see :meth:`bayeslmm.LMMFit.predict`); ``newdata`` is required."""
-        if newdata is None:
-            raise DataError(_NO_ROWS.format(what="predict() needs newdata"))
-        return super().predict(newdata, re_form=re_form, allow_new_levels=allow_new_levels, se_fit=se_fit)
-
-    def confint(self, level: float = 0.95, method: str = "wald") -> pd.DataFrame:
-        """Wald intervals of the fixed effects (the default here); profile intervals need the rows."""
-        if method != "wald":
-            raise DataError(_NO_ROWS.format(what="profile intervals refit the model to the rows") +
-                            "; use method='wald'")
-        return super().confint(level=level, method=method)
-
-    def summary(self) -> Any:
-        """lme4-style summary (scaled residuals are not shown: they need the rows)."""
-        return _StatsSummary(self)
-
-    # ------------------------------------------- the second pass over rows
-    def fitted_frame(self, data: Any) -> pd.DataFrame:
-        """Fitted values and residuals of the rows of ``data`` (a chunk of the fitted data).
-
-        ``fitted = X beta_hat + Z b_hat`` with the BLUPs of the fit; rows with a missing value
-        get NaN. See :class:`RowPredictor` (the object the Dask pass ships to its workers).
-
-        Returns
-        -------
-        DataFrame indexed as ``data`` with float columns ``fitted`` and ``residual``.
-        """
-        if "_predictor" not in self.__dict__:
-            self.__dict__["_predictor"] = self.row_predictor()
-        return self.__dict__["_predictor"](data)
-
-    def row_predictor(self) -> RowPredictor:
-        """The few arrays the fitted values need (beta, BLUPs, level keys), without the blocks."""
-        lay = self.layout
-        return RowPredictor(schema=self.schema, keep=lay.keep, order=lay.order, keys=lay.keys,
-                            level_index=lay.level_index, groups=tuple(t.group for t in self.spec.terms),
-                            beta=self.fixef.to_numpy(), b=tuple(self._b))
+    return OptimizerRecord(
+        optimizer="none (theta given)",
+        x_start=theta,
+        x=theta,
+        criterion=val,
+        n_evals=1,
+        status="theta given",
+        converged=False,
+        singular=bool(np.any(np.isfinite(lower) & (theta - lower < SINGULAR_TOL))),
+        gradient=np.zeros(0),
+        hessian=np.zeros((0, 0)),
+        messages=("theta was given: the criterion was not optimised",),
+    )
 
 
 @dataclass(eq=False)
@@ -308,8 +256,6 @@ class RowPredictor:
         DataError
             For a row whose grouping level is not in the fit.
         """
-        from ..spec._design import as_pandas
-
         df = as_pandas(data)
         ch = self.schema.prepare(df)
         fit = ch.X[:, list(self.keep)] @ self.beta
@@ -319,8 +265,10 @@ class RowPredictor:
             idx = self.keys[k].index_of(ch.keys[fk], self._index[k])
             where = np.where(idx >= 0, self.level_index[k][np.maximum(idx, 0)], -1)[ch.codes[fk]]
             if (where < 0).any():
-                raise DataError(f"{int((where < 0).sum())} row(s) have a level of {self.groups[k]!r} that is "
-                                "not in the fit; fitted values are for the rows the model was fitted to")
+                raise DataError(
+                    f"{int((where < 0).sum())} row(s) have a level of {self.groups[k]!r} that is "
+                    "not in the fit; fitted values are for the rows the model was fitted to"
+                )
             fit = fit + np.einsum("nq,nq->n", ch.Z[fk], b[where])
         fitted = np.full(df.shape[0], np.nan)
         resid = np.full(df.shape[0], np.nan)
@@ -332,9 +280,3 @@ class RowPredictor:
         state = dict(self.__dict__)
         state["_index"] = {}  # hash indexes are rebuilt in each process
         return state
-
-
-class _StatsSummary(Summary):
-    def residual_quantiles(self) -> list[str]:
-        return ["Scaled residuals: not computed (fit from sufficient statistics; see StatsFit.fitted_frame)"]
-

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
-from ..spec._design import _num_label
+from ..spec import num_label
 
 
 @dataclass(frozen=True)
@@ -203,24 +203,31 @@ def _labels(v: np.ndarray, kind: FactorKind) -> list[str]:
         return [str(x) for x in v]
     if v.dtype.kind in "iu":
         return v.astype(str).tolist()
-    return [_num_label(x) for x in v]
+    return [num_label(x) for x in v]
 
 
 def _merge_kinds(kinds: Sequence[FactorKind]) -> FactorKind:
     first = kinds[0]
     if any(k.kind != first.kind for k in kinds):
         found = {k.kind for k in kinds}
-        what = ("holds numbers in some chunks and text or categories in others" if "num" in found
-                else "is categorical in some chunks and text in others")
-        raise DataError(f"a grouping column {what}; give it one type in every chunk (e.g. cast it to string "
-                        "before fitting)")
+        what = (
+            "holds numbers in some chunks and text or categories in others"
+            if "num" in found
+            else "is categorical in some chunks and text in others"
+        )
+        raise DataError(
+            f"a grouping column {what}; give it one type in every chunk (e.g. cast it to string before fitting)"
+        )
     if first.kind != "cat":
         return first
     cats = {k.categories for k in kinds}
     if len(cats) == 1:
         return first
     if all(list(c or ()) == sorted(c or ()) for c in cats):  # each sorted: their union sorted is consistent
-        return FactorKind("cat", tuple(sorted(set().union(*cats))))
+        union: set[str] = set()
+        for c in cats:
+            union.update(c or ())
+        return FactorKind("cat", tuple(sorted(union)))
     raise DataError(
         "a categorical grouping column has different, unsorted categories in different chunks, so its "
         "level order is ambiguous; give it the same categories everywhere or cast it to string"

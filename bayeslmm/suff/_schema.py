@@ -26,19 +26,23 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError, FormulaError
-from ..linalg._basis import FixedBasis, TermBasis
-from ..spec._design import (
-    _checked_expression,
-    _formula_columns,
-    _rename,
-    _response,
-    _unknown_column,
+from ..linalg import FixedBasis, TermBasis
+from ..spec import (
+    FIXED_PART,
+    FormulaUses,
+    ParsedFormula,
     as_pandas,
+    bar_label,
+    check_fixed_finite,
     check_no_infinities,
+    check_term_columns,
+    check_term_finite,
+    coef_names,
+    evaluation_context,
+    model_matrix,
+    parse_formula,
+    response_vector,
 )
-from ..spec._design import _model_matrix as _design
-from ..spec._formula import ParsedFormula, parse_formula
-from ..spec._safe import evaluation_context
 from ._levels import LevelKeys
 
 #: rows of the first chunk that fix the working columns' centres and scales (see :meth:`DesignSchema.with_centres`)
@@ -51,8 +55,11 @@ _UNKNOWN_CATEGORIES = "__UNKNOWN_CATEGORIES__"  # dask's placeholder for categor
 
 
 def _is_text(dtype: Any) -> bool:
-    return not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
-                or isinstance(dtype, pd.CategoricalDtype))
+    return not (
+        pd.api.types.is_numeric_dtype(dtype)
+        or pd.api.types.is_bool_dtype(dtype)
+        or isinstance(dtype, pd.CategoricalDtype)
+    )
 
 
 def _known_categorical(dtype: Any) -> bool:
@@ -101,15 +108,7 @@ class FormulaColumns:
                     "statistics builds the design chunk by chunk: compute the transformed column before "
                     "fitting, or fit the data in memory with bayeslmm.lmm"
                 )
-        used = {parsed.response} if parsed.response in names else _checked_expression(parsed.response, names)
-        design_used = _formula_columns(parsed.fixed, names, "fixed-effects formula")
-        for bar in parsed.bars:
-            design_used |= _formula_columns(bar.lhs, names, f"random-effect term ({bar.lhs} | {bar.group})")
-            for f in bar.factors:
-                if f not in names:
-                    raise DataError(_unknown_column(f, names))
-                used.add(f)
-        used |= design_used
+        uses = FormulaUses.of(parsed, names)
         in_c = set()
         for part in (parsed.fixed, *(b.lhs for b in parsed.bars)):
             for m in re.finditer(r"\bC\s*\(\s*(`[^`]+`|[^,)]+)", part):
@@ -120,10 +119,14 @@ class FormulaColumns:
                         "the rows: compute it as a column before fitting from sufficient statistics"
                     )
                 in_c.add(arg)
-        design = [c for c in names if c in design_used]
-        categorical = [c for c in design if not _known_categorical(dtypes[c])
-                       and (c in in_c or _is_text(dtypes[c]) or isinstance(dtypes[c], pd.CategoricalDtype))]
-        return cls(parsed, tuple(c for c in names if c in used), tuple(design), tuple(categorical))
+        design = [c for c in names if c in uses.design]
+        categorical = [
+            c
+            for c in design
+            if not _known_categorical(dtypes[c])
+            and (c in in_c or _is_text(dtypes[c]) or isinstance(dtypes[c], pd.CategoricalDtype))
+        ]
+        return cls(parsed, tuple(c for c in names if c in uses.used), tuple(design), tuple(categorical))
 
 
 def complete_rows(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
@@ -146,8 +149,10 @@ def chunk_levels(df: Any, formula: str) -> dict[str, np.ndarray]:
     out = {}
     # a column categorical in every partition may be 'unknown categories' in the whole (Dask reading
     # a pandas categorical from Parquet): collect the levels of those too
-    cats = [*fc.categorical, *(c for c in fc.design if c not in fc.categorical
-                               and isinstance(sub[c].dtype, pd.CategoricalDtype))]
+    cats = [
+        *fc.categorical,
+        *(c for c in fc.design if c not in fc.categorical and isinstance(sub[c].dtype, pd.CategoricalDtype)),
+    ]
     for c in cats:
         col = sub[c]
         if isinstance(col.dtype, pd.CategoricalDtype) or _is_text(col.dtype):
@@ -213,7 +218,8 @@ class DesignSchema:
         A fingerprint: statistics are merged only between chunks built with equal keys.
     fbasis, zbases
         The working columns every chunk's cross-products are formed with
-        (:mod:`bayeslmm.linalg._basis`; ``zbases`` per bar in formula order): centres and scales
+        (:class:`bayeslmm.linalg.FixedBasis`, :class:`bayeslmm.linalg.TermBasis`; ``zbases`` per bar in
+        formula order): centres and scales
         taken once from the first rows (:meth:`with_centres`), so that a large constant in a column
         costs no digits and chunks still add up. None: the raw columns.
     """
@@ -244,16 +250,20 @@ class DesignSchema:
             return self
         fb = FixedBasis.from_rows(ch.X, ch.y)
         zb = tuple(TermBasis.from_rows(Z) for Z in ch.Z)
-        centres = (fb.intercept, fb.centres.tolist(), fb.shift_y,
-                   [(b.intercept, b.centres.tolist(), b.scales.tolist()) for b in zb])
+        centres = (
+            fb.intercept,
+            fb.centres.tolist(),
+            fb.shift_y,
+            [(b.intercept, b.centres.tolist(), b.scales.tolist()) for b in zb],
+        )
         return replace(self, fbasis=fb, zbases=zb, key=repr((self.key, centres)))
 
     def working(self, ch: PreparedChunk) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """``[X_w y_w]`` and the bars' ``Z_w`` of a prepared chunk (the raw columns without centres)."""
-        if self.fbasis is None:
+        if self.fbasis is None or self.zbases is None:
             return np.column_stack([ch.X, ch.y]), ch.Z
-        Xw, yw = self.fbasis.apply(ch.X, ch.y)
-        return np.column_stack([Xw, yw]), tuple(b.apply(Z) for b, Z in zip(self.zbases, ch.Z))
+        Xw = self.fbasis.apply(ch.X, None)[0]
+        return np.column_stack([Xw, self.fbasis.apply_y(ch.y)]), tuple(b.apply(Z) for b, Z in zip(self.zbases, ch.Z))
 
     @property
     def p_full(self) -> int:
@@ -261,8 +271,7 @@ class DesignSchema:
         return len(self.fixef_names)
 
     @classmethod
-    def from_frame(cls, formula: str, data: Any, levels: Mapping[str, Iterable[Any]] | None = None
-                   ) -> DesignSchema:
+    def from_frame(cls, formula: str, data: Any, levels: Mapping[str, Iterable[Any]] | None = None) -> DesignSchema:
         """The schema of ``formula`` on a pandas or polars frame (levels collected from its complete rows).
 
         ``levels`` (column -> levels) skips the collection for the columns it names.
@@ -275,8 +284,7 @@ class DesignSchema:
         return cls.from_levels(formula, dict(df.dtypes), given).with_centres(df.iloc[:CENTRE_ROWS])
 
     @classmethod
-    def from_levels(cls, formula: str, dtypes: Mapping[str, Any], levels: Mapping[str, Iterable[Any]]
-                    ) -> DesignSchema:
+    def from_levels(cls, formula: str, dtypes: Mapping[str, Any], levels: Mapping[str, Iterable[Any]]) -> DesignSchema:
         """The schema from the data's dtypes (column -> dtype, e.g. ``ddf.dtypes``) and categorical levels.
 
         Raises
@@ -285,11 +293,16 @@ class DesignSchema:
             If a categorical design column has no levels in ``levels``.
         """
         fc = FormulaColumns.of(formula, dtypes)
-        dt = {c: (pd.StringDtype(na_value=np.nan) if _is_text(dtypes[c]) or (
-            isinstance(dtypes[c], pd.CategoricalDtype) and not _known_categorical(dtypes[c])) else dtypes[c])
-            for c in fc.columns}
-        lev: dict[str, tuple[Any, ...]] = {c: tuple(dt[c].categories) for c in fc.design
-                                           if _known_categorical(dt[c])}
+        dt = {
+            c: (
+                pd.StringDtype(na_value=np.nan)
+                if _is_text(dtypes[c])
+                or (isinstance(dtypes[c], pd.CategoricalDtype) and not _known_categorical(dtypes[c]))
+                else dtypes[c]
+            )
+            for c in fc.columns
+        }
+        lev: dict[str, tuple[Any, ...]] = {c: tuple(dt[c].categories) for c in fc.design if _known_categorical(dt[c])}
         for c in fc.categorical:
             if c not in levels:
                 raise DataError(
@@ -305,11 +318,10 @@ class DesignSchema:
                 lev[c] = tuple(sorted(vals))
         proto = _prototype(fc.columns, dt, lev)
         parsed = fc.parsed
-        fx = _design(parsed.fixed, proto, "fixed-effects formula")
-        bars = [_design(b.lhs, proto, f"random-effect term ({b.lhs} | {b.group})") for b in parsed.bars]
+        fx = model_matrix(parsed.fixed, proto, FIXED_PART)
+        bars = [model_matrix(b.lhs, proto, bar_label(b)) for b in parsed.bars]
         for b, z in zip(parsed.bars, bars):
-            if z.shape[1] == 0:
-                raise FormulaError(f"random-effect term ({b.lhs} | {b.group}) has no columns")
+            check_term_columns(z.shape[1], b)
         key = repr((parsed.text, fc.columns, sorted((c, str(dt[c])) for c in fc.columns), sorted(lev.items())))
         return cls(
             formula=parsed.text,
@@ -317,8 +329,8 @@ class DesignSchema:
             columns=fc.columns,
             dtypes=dt,
             levels=lev,
-            fixef_names=tuple(_rename(list(fx.columns))),
-            coef_names=tuple(tuple(_rename(list(z.columns))) for z in bars),
+            fixef_names=tuple(coef_names(fx.columns)),
+            coef_names=tuple(tuple(coef_names(z.columns)) for z in bars),
             key=key,
             fixed_design=fx.model_spec,
             bar_designs=tuple(z.model_spec for z in bars),
@@ -344,25 +356,22 @@ class DesignSchema:
         parsed = self.parsed
         if n == 0:
             X = np.zeros((0, self.p_full))
-            return PreparedChunk(np.zeros(0), X, tuple(np.zeros((0, len(c))) for c in self.coef_names),
-                                 tuple(np.zeros(0, dtype=np.int64) for _ in parsed.bars),
-                                 tuple(LevelKeys.from_columns(sub, b.factors)[1] for b in parsed.bars),
-                                 np.zeros(0, dtype=np.int64), n_all)
-        y, _ = _response(parsed, sub, list(self.columns))
-        if not np.all(np.isfinite(y)):
-            raise DataError(f"the response {parsed.response!r} evaluates to non-finite values in some rows")
-        X = _apply(self.fixed_design, sub, "fixed-effects matrix")
-        bad = ~np.isfinite(X).all(axis=0)
-        if bad.any():
-            raise DataError(
-                f"fixed-effect column(s) {', '.join(nm for nm, b in zip(self.fixef_names, bad) if b)} have "
-                "non-finite values (log of a non-positive number?)"
+            return PreparedChunk(
+                np.zeros(0),
+                X,
+                tuple(np.zeros((0, len(c))) for c in self.coef_names),
+                tuple(np.zeros(0, dtype=np.int64) for _ in parsed.bars),
+                tuple(LevelKeys.from_columns(sub, b.factors)[1] for b in parsed.bars),
+                np.zeros(0, dtype=np.int64),
+                n_all,
             )
+        y = response_vector(parsed, sub, list(self.columns))
+        X = _apply(self.fixed_design, sub, "fixed-effects matrix")
+        check_fixed_finite(X, self.fixef_names)
         Z, codes, keys = [], [], []
         for bar, design in zip(parsed.bars, self.bar_designs):
             Zk = _apply(design, sub, f"random-effect columns of ({bar.lhs} | {bar.group})")
-            if not np.isfinite(Zk).all():
-                raise DataError(f"random-effect term ({bar.lhs} | {bar.group}) has non-finite values")
+            check_term_finite(Zk, bar)
             c, k = LevelKeys.from_columns(sub, bar.factors)
             Z.append(Zk)
             codes.append(c)
@@ -397,8 +406,9 @@ class DesignSchema:
         return pd.DataFrame(out, index=sub.index)
 
 
-def _prototype(columns: tuple[str, ...], dtypes: Mapping[str, Any], levels: Mapping[str, tuple[Any, ...]]
-               ) -> pd.DataFrame:
+def _prototype(
+    columns: tuple[str, ...], dtypes: Mapping[str, Any], levels: Mapping[str, tuple[Any, ...]]
+) -> pd.DataFrame:
     """A few rows holding every level of every categorical column (others: ones of their dtype)."""
     k = max([1, *(len(v) for v in levels.values())])
     out = {}

@@ -28,7 +28,6 @@ rank-deficient fixed-effect columns as :func:`bayeslmm.model_spec` does and retu
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,10 +36,8 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
-from ..linalg._basis import FixedBasis
-from ..linalg._blocks import CrossProducts, _by_level
-from ..linalg._pairs import PairOperator
-from ..spec._design import _drop_rank_deficient
+from ..linalg import CrossProducts, FixedBasis, PairOperator, by_level
+from ..spec import as_pandas, check_grouping, check_has_rows, drop_rank_deficient, no_complete_row
 from ._levels import LevelKeys
 from ._schema import DesignSchema
 
@@ -139,17 +136,22 @@ class SuffStats:
         terms = []
         for c, k, Z in zip(ch.codes, ch.keys, Zw):
             nl = len(k)
-            terms.append(TermStats(keys=k, counts=np.bincount(c, minlength=nl).astype(np.int64),
-                                   ZtZ=_by_level(c, nl, Z, Z), ZtXy=_by_level(c, nl, Z, Xy)))
+            terms.append(
+                TermStats(
+                    keys=k,
+                    counts=np.bincount(c, minlength=nl).astype(np.int64),
+                    ZtZ=by_level(c, nl, Z, Z),
+                    ZtXy=by_level(c, nl, Z, Xy),
+                )
+            )
         pairs = []
-        for j, k in _pair_index(len(terms)):
-            nk = len(ch.keys[k])
-            pc, first = pd.factorize(ch.codes[j] * nk + ch.codes[k])
+        for j, kk in _pair_index(len(terms)):
+            nk = len(ch.keys[kk])
+            pc, first = pd.factorize(ch.codes[j] * nk + ch.codes[kk])
             pc = pc.astype(np.int64, copy=False)
-            blocks = _by_level(pc, len(first), Zw[j], Zw[k])
+            blocks = by_level(pc, len(first), Zw[j], Zw[kk])
             first = np.asarray(first, dtype=np.int64)
-            pairs.append(PairStats(left=first // nk if nk else first, right=first % nk if nk else first,
-                                   blocks=blocks))
+            pairs.append(PairStats(left=first // nk if nk else first, right=first % nk if nk else first, blocks=blocks))
         return cls(schema, n, ch.n_dropped, F, R, tuple(terms), tuple(pairs))
 
     @classmethod
@@ -181,9 +183,14 @@ class SuffStats:
             keys, mk = LevelKeys.merge([p.terms[k].keys for p in parts])
             nl = len(keys)
             counts = _scatter_add(nl, mk, [p.terms[k].counts for p in parts]).round().astype(np.int64)
-            terms.append(TermStats(keys=keys, counts=counts,
-                                   ZtZ=_scatter_add(nl, mk, [p.terms[k].ZtZ for p in parts]),
-                                   ZtXy=_scatter_add(nl, mk, [p.terms[k].ZtXy for p in parts])))
+            terms.append(
+                TermStats(
+                    keys=keys,
+                    counts=counts,
+                    ZtZ=_scatter_add(nl, mk, [p.terms[k].ZtZ for p in parts]),
+                    ZtXy=_scatter_add(nl, mk, [p.terms[k].ZtXy for p in parts]),
+                )
+            )
             maps.append(mk)
         pairs = []
         for a, (j, k) in enumerate(_pair_index(len(terms))):
@@ -195,8 +202,15 @@ class SuffStats:
             pm = [pc[edges[i] : edges[i + 1]] for i in range(len(parts))]
             blocks = _scatter_add(len(first), pm, [p.pairs[a].blocks for p in parts])
             pairs.append(PairStats(left=first // nk, right=first % nk, blocks=blocks))
-        return cls(schema, sum(p.n for p in parts), sum(p.n_dropped for p in parts),
-                   np.sum([p.F for p in parts], axis=0), R, tuple(terms), tuple(pairs))
+        return cls(
+            schema,
+            sum(p.n for p in parts),
+            sum(p.n_dropped for p in parts),
+            np.sum([p.F for p in parts], axis=0),
+            R,
+            tuple(terms),
+            tuple(pairs),
+        )
 
     def __add__(self, other: SuffStats) -> SuffStats:
         if not isinstance(other, SuffStats):
@@ -223,36 +237,16 @@ class SuffStats:
         """
         schema, n = self.schema, self.n
         if n == 0:
-            raise DataError("no row is complete: every row has a missing value in a column the formula uses")
+            raise no_complete_row()
         p_full = schema.p_full
         Rx = self.R[:, :p_full]
-        _, kept_names, dropped = _drop_rank_deficient(Rx, list(schema.fixef_names))
-        if dropped:
-            warnings.warn(
-                f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-                f"column(s): {', '.join(dropped)}",
-                stacklevel=3,
-            )
+        _, kept_names, dropped = drop_rank_deficient(Rx, list(schema.fixef_names), stacklevel=3)
         keep = [schema.fixef_names.index(nm) for nm in kept_names]
         cols = np.array([*keep, p_full])
         layouts = []
         for bar, t, cn in zip(schema.parsed.bars, self.terms, schema.coef_names):
             perm, labels = t.keys.order()
-            nlev, q = len(labels), len(cn)
-            if nlev < 2:
-                raise DataError(f"grouping factor {bar.group!r} has {nlev} level; a random effect needs at least 2")
-            if nlev >= n:
-                raise DataError(
-                    f"grouping factor {bar.group!r} has {nlev} levels for {n} observations; the number of "
-                    "levels must be smaller than the number of observations, or the random effect and "
-                    "the residual cannot be told apart"
-                )
-            if nlev * q >= n:
-                raise DataError(
-                    f"term ({bar.lhs} | {bar.group}) has {nlev * q} random effects for {n} "
-                    "observations; the random effects and the residual variance are unidentifiable: "
-                    "simplify the random-effect term"
-                )
+            check_grouping(bar, len(labels), len(cn), n)
             inv = np.empty_like(perm)
             inv[perm] = np.arange(perm.size)
             layouts.append((perm, inv, labels))
@@ -269,13 +263,26 @@ class SuffStats:
             C, D, E = self._rest_blocks(order, qs, nls, layouts, cols)
             pairs = PairOperator.from_sparse(C, qs[0])
         basis = zbases = None
-        if schema.fbasis is not None:
+        if schema.fbasis is not None and schema.zbases is not None:
             fb = schema.fbasis
             j0 = keep.index(fb.intercept) if fb.intercept in keep else None
             basis = FixedBasis(j0, fb.centres[keep], fb.shift_y) if j0 is not None else FixedBasis.identity(len(keep))
             zbases = tuple(schema.zbases[k] for k in order)
-        cp = CrossProducts(A11=A11, B1=B1, C=C, D=D, E=E, F=F, n=n, p=len(keep), qs=tuple(qs),
-                           nlevels=tuple(nls), pairs=pairs, basis=basis, zbases=zbases)
+        cp = CrossProducts(
+            A11=A11,
+            B1=B1,
+            C=C,
+            D=D,
+            E=E,
+            F=F,
+            n=n,
+            p=len(keep),
+            qs=tuple(qs),
+            nlevels=tuple(nls),
+            pairs=pairs,
+            basis=basis,
+            zbases=zbases,
+        )
         layout = ModelLayout(
             order=tuple(order),
             labels=tuple(tuple(layouts[k][2]) for k in order),
@@ -301,8 +308,9 @@ class SuffStats:
         vals = ps.blocks.reshape(-1)
         return (rows, cols, vals) if u == j else (cols, rows, vals)
 
-    def _rest_blocks(self, order: list[int], qs: list[int], nls: list[int], layouts: list[Any],
-                     cols: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+    def _rest_blocks(
+        self, order: list[int], qs: list[int], nls: list[int], layouts: list[Any], cols: np.ndarray
+    ) -> tuple[Any, np.ndarray, np.ndarray]:
         """``C = Z_r'Z_1`` (sparse), ``D = Z_r'Z_r`` (dense) and ``E = Z_r'[X y]`` of the rest terms."""
         import scipy.sparse as sp
 
@@ -358,8 +366,9 @@ class ModelLayout:
     keep: tuple[int, ...]
 
 
-def suff_stats(formula: str, data: Any, *, levels: dict[str, Sequence[Any]] | None = None,
-               chunk_rows: int = 1_000_000) -> SuffStats:
+def suff_stats(
+    formula: str, data: Any, *, levels: dict[str, Sequence[Any]] | None = None, chunk_rows: int = 1_000_000
+) -> SuffStats:
     """Sufficient statistics of an in-memory frame, built chunk by chunk.
 
     Parameters
@@ -373,13 +382,10 @@ def suff_stats(formula: str, data: Any, *, levels: dict[str, Sequence[Any]] | No
     chunk_rows
         Rows per chunk: bounds the memory of the design matrices.
     """
-    from ..spec._design import as_pandas
-
     if int(chunk_rows) < 1:
         raise DataError(f"chunk_rows must be a positive number of rows, got {chunk_rows}")
     df = as_pandas(data)
-    if df.shape[0] == 0:
-        raise DataError("the data has no rows (header only?); a model needs observations")
+    check_has_rows(df)
     schema = DesignSchema.from_frame(formula, df, levels)
     df = df.loc[:, list(schema.columns)]
     step = int(chunk_rows)
