@@ -17,7 +17,8 @@ normal covariate, ``y ~ x + (1 | g)``. For each of ``R`` replicates, with a fixe
    with numpy (the model's own priors, passed explicitly as ``beta_prior_var=TAU, sd_scale=S``:
    the defaults are computed from ``y`` and would make the prior depend on the simulated data);
 2. simulate ``y = X beta + b_g[g] + sigma e``;
-3. sample ``bayeslmm.bayes.sample(spec.with_response(y), param="marginal", ...)`` (one chain);
+3. sample ``bayeslmm.bayes.sample(spec.with_response(y), param="marginal", model=model, ...)``
+   (one chain), ``model`` built once and given each replicate's ``y`` by ``set_response``;
 4. keep ``L`` draws spaced evenly over the chain (thinning, so that they are roughly
    independent: the ranks are uniform only for independent draws) and take the rank of the true
    value of each of ``beta[(Intercept)]``, ``beta[x]``, ``sd_g``, ``sigma`` and the random effects
@@ -43,16 +44,15 @@ conjugate posterior with thousands of replicates.
 
 Speed
 -----
-Each ``sample`` call builds and compiles a new model: the response enters the graph as
-constants (``y'y``, ``X'y``, ``Z_i'y``), so nothing compiled for one replicate is reused by the
-next. With the default ``mode="NUMBA"`` every call JIT-compiles anew: about 11 s per replicate
-with PyMC's NUTS and about 50 s with nutpie, far too much for many replicates. PyTensor's C
-backend (``mode="CVM"``) is cheaper, but its elementwise fusion writes those constants into the
-generated C code, so every replicate still runs the C compiler (about 3 s per replicate, and
-PyTensor's compile cache grows by ~2 modules each). With fusion switched off
-(``get_mode("CVM").excluding("fusion")``) the compiled C modules are shared by all replicates:
-about 1.4 s per replicate (of which ~0.4 s sampling, the rest building and compiling the model)
-on a quiet 2-core machine, plus a one-off ~30 s to fill the C cache on a fresh machine. What is
+The response enters the model only through data containers (``y'y``, ``X'y``, ``Z_i'y``), so
+the model is built once and each replicate's response set with ``set_response``; ``sample(...,
+model=model)`` then reuses the log density and gradient compiled for PyMC's NUTS by the first
+replicate. With a new model per replicate (before issue 13) every replicate compiled anew: with
+the default ``mode="NUMBA"`` about 11 s per replicate with PyMC's NUTS (50 s with nutpie); with
+the C backend without fusion (``get_mode("CVM").excluding("fusion")``, kept here: fusion would
+write constants into the generated C code) about 1.4 s (~0.4 s sampling, the rest building and
+compiling), 113 s for the 80 replicates on a quiet 2-core machine, against 58 s with one model,
+plus a one-off ~30 s to fill the C cache on a fresh machine. What is
 tested is therefore the ``marginal`` model (priors, marginal density and its gradient), PyMC's
 NUTS (``sampler="pymc"``) and the post-processing of ``sample`` (``varcorr``, the ``b_<term>``
 draws); not nutpie, nor the Numba-compiled density (the same graph, another backend).
@@ -67,7 +67,7 @@ import pandas as pd
 import pytest
 
 import bayeslmm
-from bayeslmm.bayes import sample
+from bayeslmm.bayes import build_model, sample, set_response
 
 from .sbc import rank, rank_chi2, rank_ks, thin, uniformity_pvalue
 
@@ -113,8 +113,10 @@ def run_sbc() -> dict[str, Any]:
     names = [f"beta[{c}]" for c in spec.fixef_names] + ["sd_g", "sigma"] + [f"b_g[{t.levels[i]}]" for i in B_LEVELS]
     truths, kept, ess, div = [], [], [], []
     start = time.perf_counter()
+    model = build_model(spec, param="marginal", beta_prior_var=TAU, sd_scale=S, lkj_eta=2.0, mutable_response=True)
     for r in range(R):
         truth, y = _simulate(spec, r)
+        set_response(model, spec, y)
         idata = sample(
             spec.with_response(y),
             param="marginal",
@@ -125,9 +127,7 @@ def run_sbc() -> dict[str, Any]:
             sampler="pymc",
             mode=mode,
             posterior_predictive=False,
-            beta_prior_var=TAU,
-            sd_scale=S,
-            lkj_eta=2.0,
+            model=model,
         )
         post = idata.posterior
         draws = np.column_stack(

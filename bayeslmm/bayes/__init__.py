@@ -5,7 +5,7 @@ mode of the variance parameters (flat prior) tends to the REML estimate as beta_
 """
 
 from ._marginal import LimitPath, log_marginal, neg2_log_marginal, reml_limit
-from ._model import build_model, default_priors, process_labels, varcorr_labels
+from ._model import build_model, default_priors, process_labels, set_response, varcorr_labels
 from ._priors import Prior, parse_prior
 from ._sample import SAMPLERS, sample, sample_summary
 
@@ -22,5 +22,6 @@ __all__ = [
     "reml_limit",
     "sample",
     "sample_summary",
+    "set_response",
     "varcorr_labels",
 ]

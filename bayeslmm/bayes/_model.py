@@ -24,15 +24,59 @@ imported only when a model is built.
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .._errors import OptionError
+from .._errors import DataError, OptionError
 from ..cov import PriorSpec, sd_prior
 from ..spec import ModelSpec
 from ._priors import Prior, as_prior
-from ._structure import DenseGroupStructure, structure_for
+from ._structure import (
+    RESPONSE_AS_DATA,
+    Y_DATA,
+    Y_SHIFT,
+    Y_ZTY,
+    DenseGroupStructure,
+    WoodburyBase,
+    pt_data,
+    structure_for,
+)
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """What :func:`build_model` recorded of a model: its parameterisation, the prior variance of beta
+    it used, and the design's shape and labels (to refuse a specification of another design)."""
+
+    param: str
+    beta_prior_var: float
+    n: int
+    fixef_names: tuple[str, ...]
+    levels: tuple[tuple[str, ...], ...]
+
+
+#: the models made by :func:`build_model` (weakly held: a model that is dropped is forgotten)
+_BUILT: weakref.WeakKeyDictionary[Any, BuiltModel] = weakref.WeakKeyDictionary()
+
+
+def _design_key(spec: ModelSpec) -> tuple[int, tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    return spec.n, tuple(spec.fixef_names), tuple(tuple(t.levels) for t in spec.terms)
+
+
+def built_model(model: Any, spec: ModelSpec) -> BuiltModel:
+    """The record of a model made by :func:`build_model` from a specification of ``spec``'s design."""
+    info = _BUILT.get(model)
+    if info is None:
+        raise OptionError("this model was not made by bayeslmm.bayes.build_model: build it with build_model(spec, ...)")
+    if (info.n, info.fixef_names, info.levels) != _design_key(spec):
+        raise OptionError(
+            "the model was built for another design (rows, coefficients or levels differ from this "
+            "specification's): build a model for this specification with build_model"
+        )
+    return info
 
 
 def varcorr_labels(spec: ModelSpec) -> list[str]:
@@ -105,8 +149,13 @@ def build_model(
     sd_scale: float | None = None,
     lkj_eta: float = 2.0,
     priors: dict[str, Any] | None = None,
+    mutable_response: bool = False,
 ) -> Any:
     """A PyMC model of ``spec`` in one of three parameterisations (see the module docstring).
+
+    With ``mutable_response`` the response enters the model as PyMC data containers, so that
+    :func:`set_response` can give the same compiled model another response on the same design
+    (simulation-based calibration, parametric bootstrap); without it, as constants.
 
     * ``conditional``: random effects explicit and non-centred;
     * ``marginal``: random effects integrated out, ``y_i ~ N(X_i beta, Z_i D Z_i' + R_i)``;
@@ -156,44 +205,96 @@ def build_model(
         coords[f"{t.name}_coef"] = list(t.coef_names)
     if spec.residual is not None:
         coords["process_param"] = process_labels(spec)
-    with pm.Model(coords=coords) as model:
-        beta = pm.Normal("beta", 0.0, np.sqrt(beta_prior_var), dims="coef") if param != "restricted" else None
-        Ls, vc_parts = [], []
-        for t in spec.terms:
-            sd_prior = pri[f"sd_{t.name}"]
-            if t.q == 1:
-                L = pt.reshape(sd_prior.rv(f"sd_{t.name}", dims=f"{t.name}_coef"), (1, 1))
-            else:
-                L, _, _ = pm.LKJCholeskyCov(
-                    f"chol_{t.name}", n=t.q, eta=lkj_eta, sd_dist=sd_prior.dist_(shape=t.q), compute_corr=True
-                )
-            D = L @ L.T
-            rows, cols = np.tril_indices(t.q, -1)
-            order = np.lexsort((rows, cols))  # covariances by column, as varcorr()
-            vc_parts += [pt.diagonal(D), D[rows[order], cols[order]]]
-            Ls.append(L)
-        sigma = pri["sigma"].rv("sigma")
-        res: dict[str, Any] = {"sigma2": sigma**2}
-        if spec.residual is not None:
-            structure = spec.residual.structure
-            draws = {k: pri[k].rv(k) for k in structure.priors(s)}
-            res = structure.natural_from_draws(draws, sigma**2)
-            pm.Deterministic("process", pt.stack([res[k] for k in structure.process_keys]), dims="process_param")
-        pm.Deterministic("varcorr", pt.concatenate([*vc_parts, pt.stack([sigma**2])]), dims="component")
-        if param == "conditional":
-            mu = pt.as_tensor_variable(spec.X) @ beta
-            for t, L in zip(spec.terms, Ls):
-                lev, cf = f"{t.name}_level", f"{t.name}_coef"
-                z = pm.Normal(f"z_{t.name}", 0.0, 1.0, dims=(lev, cf))
-                b = pm.Deterministic(f"b_{t.name}", z @ L.T, dims=(lev, cf))
-                mu = mu + pt.sum(pt.as_tensor_variable(t.Zraw) * b[t.codes], axis=1)
-            if isinstance(struct, DenseGroupStructure):  # y | b integrates the residual structure out
-                pm.Potential("y", struct.pt_conditional(mu, res, spec.n))
-            else:
-                model.add_coord("obs", np.arange(spec.n))
-                pm.Normal("y", mu, sigma, observed=spec.y, dims="obs")
-        elif struct is not None and param == "marginal":
-            pm.Potential("y", struct.pt_marginal(Ls, res, beta, spec.n))
-        elif struct is not None:
-            pm.Potential("y", struct.pt_restricted(Ls, res, beta_prior_var, spec.n))
+    token = RESPONSE_AS_DATA.set(bool(mutable_response))
+    try:
+        with pm.Model(coords=coords) as model:
+            beta = pm.Normal("beta", 0.0, np.sqrt(beta_prior_var), dims="coef") if param != "restricted" else None
+            Ls, vc_parts = [], []
+            for t in spec.terms:
+                sd_prior = pri[f"sd_{t.name}"]
+                if t.q == 1:
+                    L = pt.reshape(sd_prior.rv(f"sd_{t.name}", dims=f"{t.name}_coef"), (1, 1))
+                else:
+                    L, _, _ = pm.LKJCholeskyCov(
+                        f"chol_{t.name}", n=t.q, eta=lkj_eta, sd_dist=sd_prior.dist_(shape=t.q), compute_corr=True
+                    )
+                D = L @ L.T
+                rows, cols = np.tril_indices(t.q, -1)
+                order = np.lexsort((rows, cols))  # covariances by column, as varcorr()
+                vc_parts += [pt.diagonal(D), D[rows[order], cols[order]]]
+                Ls.append(L)
+            sigma = pri["sigma"].rv("sigma")
+            res: dict[str, Any] = {"sigma2": sigma**2}
+            if spec.residual is not None:
+                structure = spec.residual.structure
+                draws = {k: pri[k].rv(k) for k in structure.priors(s)}
+                res = structure.natural_from_draws(draws, sigma**2)
+                pm.Deterministic("process", pt.stack([res[k] for k in structure.process_keys]), dims="process_param")
+            pm.Deterministic("varcorr", pt.concatenate([*vc_parts, pt.stack([sigma**2])]), dims="component")
+            if param == "conditional":
+                mu = pt.as_tensor_variable(spec.X) @ beta
+                for t, L in zip(spec.terms, Ls):
+                    lev, cf = f"{t.name}_level", f"{t.name}_coef"
+                    z = pm.Normal(f"z_{t.name}", 0.0, 1.0, dims=(lev, cf))
+                    b = pm.Deterministic(f"b_{t.name}", z @ L.T, dims=(lev, cf))
+                    mu = mu + pt.sum(pt.as_tensor_variable(t.Zraw) * b[t.codes], axis=1)
+                if isinstance(struct, DenseGroupStructure):  # y | b integrates the residual structure out
+                    pm.Potential("y", struct.pt_conditional(mu, res, spec.n))
+                else:
+                    model.add_coord("obs", np.arange(spec.n))
+                    pm.Normal(
+                        "y", mu, sigma, observed=pt_data(Y_DATA, spec.y) if mutable_response else spec.y, dims="obs"
+                    )
+            elif struct is not None and param == "marginal":
+                pm.Potential("y", struct.pt_marginal(Ls, res, beta, spec.n))
+            elif struct is not None:
+                pm.Potential("y", struct.pt_restricted(Ls, res, beta_prior_var, spec.n))
+    finally:
+        RESPONSE_AS_DATA.reset(token)
+    _BUILT[model] = BuiltModel(param, beta_prior_var, *_design_key(spec))
     return model
+
+
+def set_response(model: Any, spec: ModelSpec, y: Any) -> None:
+    """Replace the response of a model made by :func:`build_model` by ``y`` ``(n,)``, in place.
+
+    The response enters the model only through data containers (``y_data``: the rows; for the
+    ``marginal``/``restricted`` models without a residual structure ``y_Zty``, ``y_Xty``, ``y_yty``
+    in the working columns, ``Z_i'y_w``, ``X_w'y_w``, ``y_w'y_w``, ``y_w = y - c_y``); they are
+    recomputed for ``y`` with the shift ``c_y`` the model was built with (``y_shift``), so the model
+    then has the log density of a model built afresh from ``spec.with_response(y)``, and its
+    compiled functions (a sampler's) stay valid. ``spec`` must have the design the model was built
+    from (its response does not matter). The priors stay those the model was built with: the
+    defaults scaled to the data (``sd(y)``) are not recomputed, so give ``beta_prior_var`` and
+    ``sd_scale`` to ``build_model`` when the responses differ in scale.
+    """
+    import pymc as pm
+
+    if not spec.has_rows:
+        raise OptionError(
+            "a specification from sufficient statistics has no rows to take a new response: "
+            "build the model from a specification with the rows"
+        )
+    built_model(model, spec)
+    if not ({Y_DATA, Y_ZTY} & {v.name for v in model.data_vars}):
+        raise OptionError(
+            "this model takes its response as constants: build it with build_model(spec, ..., mutable_response=True)"
+        )
+    y = np.asarray(y, dtype=float)
+    if y.shape != (spec.n,):
+        raise DataError(f"the response must have one value per row of the design, shape ({spec.n},); got {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise DataError("the response has missing or infinite values: give a finite value for every row")
+    names = {v.name for v in model.data_vars}
+    new: dict[str, np.ndarray] = {}
+    if Y_DATA in names:
+        new[Y_DATA] = y
+    if Y_ZTY in names:
+        struct = structure_for(spec)
+        if not isinstance(struct, WoodburyBase):
+            raise OptionError("the model was built for another structure: build a model for this specification")
+        new |= struct.response_data(y, float(model[Y_SHIFT].get_value()))
+    for name, value in new.items():
+        if model[name].get_value().shape != value.shape:
+            raise OptionError(f"the model's {name} has another shape: build a model for this specification")
+    pm.set_data(new, model=model)

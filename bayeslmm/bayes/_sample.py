@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import os
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 from .._errors import OptionError
 from .._interrupt import Interrupted, sigint_guard
 from ..spec import ModelSpec
-from ._model import build_model, default_priors, process_labels
+from ._model import build_model, built_model, process_labels, set_response
 from ._structure import DenseGroupStructure, psd_sqrt, structure_for
 
 SAMPLERS = ("pymc", "nutpie", "numpyro", "blackjax")
@@ -33,6 +34,9 @@ PARTIAL_ATTR = "partial"
 #: largest array of random-effect draws ``(chains * draws, levels, q)`` stored without ``ranef=True``
 MAX_RANEF_BYTES = 2 * 1024**3
 _NEEDS = {"nutpie": "nutpie", "numpyro": "numpyro", "blackjax": "blackjax"}
+#: per model given to ``sample(model=...)``, by compilation mode: the compiled log density and
+#: gradient of PyMC's NUTS and the jittered initial point function, reused by the next call
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
 
 
 def _D_blocks(spec: ModelSpec, vc: np.ndarray) -> list[np.ndarray]:
@@ -263,6 +267,7 @@ def sample(
     ranef: bool | None = None,
     random_seed: int | np.random.Generator | None = None,
     allow_partial: bool = False,
+    model: Any = None,
     **priors: Any,
 ) -> Any:
     """Sample a model of ``spec``; the same InferenceData layout for all three parameterisations.
@@ -311,6 +316,15 @@ def sample(
 
     Sampling runs with one BLAS thread: PyTensor's and NumPy's thread pools were seen to make
     nested ``marginal`` models seven times slower on two cores.
+
+    ``model``: a model made by :func:`build_model` from a specification with the same design as
+    ``spec`` (same rows, coefficients and levels; the response may differ) and the same ``param``,
+    sampled instead of a new one, for repeated runs on one design (simulation-based calibration,
+    parametric bootstrap): its response is set to ``spec``'s (:func:`set_response`) and, with
+    ``sampler="pymc"``, the log density and gradient compiled by the first such call are reused by
+    the next ones (the pig or SBC ``marginal`` model: about half the time of a call). The priors are
+    the model's, so ``beta_prior_var``, ``sd_scale``, ``lkj_eta`` and ``priors`` go to
+    :func:`build_model`, not here. Not for a specification from sufficient statistics (no rows).
     """
     from threadpoolctl import threadpool_limits
 
@@ -319,6 +333,19 @@ def sample(
     if draws < 1 or tune < 0 or chains < 1:
         raise OptionError("draws and chains must be at least 1 and tune at least 0")
     rowless = not spec.has_rows
+    if model is not None:
+        if priors:
+            raise OptionError(
+                f"{', '.join(sorted(priors))}: a given model has its priors; give them to build_model instead"
+            )
+        info = built_model(model, spec)
+        if info.param != param:
+            raise OptionError(f"the model was built with param={info.param!r}: pass param={info.param!r} to sample")
+        if rowless:
+            raise OptionError(
+                "model= reuses a model for a new response; a specification from sufficient statistics has no rows"
+            )
+        set_response(model, spec, spec.y)
     if posterior_predictive is None:
         posterior_predictive = not rowless
     if rowless and posterior_predictive:
@@ -364,6 +391,7 @@ def sample(
                 priors,
                 hit,
                 mode_of,
+                model,
             )
     except Interrupted:
         raise KeyboardInterrupt("sampling interrupted") from None
@@ -381,9 +409,18 @@ def _run_sampler(
     kwargs: dict[str, Any],
     hit: dict[str, bool],
     mode_of: dict[str, bool],
+    reuse: bool = False,
 ) -> Any:
-    """``pm.sample`` that stops at Ctrl-C and never passes a partial posterior off as a complete one."""
+    """``pm.sample`` that stops at Ctrl-C and never passes a partial posterior off as a complete one.
+
+    ``reuse``: PyMC's NUTS is set up as ``pm.sample`` does (``jitter+adapt_diag``) but with the
+    log density and gradient compiled by an earlier call on the same model (:func:`_reused_nuts`).
+    """
     import pymc as pm
+
+    if reuse and sampler == "pymc":
+        init, step = _reused_nuts(model, chains, seed, kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k != "target_accept"} | {"step": step, "initvals": init}
 
     if sampler == "pymc" and allow_partial:
 
@@ -419,6 +456,47 @@ def _run_sampler(
     return idata
 
 
+def _reused_nuts(model: Any, chains: int, seed: int | None, kwargs: dict[str, Any]) -> tuple[list[Any], Any]:
+    """Initial points and a NUTS step as ``pm.init_nuts(init="jitter+adapt_diag")`` makes them (each
+    chain starts at the model's initial point jittered by ``U(-1, 1)`` on the unconstrained scale,
+    redrawn while the log density is not finite; a diagonal mass matrix adapted from 1), with the
+    compiled ``logp_dlogp`` function and initial point function cached per model and compilation
+    mode. The compiled function reads the model's data containers when called, so it serves every
+    response the model is given."""
+    import pymc as pm
+    from pymc.blocking import DictToArrayBijection
+    from pymc.initial_point import make_initial_point_fn
+    from pymc.step_methods.hmc.quadpotential import QuadPotentialDiagAdapt
+
+    compile_kwargs = kwargs.get("compile_kwargs", {})
+    key = repr(compile_kwargs.get("mode"))
+    cache = _COMPILED.setdefault(model, {})
+    if key not in cache:
+        f = model.logp_dlogp_function(ravel_inputs=True, **compile_kwargs)
+        f.trust_input = True
+        ipfn = make_initial_point_fn(model=model, jitter_rvs=set(model.free_RVs), return_transformed=True)
+        cache[key] = (f, ipfn)
+    f, ipfn = cache[key]
+    names = [v.name for v in model.value_vars]
+    seeds = [int(c.generate_state(1)[0]) for c in np.random.SeedSequence(seed).spawn(chains)]
+    init = []
+    for s in seeds:
+        rng = np.random.default_rng(s)
+        for _ in range(11):  # as PyMC's jitter_max_retries=10
+            point = {k: v for k, v in ipfn(s).items() if k in names}
+            if np.isfinite(f([DictToArrayBijection.map(point).data], extra_vars={})[0]):
+                break
+            s = int(rng.integers(2**30))
+        init.append(point)
+    mean = np.mean([DictToArrayBijection.map(p).data for p in init], axis=0)
+    potential = QuadPotentialDiagAdapt(mean.size, mean, np.ones_like(mean), 10, rng=seeds[0])
+    nuts_kwargs = {"target_accept": kwargs["target_accept"]} if "target_accept" in kwargs else {}
+    step = pm.NUTS(
+        potential=potential, model=model, rng=seeds[0], initial_point=init[0], logp_dlogp_func=f, **nuts_kwargs
+    )
+    return init, step
+
+
 def _sample(
     spec: ModelSpec,
     param: str,
@@ -437,11 +515,14 @@ def _sample(
     priors: dict[str, Any],
     hit: dict[str, bool],
     mode_of: dict[str, bool],
+    model: Any = None,
 ) -> Any:
     import pymc as pm
 
     streams = _streams(seed)
-    model = build_model(spec, param=param, **priors)
+    reuse = model is not None
+    if model is None:
+        model = build_model(spec, param=param, **priors)
     kwargs: dict[str, Any] = {"nuts_sampler": sampler}
     if sampler in ("pymc", "nutpie") and mode is not None:
         kwargs["compile_kwargs"] = {"mode": mode}
@@ -450,12 +531,24 @@ def _sample(
     if target_accept is not None:
         kwargs["target_accept"] = float(target_accept)
     idata = _run_sampler(
-        model, draws, tune, chains, streams["sampler"], progressbar, sampler, allow_partial, kwargs, hit, mode_of
+        model,
+        draws,
+        tune,
+        chains,
+        streams["sampler"],
+        progressbar,
+        sampler,
+        allow_partial,
+        kwargs,
+        hit,
+        mode_of,
+        reuse,
     )
+    _drop_response_data(idata)
     if param == "conditional" and spec.residual is None:
         with model:
             pm.compute_log_likelihood(idata, progressbar=False)
-    beta_prior_var = priors.get("beta_prior_var") or default_priors(spec)["beta_prior_var"]
+    beta_prior_var = built_model(model, spec).beta_prior_var
     if param != "conditional" or spec.residual is not None:
         _complete(spec, idata, param, float(beta_prior_var), streams["complete"], ranef)
     if not spec.has_rows:
@@ -475,6 +568,19 @@ def _sample(
         idata["prior"] = pri
         idata["prior_predictive"] = pri_pred
     return idata
+
+
+def _drop_response_data(idata: Any) -> None:
+    """Remove the model's response containers (``y_Zty``, ... : working-column sums, internal) from
+    ``constant_data``, and the group if nothing else is left; the response is in ``observed_data``."""
+    if "constant_data" not in idata.children:
+        return
+    ds = idata["constant_data"].to_dataset()
+    keep = [v for v in ds.data_vars if not str(v).startswith("y_")]
+    if keep:
+        idata["constant_data"] = ds[keep]
+    else:
+        del idata["constant_data"]
 
 
 def _observed(spec: ModelSpec) -> Any:

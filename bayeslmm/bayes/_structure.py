@@ -20,10 +20,19 @@ Each structure gives the PyTensor log densities of ``y | beta, psi`` (``pt_margi
 ``y | psi`` with ``beta ~ N(0, beta_prior_var I)`` integrated out (``pt_restricted``), and NumPy
 routines used after sampling: the GLS pieces ``X'V^-1 X``, ``X'V^-1 y``, an exact draw of
 ``b | beta, psi, y ~ N(D Z'V^-1 r, D - D Z'V^-1 Z D)``, and the log-likelihood per independent block.
+
+With ``build_model(..., mutable_response=True)`` the response enters the PyTensor densities only
+through PyMC data containers (``pm.Data``, created in the model being built; otherwise constants, which
+keep the compiled graph and its draws exactly as they were): :data:`Y_ZTY`, :data:`Y_XTY`, :data:`Y_YTY`
+and :data:`Y_SHIFT` (the working columns' shift of ``y``) for the Woodbury structures, the rows
+:data:`Y_DATA` for the dense one. The design's cross-products are constants. So one compiled model
+serves many responses on the same design (``set_response``): :meth:`WoodburyBase.response_data`
+gives a new response's containers with the model's own shift, which keeps the density exact.
 """
 
 from __future__ import annotations
 
+import contextvars
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +49,32 @@ from ..spec import ModelSpec, check_terms
 MAX_Q = 1500
 #: most size classes of the residual structure's padded per-group blocks
 MAX_BUCKETS = 12
+
+#: names of the response's data containers in a built model: the rows ``y`` ``(n,)`` (the
+#: ``conditional`` model and the residual structures), and for the Woodbury structures ``Z_i'y_w``
+#: ``(G, q)``, ``X_w'y_w`` ``(p,)``, ``y_w'y_w`` ``()`` and the shift ``c_y`` of ``y_w = y - c_y``
+Y_DATA, Y_ZTY, Y_XTY, Y_YTY, Y_SHIFT = "y_data", "y_Zty", "y_Xty", "y_yty", "y_shift"
+
+
+#: whether the model being built takes the response as data containers (``build_model(...,
+#: mutable_response=True)``); otherwise the response is a constant of the graph
+RESPONSE_AS_DATA: contextvars.ContextVar[bool] = contextvars.ContextVar("RESPONSE_AS_DATA", default=False)
+
+
+def pt_data(name: str, value: Any) -> Any:
+    """``value`` as the data container ``name`` of the PyMC model being built (a fixed static shape;
+    the one already there if the model has it) when :data:`RESPONSE_AS_DATA` is set; otherwise ``value``
+    itself, which the graph takes as a constant exactly as it did before data containers existed (the
+    same arithmetic, so the same draws for a seed)."""
+    import pymc as pm
+
+    model = pm.Model.get_context(error_if_none=False)
+    if model is None or not RESPONSE_AS_DATA.get():
+        return value  # as given: the graph is then built from the same NumPy values as always
+    arr = np.asarray(value, dtype=float)
+    if name in model.named_vars:
+        return model[name]
+    return pm.Data(name, arr, shape=arr.shape)
 
 
 @dataclass(frozen=True)
@@ -156,7 +191,7 @@ class Structure[StateT](ABC):
         """``log N(y_i; X_i beta, V_i)`` per independent block (None where the density does not factorise)."""
 
 
-class _WoodburyBase(Structure[WoodburyState]):
+class WoodburyBase(Structure[WoodburyState]):
     """Shared Woodbury algebra of :class:`GroupStructure` (``G`` levels) and :class:`FullStructure` (``G = 1``).
 
     Every cross-product is of the working columns of :mod:`bayeslmm.linalg._basis` (``[X y]``
@@ -172,6 +207,7 @@ class _WoodburyBase(Structure[WoodburyState]):
     Xty: np.ndarray
     yty: float
     q: int
+    spec: ModelSpec
     basis: FixedBasis
     zbases: tuple[TermBasis, ...]
 
@@ -190,11 +226,43 @@ class _WoodburyBase(Structure[WoodburyState]):
         yw = self.basis.apply_y(spec.y)
         return Xw, yw, [b.apply(t.Zraw) for b, t in zip(self.zbases, spec.terms)]
 
-    def _beta_w(self, beta: Any) -> Any:
-        """``A^-1 (beta - c) = beta - c + e_0 (m'beta)`` (NumPy or PyTensor)."""
+    def _beta_w(self, beta: Any, shift_y: Any = None) -> Any:
+        """``A^-1 (beta - c) = beta - c + e_0 (m'beta)`` (NumPy or PyTensor), ``c = c_y e_0``; ``shift_y``
+        replaces the basis' ``c_y`` (the model's data container :data:`Y_SHIFT`)."""
         if self.basis.intercept is None:
             return beta
-        return beta - self._shift + self._e0 * (self.basis.centres @ beta)
+        c = self._shift if shift_y is None else shift_y * self._e0
+        return beta - c + self._e0 * (self.basis.centres @ beta)
+
+    def _pt_response(self) -> tuple[Any, Any, Any, Any]:
+        """The response's data containers ``(Z_i'y_w (G, q), X_w'y_w (p,), y_w'y_w, c_y)``; without
+        :data:`RESPONSE_AS_DATA` constants, and ``c_y`` None: the graph is then the one of a fixed response,
+        built exactly as it always was (same arithmetic, so the same draws for a seed)."""
+        return (
+            pt_data(Y_ZTY, self.Zty),
+            pt_data(Y_XTY, self.Xty),
+            pt_data(Y_YTY, self.yty),
+            pt_data(Y_SHIFT, self.basis.shift_y) if RESPONSE_AS_DATA.get() else None,
+        )
+
+    def response_data(self, y: np.ndarray, shift_y: float) -> dict[str, np.ndarray]:
+        """The data containers of the response ``y`` ``(n,)`` on this structure's design, in the working
+        columns with the response shift ``shift_y`` (that of the model they go into): any shift gives
+        the same density, as long as the containers and the model agree on it."""
+        spec = self.spec
+        yw = np.asarray(y, dtype=float) - shift_y
+        Xw = self.basis.apply(spec.X, None)[0]
+        Zs = [b.apply(t.Zraw) for b, t in zip(self.zbases, spec.terms)]
+        return {
+            Y_ZTY: self._Zt(Zs, yw),
+            Y_XTY: Xw.T @ yw,
+            Y_YTY: np.array(float(yw @ yw)),
+            Y_SHIFT: np.array(float(shift_y)),
+        }
+
+    @abstractmethod
+    def _Zt(self, Zs: list[np.ndarray], v: np.ndarray) -> np.ndarray:
+        """``(G, q)`` ``Z_i'v_i`` per level from the terms' working columns ``Zs``."""
 
     def _working_Ls(self, Ls: list[Any]) -> list[Any]:
         """``A_z^-1 L_k`` per term (NumPy or PyTensor)."""
@@ -287,22 +355,23 @@ class _WoodburyBase(Structure[WoodburyState]):
             return B
         return [np.ascontiguousarray(B[:, r, :]) if isinstance(B, np.ndarray) else B[:, r, :] for r in range(self.q)]
 
-    def _Ztr(self, beta_w: Any) -> Any:
+    def _Ztr(self, Zty: Any, beta_w: Any) -> Any:
         """``(G, q, 1)`` ``Z_i'(y_i - X_i beta)`` (elementwise over levels, working columns)."""
         import pytensor.tensor as pt
 
         ZtXb = pt.sum(pt.as_tensor_variable(self.ZtX) * beta_w, axis=2)
-        return (pt.as_tensor_variable(self.Zty) - ZtXb)[:, :, None]
+        return (Zty - ZtXb)[:, :, None]
 
     def pt_marginal(self, Ls: list[Any], res: dict[str, Any], beta: Any, n: int) -> Any:
         """``log N(y; X beta, V)``."""
         import pytensor.tensor as pt
 
         s2 = res["sigma2"]
+        Zty, Xty, yty, shift_y = self._pt_response()
         logdetS, quad = self._solver(self._L_pt(self._working_Ls(Ls)), s2)
-        bw = self._beta_w(beta)
-        Ztr = self._rows(self._Ztr(bw))
-        rr = self.yty - 2 * bw @ self.Xty + bw @ self.XtX @ bw
+        bw = self._beta_w(beta, shift_y)
+        Ztr = self._rows(self._Ztr(Zty, bw))
+        rr = yty - 2 * bw @ Xty + bw @ self.XtX @ bw
         return -0.5 * (n * np.log(2 * np.pi) + n * pt.log(s2) + logdetS + quad(Ztr, Ztr, rr)[0, 0])
 
     def pt_restricted(self, Ls: list[Any], res: dict[str, Any], beta_prior_var: float, n: int) -> Any:
@@ -310,14 +379,22 @@ class _WoodburyBase(Structure[WoodburyState]):
         import pytensor.tensor as pt
 
         s2 = res["sigma2"]
+        Zty_d, Xty, yty, shift_y = self._pt_response()
         logdetS, quad = self._solver(self._L_pt(self._working_Ls(Ls)), s2)
-        ZtX, Zty = self._rows(self.ZtX), self._rows(self.Zty[:, :, None])
+        ZtX, Zty = self._rows(self.ZtX), self._rows(Zty_d[:, :, None])
         if self.q > 2:
-            ZtX, Zty = pt.as_tensor_variable(ZtX), pt.as_tensor_variable(Zty)
+            ZtX = pt.as_tensor_variable(ZtX)
         A = quad(ZtX, ZtX, self.XtX)
-        bv = quad(ZtX, Zty, self.Xty[:, None])[:, 0]
-        yy = quad(Zty, Zty, np.array([[self.yty]]))[0, 0]
-        return _restricted_tail(n, n * pt.log(s2) + logdetS, A, bv, yy, beta_prior_var, self._prior_w(beta_prior_var))
+        bv = quad(ZtX, Zty, Xty[:, None])[:, 0]
+        yy = quad(Zty, Zty, pt.reshape(yty, (1, 1)))[0, 0]
+        P, Pmu = self._prior_w(beta_prior_var)
+        if shift_y is None:  # a fixed response
+            prior = (P, Pmu, float(Pmu @ np.linalg.solve(P, Pmu)) if np.any(Pmu) else 0.0)
+        else:  # the prior's mean in working coordinates is -c = -c_y e_0: P mu = c_y (P mu)|_{c_y=1}
+            e0 = self._e0
+            Pmu1, mPm1 = (P @ -e0, float(e0 @ P @ e0)) if self.basis.intercept is not None else (0, 0)
+            prior = (P, shift_y * Pmu1, shift_y**2 * mPm1)
+        return _restricted_tail(n, n * pt.log(s2) + logdetS, A, bv, yy, beta_prior_var, prior)
 
     # -- NumPy, one posterior draw at a time ---------------------------------
     @abstractmethod
@@ -369,7 +446,7 @@ def _totals_from_F(obj: Any, F: np.ndarray, p: int) -> None:
     obj.XtX_g = obj.Xty_g = obj.yty_g = obj.n_g = None
 
 
-def _from_blocks_bases(obj: _WoodburyBase, blocks: Any) -> None:
+def _from_blocks_bases(obj: WoodburyBase, blocks: Any) -> None:
     """The working columns the engine's blocks were formed with."""
     obj._set_bases(blocks.fixed_basis, blocks.term_bases)
 
@@ -392,14 +469,14 @@ def _restricted_tail(
     bv: Any,
     yy: Any,
     beta_prior_var: float,
-    prior: tuple[np.ndarray, np.ndarray] | None = None,
+    prior: tuple[np.ndarray, Any, Any] | None = None,
 ) -> Any:
     """``log N(y; 0, V + beta_prior_var X X')`` from ``log|V|``, ``A = X'V^-1X``, ``bv = X'V^-1 y``, ``yy = y'V^-1 y``:
     ``log|V + beta_prior_var XX'| = log|V| + p log beta_prior_var + log|M|`` and
     ``y'(V + beta_prior_var XX')^-1 y = yy - bv'M^-1 bv``,
     ``M = A + I / beta_prior_var``.
 
-    With ``prior = (P, P mu)`` the cross-products are of working columns, where the prior of
+    With ``prior = (P, P mu, mu'P mu)`` the cross-products are of working columns, where the prior of
     ``beta_w`` is ``N(mu, P^-1)`` with ``|P^-1| = beta_prior_var^p`` (the shift has determinant 1): then
     ``M = A + P`` and the quadratic form is ``yy + mu'P mu - h'M^-1 h``, ``h = bv + P mu``.
     """
@@ -407,18 +484,17 @@ def _restricted_tail(
 
     p = A.shape[0] if isinstance(A, np.ndarray) else A.type.shape[0]
     if prior is None:
-        prior = (np.eye(p) / beta_prior_var, np.zeros(p))
-    P, Pmu = prior
+        prior = (np.eye(p) / beta_prior_var, np.zeros(p), 0.0)
+    P, Pmu, mPm = prior
     M = A + P
     logdetM = _logdet_chol(pt.linalg.cholesky(M), p)
     h = bv + Pmu
-    mPm = float(Pmu @ np.linalg.solve(P, Pmu)) if np.any(Pmu) else 0.0
     quad = yy + mPm - h @ pt.linalg.solve(M, h, assume_a="pos")
     neg2 = n * np.log(2 * np.pi) + logdetV + p * np.log(beta_prior_var) + logdetM + quad
     return -0.5 * neg2
 
 
-class GroupStructure(_WoodburyBase):
+class GroupStructure(WoodburyBase):
     """Independent errors, all terms on one grouping factor: Woodbury per level."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -461,6 +537,9 @@ class GroupStructure(_WoodburyBase):
 
         return block_diag(*Ls) if len(Ls) > 1 else Ls[0]
 
+    def _Zt(self, Zs: list[np.ndarray], v: np.ndarray) -> np.ndarray:
+        return by_level(self.spec.terms[0].codes, self.G, np.hstack(Zs), v[:, None])[:, :, 0]
+
     def _L_np(self, Lks: list[np.ndarray]) -> np.ndarray:
         from scipy.linalg import block_diag
 
@@ -480,7 +559,7 @@ class GroupStructure(_WoodburyBase):
         return -0.5 * (self.n_g * np.log(2 * np.pi * s2) + np.linalg.slogdet(st.S)[1] + quad)
 
 
-class FullStructure(_WoodburyBase):
+class FullStructure(WoodburyBase):
     """Independent errors, several grouping factors: one Woodbury over all ``q`` random effects."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -565,6 +644,9 @@ class FullStructure(_WoodburyBase):
         self.yty_g = np.bincount(self.row_block, weights=y * y, minlength=ncomp)
         self.n_g = np.bincount(self.row_block, minlength=ncomp)
         self.cols_g = [np.flatnonzero(self.col_block == g) for g in range(ncomp)]
+
+    def _Zt(self, Zs: list[np.ndarray], v: np.ndarray) -> np.ndarray:
+        return np.asarray(self._Z(Zs).T @ v)[None]
 
     def _kron_terms(self, Ls: list[Any], kron: Any, eye: Any, block_diag: Any) -> Any:
         parts = [kron(eye(t.nlevels), L) for t, L in zip(self.spec.terms, Ls)]
@@ -684,17 +766,24 @@ class DenseGroupStructure(Structure[DenseState]):
         return _logdet_chol(C, C.type.shape[-1])
 
     @staticmethod
-    def _whiten(C: Any, B: np.ndarray) -> Any:
+    def _whiten(C: Any, B: Any) -> Any:
         import pytensor.tensor as pt
 
         return pt.linalg.solve_triangular(C, pt.as_tensor_variable(B), lower=True, b_ndim=2)
+
+    def _pt_y(self) -> Any:
+        """The rows ``y`` (data container :data:`Y_DATA`) with a zero appended for the padding rows ``(n + 1,)``."""
+        import pytensor.tensor as pt
+
+        return pt.concatenate([pt_data(Y_DATA, self.spec.y), pt.zeros(1)])
 
     def pt_marginal(self, Ls: list[Any], res: dict[str, Any], beta: Any, n: int) -> Any:
         import pytensor.tensor as pt
 
         total = n * np.log(2 * np.pi)
+        ye = self._pt_y()
         for bk, C in zip(self.buckets, self._chol_V(Ls, res)):
-            r = pt.as_tensor_variable(bk.y) - pt.as_tensor_variable(bk.X) @ beta  # (G_s, s)
+            r = ye[bk.idx] - pt.as_tensor_variable(bk.X) @ beta  # (G_s, s)
             rw = pt.linalg.solve_triangular(C, r, lower=True, b_ndim=1)
             total = total + self._logdet(C) + pt.sum(rw**2)
         return -0.5 * total
@@ -703,8 +792,10 @@ class DenseGroupStructure(Structure[DenseState]):
         import pytensor.tensor as pt
 
         logdet, A, bv, yy = 0.0, 0.0, 0.0, 0.0
+        ye = self._pt_y()
         for bk, C in zip(self.buckets, self._chol_V(Ls, res)):
-            W = self._whiten(C, np.concatenate([bk.X, bk.y[:, :, None]], axis=2))  # (G_s, s, p + 1)
+            W = self._whiten(C, pt.concatenate([pt.as_tensor_variable(bk.X), ye[bk.idx][:, :, None]], axis=2))
+            # W: (G_s, s, p + 1)
             WtW = pt.sum(pt.swapaxes(W, 1, 2) @ W, axis=0)
             logdet = logdet + self._logdet(C)
             A, bv, yy = A + WtW[:-1, :-1], bv + WtW[:-1, -1], yy + WtW[-1, -1]
@@ -714,7 +805,7 @@ class DenseGroupStructure(Structure[DenseState]):
         """``log N(y; mu, R)`` for the conditional mean ``mu`` (random effects given)."""
         import pytensor.tensor as pt
 
-        r = pt.concatenate([pt.as_tensor_variable(self.spec.y) - mu, pt.zeros(1)])
+        r = self._pt_y() - pt.concatenate([mu, pt.zeros(1)])
         total = n * np.log(2 * np.pi)
         for bk in self.buckets:
             C = pt.linalg.cholesky(self._R_pt(bk, res))
