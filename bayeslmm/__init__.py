@@ -10,6 +10,11 @@ u       (q,) spherical random effects, ``b = Lambda u``, ``u ~ N(0, sigma^2 I)``
 theta   covariance parameters: the lower triangles of the relative factors ``T_k``,
         ``D_k = sigma^2 T_k T_k'``, ``Lambda = blockdiag(I_{l_k} (x) T_k)`` (lme4's parameterisation)
 sigma   residual standard deviation; ``R = sigma^2 I`` for independent errors
+R       residual covariance, block diagonal by the groups of a residual structure (``bayeslmm.cov``:
+        ``ou``, ``ar1``, ``cs``); ``R_i = s^2 R_rel,i``
+psi     every covariance parameter the optimiser sees: theta, then the residual structure's parameters
+s^2     the scale profiled out of the likelihood, ``V = s^2 V_rel`` (``scale2``; ``sigma^2`` itself for
+        independent errors, ``sigma^2 = s^2 nu`` the nugget of ``ou``)
 V       marginal covariance ``Z D Z' + R``
 
 The prior of the fixed effects is often written ``beta ~ N(0, theta I)``; to avoid

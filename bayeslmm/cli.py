@@ -233,9 +233,9 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.beta_prior_var is not None:
         priors["beta_prior_var"] = args.beta_prior_var
     if args.sd_prior is not None:
-        kind, _, scale = args.sd_prior.partition(":")
+        dist, _, scale = args.sd_prior.partition(":")
         try:
-            if kind != "halfnormal":
+            if dist != "halfnormal":
                 raise ValueError
             priors["sd_scale"] = float(scale)
         except ValueError:

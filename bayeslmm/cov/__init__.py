@@ -6,7 +6,7 @@
 """
 
 from ._ar1 import AR1
-from ._base import STRUCTURES, PriorSpec, ResidualStructure, residual_structure, sd_prior
+from ._base import STRUCTURES, MarkovStructure, PriorSpec, ResidualStructure, residual_structure, sd_prior
 from ._cs import CompoundSymmetry
 from ._ou import OrnsteinUhlenbeck
 from ._terms import Unstructured
@@ -15,6 +15,7 @@ __all__ = [
     "AR1",
     "STRUCTURES",
     "CompoundSymmetry",
+    "MarkovStructure",
     "OrnsteinUhlenbeck",
     "PriorSpec",
     "ResidualStructure",

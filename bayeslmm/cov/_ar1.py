@@ -11,14 +11,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._base import PriorSpec, ResidualStructure
+from ._base import MarkovStructure, PriorSpec
 from ._lags import as_array, identity_like, power_derivative
 
 #: the correlation is kept inside (-PHI_MAX, PHI_MAX)
 PHI_MAX = 1 - 1e-8
 
 
-class AR1(ResidualStructure):
+class AR1(MarkovStructure):
     """AR(1) by order (module docstring)."""
 
     name = "ar1"
@@ -27,7 +27,6 @@ class AR1(ResidualStructure):
     process_keys = ("phi",)
     by_order = True
     continuous_time = False
-    markov = True
     kalman_closed_form: ClassVar[bool] = True
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,9 @@ One subclass per structure (``ou``, ``ar1``, ``cs``, ...), registered by its ``n
   ``process_keys``), relative to the profiled scale ``s^2`` (``V = s^2 V_rel``);
 * the matrix of one group (:meth:`matrix`), written once for NumPy and PyTensor (``xp`` is the
   module), and its derivatives in the natural parameters (the expected information);
-* where one exists, its Markov factorisation (:meth:`markov_process`), which the engines use for
-  an O(n_i) Kalman path instead of the dense per-group Cholesky;
+* where one exists, its Markov factorisation (a :class:`MarkovStructure`, with
+  :meth:`~MarkovStructure.markov_process`), which the engines use for an O(n_i) Kalman path instead
+  of the dense per-group Cholesky;
 * its PyMC priors and how they map to the natural parameters, and its lines of the summary.
 
 Lags: ``lag[j, k] = |t_ij - t_ik|`` in the time column, or ``|j - k|`` in the order of time within
@@ -74,8 +75,6 @@ class ResidualStructure(ABC):
     by_order: ClassVar[bool] = False
     #: the correlation is defined at any time, so a prediction at a new time is (see :meth:`check_new_times`)
     continuous_time: ClassVar[bool] = True
-    #: a Markov factorisation exists (:meth:`markov_process`)
-    markov: ClassVar[bool] = False
     #: a random intercept on the structure's factor is not identifiable next to it (it adds the same
     #: covariance to every pair of a group's observations, which the structure already has)
     confounded_with_intercept: ClassVar[bool] = False
@@ -115,14 +114,6 @@ class ResidualStructure(ABC):
     def derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
         """``d matrix / d nat[k]`` for ``sigma2`` and each of ``process_keys`` (NumPy)."""
 
-    def markov_process(self, psi: np.ndarray) -> tuple[float, float, float]:
-        """``(decay, var_w, kappa)`` of the Kalman path: ``R = var_w P + kappa I`` relative to ``s^2``,
-        ``P`` decaying by ``decay`` per unit of lag. Only for ``markov`` structures."""
-        raise NotImplementedError(f"{self.name} has no Markov factorisation")
-
-    #: with ``markov``: whiten in closed form (no measurement error in the state)
-    kalman_closed_form: ClassVar[bool] = False
-
     # -- reporting ------------------------------------------------------------------
     def residual_params(self, psi: np.ndarray, scale2: float) -> dict[str, Any]:
         """``{"kind": name, *process_keys, residual_key: sigma2}`` at the estimate."""
@@ -148,6 +139,19 @@ class ResidualStructure(ABC):
     @abstractmethod
     def natural_from_draws(self, draws: dict[str, Any], sigma2: Any) -> dict[str, Any]:
         """Natural parameters from the variables of :meth:`priors` and ``sigma^2`` (NumPy or PyTensor)."""
+
+
+class MarkovStructure(ResidualStructure):
+    """A residual structure with a Markov factorisation: ``R = var_w P + kappa I`` relative to ``s^2``,
+    ``P`` a stationary AR(1)-type correlation decaying by ``decay`` per unit of lag (OU, AR(1)), so the
+    Kalman filter whitens a group in O(n_i)."""
+
+    #: whiten in closed form (no measurement error in the state)
+    kalman_closed_form: ClassVar[bool] = False
+
+    @abstractmethod
+    def markov_process(self, psi: np.ndarray) -> tuple[float, float, float]:
+        """``(decay, var_w, kappa)`` at the optimiser's ``psi``."""
 
 
 def residual_structure(name: str) -> type[ResidualStructure] | None:

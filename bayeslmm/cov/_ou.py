@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._base import PriorSpec, ResidualStructure, sd_prior
+from ._base import MarkovStructure, PriorSpec, sd_prior
 from ._lags import identity_like, power, power_derivative
 
 #: upper bound of ``decay``: a correlation of exp(-50) over the median gap is rho = 0 in effect
@@ -31,7 +31,7 @@ def median_gap(t: np.ndarray, codes: np.ndarray) -> float:
     return float(np.median(pos)) if pos.size else 1.0
 
 
-class OrnsteinUhlenbeck(ResidualStructure):
+class OrnsteinUhlenbeck(MarkovStructure):
     """OU process plus nugget (module docstring)."""
 
     name = "ou"
@@ -39,7 +39,6 @@ class OrnsteinUhlenbeck(ResidualStructure):
     param_names = ("decay (-log rho per median gap)", "nu")
     process_keys = ("process_var", "rho")
     residual_key = "nugget"
-    markov = True
     kalman_closed_form: ClassVar[bool] = False
 
     def __init__(self, gap: float = 1.0) -> None:

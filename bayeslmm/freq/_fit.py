@@ -455,10 +455,11 @@ class LMMFit:
 
     def vcov_varpar(self, varpar: np.ndarray) -> np.ndarray:
         """``cov(beta_hat) = s^2 (X'V_rel^{-1}X)^{-1}`` as a function of ``(psi, s)``."""
-        g = self.objective.gls(np.asarray(varpar[:-1], float))
-        if g is None:
+        out = self.objective.cov_working(np.asarray(varpar[:-1], float))
+        if out is None:
             raise np.linalg.LinAlgError("the marginal covariance is not positive definite")
-        return g.basis.cov(float(varpar[-1]) ** 2 * g.cov_w)
+        basis, cov_w = out
+        return basis.cov(float(varpar[-1]) ** 2 * cov_w)
 
     def score(self) -> np.ndarray:
         """Gradient of the (restricted) log-likelihood in ``(psi, s)`` at the estimate: ~0 inside."""

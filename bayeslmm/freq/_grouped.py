@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
+from ..cov import MarkovStructure
 from ..linalg import (
     DenseGram,
     FilterResult,
@@ -93,7 +94,7 @@ class GroupedEngine(Engine):
         s = self.structure
         self.layout = SerialLayout.build(res.codes, res.t, len(res.levels), by_order=s.by_order)
         # the kernel keeps the only copy of the working columns [Z_w X_w y_w], in its row order
-        closed = s.kalman_closed_form if s.markov else True
+        closed = s.kalman_closed_form if isinstance(s, MarkovStructure) else True
         rows = ProcessGram.row_order(self.layout, closed)
         qt, p = sum(self.qs), spec.p
         U = np.empty((spec.n, qt + p + 1))
@@ -107,7 +108,7 @@ class GroupedEngine(Engine):
             if shift:
                 U[:, qt + j] -= self.basis.centres[j]
         U[:, qt + p] = self.basis.apply_y(spec.y[rows])
-        if s.markov:
+        if isinstance(s, MarkovStructure):
             self._gram: ProcessGram = ProcessGram(self.layout, None, None, closed_form=closed, U=U, q=qt)
         else:
             lag_source = self._positions() if s.by_order else res.t[rows]
@@ -207,6 +208,13 @@ class GroupedEngine(Engine):
         L11 = L[:p, :p]
         beta_w = np.linalg.solve(L11.T, L[p, :p]) if p else np.zeros(0)
         return GLS(self.basis, beta_w, np.linalg.inv(g.C[:p, :p]) if p else np.zeros((0, 0)), pc, g)
+
+    def cov_working(self, psi: np.ndarray) -> tuple[FixedBasis, np.ndarray] | None:
+        g = self.gram(psi)
+        if not np.isfinite(g.logdet):
+            return None
+        p = self.spec.p
+        return self.basis, (np.linalg.inv(g.C[:p, :p]) if p else np.zeros((0, 0)))
 
     def cross_products(self, psi: np.ndarray) -> tuple[float, np.ndarray, FixedBasis] | None:
         g = self.gram(psi)
@@ -330,7 +338,7 @@ class GroupedEngine(Engine):
         codes = np.concatenate([res.codes, codes_new[known]])
         t_all = np.concatenate([res.t, t_new[known]])
         Z = np.vstack([self.Z, Z_new[known]]) if self.Z is not None else None
-        if s.markov:
+        if isinstance(s, MarkovStructure):
             observed = np.r_[np.ones(n, bool), np.zeros(m_known, bool)]
             decay, var_w, kappa = s.markov_process(psi_s)
             layout = SerialLayout.build(codes, t_all, len(res.levels), by_order=s.by_order)

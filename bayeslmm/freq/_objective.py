@@ -165,6 +165,10 @@ class Engine(ABC):
     def pieces(self, psi: np.ndarray, working: bool = False) -> Pieces | None:
         """The criterion's pieces at ``psi`` (cheapest path; None where not evaluable)."""
 
+    @abstractmethod
+    def cov_working(self, psi: np.ndarray) -> tuple[FixedBasis, np.ndarray] | None:
+        """``(basis, (X_w'V_rel^-1 X_w)^-1)`` at ``psi`` without the modes (None where not evaluable)."""
+
     def __call__(self, psi: np.ndarray) -> float:
         pc = self.pieces(psi)
         return np.inf if pc is None else profiled_criterion(pc, self.n, self.p, self.reml)
@@ -279,6 +283,13 @@ class BlockedEngine(Engine):
         return GLS(
             self.blocks.fixed_basis, beta_w, _inv_from_lower(f.RXw), Pieces(f.logdet_L, f.logdet_RX, f.pwrss), (f, u)
         )
+
+    def cov_working(self, psi: np.ndarray) -> tuple[FixedBasis, np.ndarray] | None:
+        try:
+            f = factorize(self.blocks, np.asarray(psi, dtype=float))
+        except np.linalg.LinAlgError:
+            return None
+        return self.blocks.fixed_basis, _inv_from_lower(f.RXw)
 
     def factors(self, psi: np.ndarray) -> list[np.ndarray]:
         from ..linalg import lambda_blocks

@@ -7,7 +7,7 @@ union and, once every chunk is in, sorts them into the order that
 :func:`bayeslmm.model_spec` gives them (as R's ``factor()``):
 
 ======  ======================================  =====================================
-kind    column dtype                            order and label
+family  column dtype                            order and label
 ======  ======================================  =====================================
 num     numeric or bool                         by value; labelled as R prints numbers
 str     anything else (strings)                 by the text, code point by code point
@@ -37,7 +37,7 @@ class FactorKind:
     ``categories`` (``cat`` only) are the category labels in their order.
     """
 
-    kind: str
+    family: str
     categories: tuple[str, ...] | None = None
 
     @classmethod
@@ -52,13 +52,13 @@ class FactorKind:
 
 def _values(col: pd.Series, kind: FactorKind) -> np.ndarray | pd.Series:
     """The values of a complete (no NA) column in the form used as keys."""
-    if kind.kind == "num":
+    if kind.family == "num":
         if pd.api.types.is_bool_dtype(col):
             return col.to_numpy(dtype=bool)
         if pd.api.types.is_integer_dtype(col):
             return col.to_numpy(dtype=np.int64)
         return col.to_numpy(dtype=float)
-    if kind.kind == "cat":
+    if kind.family == "cat":
         return col.astype(str)  # category labels; the order lives in ``kind.categories``
     return col.astype(str)
 
@@ -145,7 +145,7 @@ class LevelKeys:
         cols = []
         for j in range(len(kinds)):
             vals = [p.values[j] for p in parts]
-            if kinds[j].kind == "num" and len({v.dtype for v in vals}) > 1:
+            if kinds[j].family == "num" and len({v.dtype for v in vals}) > 1:
                 vals = [v.astype(float) for v in vals]  # int64 in one chunk, float64 (after NA) in another
             cols.append(_factorize(np.concatenate(vals)))
         if len(cols) == 1:
@@ -169,7 +169,7 @@ class LevelKeys:
         """
         ranks, labels = [], []
         for v, k in zip(self.values, self.kinds):
-            if k.kind == "cat":
+            if k.family == "cat":
                 pos = {c: i for i, c in enumerate(k.categories or ())}
                 ranks.append(np.array([pos[x] for x in v], dtype=np.int64))
             else:
@@ -199,7 +199,7 @@ class LevelKeys:
 
 
 def _labels(v: np.ndarray, kind: FactorKind) -> list[str]:
-    if kind.kind != "num":
+    if kind.family != "num":
         return [str(x) for x in v]
     if v.dtype.kind in "iu":
         return v.astype(str).tolist()
@@ -208,8 +208,8 @@ def _labels(v: np.ndarray, kind: FactorKind) -> list[str]:
 
 def _merge_kinds(kinds: Sequence[FactorKind]) -> FactorKind:
     first = kinds[0]
-    if any(k.kind != first.kind for k in kinds):
-        found = {k.kind for k in kinds}
+    if any(k.family != first.family for k in kinds):
+        found = {k.family for k in kinds}
         what = (
             "holds numbers in some chunks and text or categories in others"
             if "num" in found
@@ -218,7 +218,7 @@ def _merge_kinds(kinds: Sequence[FactorKind]) -> FactorKind:
         raise DataError(
             f"a grouping column {what}; give it one type in every chunk (e.g. cast it to string before fitting)"
         )
-    if first.kind != "cat":
+    if first.family != "cat":
         return first
     cats = {k.categories for k in kinds}
     if len(cats) == 1:
