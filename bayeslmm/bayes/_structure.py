@@ -97,10 +97,10 @@ class WoodburyState:
 
 @dataclass(frozen=True)
 class SizeClass:
-    """Groups of one (padded) size ``s`` of :class:`DenseGroupStructure`: rows, masks, lags and data.
+    """Groups of one (padded) size ``s`` of :class:`DenseGroupStructure`: rows, masks, features and data.
 
     ``idx`` ``(G_s, s)`` rows (``n`` for a padding row), ``m`` its 0/1 mask, ``mm`` the mask of pairs,
-    ``pad`` the identity on padding rows, ``lag`` ``(G_s, s, s)``, ``X``/``y``/``Z`` the rows, ``n`` the
+    ``pad`` the identity on padding rows, ``feats`` the structure's features ``(G_s, s, ...)``, ``X``/``y``/``Z`` the rows, ``n`` the
     real sizes.
     """
 
@@ -109,7 +109,7 @@ class SizeClass:
     m: np.ndarray
     mm: np.ndarray
     pad: np.ndarray
-    lag: np.ndarray
+    feats: dict[str, np.ndarray]
     X: np.ndarray
     y: np.ndarray
     Z: np.ndarray
@@ -700,8 +700,6 @@ class DenseGroupStructure(Structure[DenseState]):
         order = np.lexsort((np.arange(spec.n), res.t, codes))  # by group, then time, then row (as the engine)
         n_g = np.bincount(codes, minlength=G)
         start = np.r_[0, np.cumsum(n_g)[:-1]]
-        pos = np.empty(spec.n, dtype=np.int64)
-        pos[order] = np.arange(spec.n) - start[codes[order]]
         sizes = np.unique(n_g)
         if sizes.size > MAX_BUCKETS:
             sizes = np.unique(np.quantile(n_g, np.linspace(0, 1, MAX_BUCKETS + 1)[1:], method="higher"))
@@ -711,8 +709,6 @@ class DenseGroupStructure(Structure[DenseState]):
         Xe = np.vstack([spec.X, np.zeros((1, spec.p))])
         ye = np.r_[spec.y, 0.0]
         Ze = np.vstack([Z, np.zeros((1, self.q))])
-        te = np.r_[res.t, 0.0]
-        pe = np.r_[pos, 0]
         self.buckets: list[SizeClass] = []
         for s in np.unique(bsize):
             groups = np.flatnonzero(bsize == s)
@@ -721,8 +717,9 @@ class DenseGroupStructure(Structure[DenseState]):
                 rows = order[start[g] : start[g] + n_g[g]]
                 idx[j, : rows.size] = rows
             m = (idx < spec.n).astype(float)
-            tt = pe[idx].astype(float) if self.structure.by_order else te[idx]
-            lag = np.abs(tt[:, :, None] - tt[:, None, :])
+            # padding rows repeat the group's first row, so every feature is valid (masked out below)
+            first = np.where(idx < spec.n, idx, idx[:, :1])
+            feats = {k: v[first] for k, v in res.feats.items()}
             self.buckets.append(
                 SizeClass(
                     groups=groups,
@@ -730,7 +727,7 @@ class DenseGroupStructure(Structure[DenseState]):
                     m=m,
                     mm=m[:, :, None] * m[:, None, :],
                     pad=np.eye(s)[None] * (1 - m)[:, :, None],
-                    lag=lag,
+                    feats=feats,
                     X=Xe[idx],
                     y=ye[idx],
                     Z=Ze[idx],
@@ -745,7 +742,7 @@ class DenseGroupStructure(Structure[DenseState]):
     def _R_pt(self, bk: SizeClass, res: dict[str, Any]) -> Any:
         import pytensor.tensor as pt
 
-        return self.structure.matrix(bk.lag, res, pt) * bk.mm + bk.pad
+        return self.structure.matrix(bk.feats, res, pt) * bk.mm + bk.pad
 
     def _chol_V(self, Ls: list[Any], res: dict[str, Any]) -> list[Any]:
         import pytensor.tensor as pt
@@ -815,7 +812,7 @@ class DenseGroupStructure(Structure[DenseState]):
 
     # -- NumPy -----------------------------------------------------------------
     def _R_np(self, bk: SizeClass, res: dict[str, float]) -> np.ndarray:
-        return self.structure.matrix(bk.lag, res) * bk.mm + bk.pad
+        return self.structure.matrix(bk.feats, res) * bk.mm + bk.pad
 
     def np_state(self, Lks: list[np.ndarray], res: dict[str, float]) -> DenseState:
         from scipy.linalg import block_diag

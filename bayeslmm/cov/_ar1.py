@@ -43,11 +43,11 @@ class AR1(MarkovStructure):
     def natural(self, psi: np.ndarray, scale2: float) -> dict[str, float]:
         return {"phi": float(psi[0]), "sigma2": scale2}
 
-    def matrix(self, lag: Any, nat: dict[str, Any], xp: Any = np) -> Any:
+    def lag_matrix(self, lag: Any, nat: dict[str, Any], xp: Any = np) -> Any:
         eye = np.broadcast_to(identity_like(lag).astype(bool), np.shape(lag))
         return nat["sigma2"] * xp.where(eye, 1.0, xp.power(nat["phi"], as_array(xp, lag)))
 
-    def derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
+    def lag_derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
         return {"phi": nat["sigma2"] * power_derivative(nat["phi"], lag), "sigma2": np.power(nat["phi"], lag)}
 
     def check_new_times(self) -> None:

@@ -7,21 +7,27 @@ One subclass per structure (``ou``, ``ar1``, ``cs``, ...), registered by its ``n
   natural values (:meth:`natural`: ``sigma2``, the variance of the "Residual" row, and the
   ``process_keys``), relative to the profiled scale ``s^2`` (``V = s^2 V_rel``);
 * the matrix of one group (:meth:`matrix`), written once for NumPy and PyTensor (``xp`` is the
-  module), and its derivatives in the natural parameters (the expected information);
+  module), from the per-row features of the group (:class:`Rows`: the time, the visit, the
+  coordinates, ...), and its derivatives in the natural parameters (the expected information);
 * where one exists, its Markov factorisation (a :class:`MarkovStructure`, with
   :meth:`~MarkovStructure.markov_process`), which the engines use for an O(n_i) Kalman path instead
   of the dense per-group Cholesky;
 * its PyMC priors and how they map to the natural parameters, and its lines of the summary.
 
-Lags: ``lag[j, k] = |t_ij - t_ik|`` in the time column, or ``|j - k|`` in the order of time within
-the group for structures with ``by_order`` (nlme's ``corAR1``). The diagonal of a matrix comes from
-an identity, never from ``lag == 0``: two observations at one time are two observations.
+Features: the engines hand :meth:`matrix` a dict of arrays gathered group by group, ``(..., s)``
+per row (``(..., s, d)`` for coordinates), the rows of a group in the order of ``t`` (so the
+position in a group is ``arange(s)``): ``"t"`` the time (the visit index for structures by visit),
+``"visit"`` the visit's code, ``"coords"`` the coordinates, and what wrappers add (``"stratum"``,
+``"vf"``). Features are data (NumPy), never parameters. Lag structures (:class:`LagStructure`)
+read ``lag[j, k] = |t_ij - t_ik|``, or ``|j - k|`` for structures with ``by_order`` (nlme's
+``corAR1``). The diagonal of a matrix comes from an identity, never from ``lag == 0``: two
+observations at one time are two observations.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +54,27 @@ class PriorSpec:
 SD_SUPPORT = ((-1.0,), (0.5,), "the positive numbers")
 
 
+@dataclass(frozen=True)
+class Rows:
+    """What a structure may learn from the rows when it is bound (:meth:`ResidualStructure.bind`).
+
+    ``feats`` the per-row features (see the module docstring), ``codes`` the group of each row,
+    ``nlevels`` the number of groups, ``labels`` the level labels of factor features (``"visit"``:
+    the visit levels in their order), ``options`` the structure's options from the formula
+    (``nugget=false``).
+    """
+
+    feats: dict[str, np.ndarray]
+    codes: np.ndarray
+    nlevels: int
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.feats["t"]
+
+
 def sd_prior(scale: float) -> PriorSpec:
     """``HalfNormal(scale)``: the default prior of a standard deviation."""
     return PriorSpec("HalfNormal", {"sigma": float(scale)}, *SD_SUPPORT)
@@ -64,20 +91,27 @@ class ResidualStructure(ABC):
     name: ClassVar[str]
     #: one line for error messages and docs
     description: ClassVar[str]
-    #: parameters as the optimiser sees them, after the random-effect factors
-    param_names: ClassVar[tuple[str, ...]]
+    #: what the left of ``|`` names: ``"time"`` (a numeric column), ``"visit"`` (a factor whose
+    #: levels index the matrix), ``"coords"`` (one or more numeric columns, Euclidean distance) or
+    #: ``"any"`` (a column for the syntax only)
+    lhs: ClassVar[str] = "time"
+    #: options the formula may give, ``name(t | g, key=value)``, with their defaults
+    options: ClassVar[dict[str, Any]] = {}
+    #: parameters as the optimiser sees them, after the random-effect factors (an instance may set
+    #: them when they depend on the data, e.g. the number of visits)
+    param_names: tuple[str, ...] = ()
     #: natural parameters besides ``sigma2``, in the order of ``residual_params()`` and of the
     #: posterior's ``process`` variable
-    process_keys: ClassVar[tuple[str, ...]]
+    process_keys: tuple[str, ...] = ()
     #: the name ``residual_params()`` gives ``sigma2`` (the Residual row of ``varcorr()``)
-    residual_key: ClassVar[str] = "sigma2"
+    residual_key: str = "sigma2"
     #: lags by position within the group (not by time)
-    by_order: ClassVar[bool] = False
+    by_order: bool = False
     #: the correlation is defined at any time, so a prediction at a new time is (see :meth:`check_new_times`)
-    continuous_time: ClassVar[bool] = True
+    continuous_time: bool = True
     #: a random intercept on the structure's factor is not identifiable next to it (it adds the same
     #: covariance to every pair of a group's observations, which the structure already has)
-    confounded_with_intercept: ClassVar[bool] = False
+    confounded_with_intercept: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -85,9 +119,14 @@ class ResidualStructure(ABC):
             STRUCTURES[cls.name] = cls
 
     @classmethod
-    def bind(cls, t: np.ndarray, codes: np.ndarray, nlevels: int) -> ResidualStructure:
-        """The structure for these rows (``t`` time, ``codes`` level of each row)."""
+    def bind(cls, rows: Rows) -> ResidualStructure:
+        """The structure for these rows."""
         return cls()
+
+    def check_rows(self, rows: Rows, what: str) -> None:
+        """Raise ``ValueError`` saying what to do where the rows cannot identify the parameters
+        (``what`` names the structure in the message). The default: nothing to check."""
+        return None
 
     # -- the optimiser's parameters --------------------------------------------
     @abstractmethod
@@ -104,15 +143,31 @@ class ResidualStructure(ABC):
 
     # -- the matrix ---------------------------------------------------------------
     @abstractmethod
-    def matrix(self, lag: Any, nat: dict[str, Any], xp: Any = np) -> Any:
-        """``(..., s, s)`` covariance of one group's residuals from the lags and natural parameters.
+    def matrix(self, feats: dict[str, np.ndarray], nat: dict[str, Any], xp: Any = np) -> Any:
+        """``(..., s, s)`` covariance of one group's residuals from its features and the natural parameters.
 
         ``xp`` is :mod:`numpy` or :mod:`pytensor.tensor` (``nat`` then holds tensors).
         """
 
-    @abstractmethod
-    def derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
-        """``d matrix / d nat[k]`` for ``sigma2`` and each of ``process_keys`` (NumPy)."""
+    def derivatives(self, feats: dict[str, np.ndarray], nat: dict[str, float]) -> dict[str, np.ndarray]:
+        """``d matrix / d nat[k]`` for ``sigma2`` and each of ``process_keys`` (NumPy).
+
+        The default takes central differences (exact for parameters the matrix is linear in, about
+        1e-10 relative otherwise): enough for the expected information.
+        """
+        out = {}
+        for k in ("sigma2", *self.process_keys):
+            v = float(nat[k])
+            h = 1e-6 * max(abs(v), 1e-2)
+            hi, lo = dict(nat), dict(nat)
+            hi[k], lo[k] = v + h, v - h
+            out[k] = (self.matrix(feats, hi) - self.matrix(feats, lo)) / (2 * h)
+        return out
+
+    def report(self, nat: dict[str, float]) -> dict[str, Any]:
+        """The structure's estimates for ``fit --json`` (``residual``), in the parameterisation of the
+        docs; the default: the natural parameters."""
+        return {k: nat[k] for k in self.process_keys} | {self.residual_key: nat["sigma2"]}
 
     # -- reporting ------------------------------------------------------------------
     def residual_params(self, psi: np.ndarray, scale2: float) -> dict[str, Any]:
@@ -141,7 +196,34 @@ class ResidualStructure(ABC):
         """Natural parameters from the variables of :meth:`priors` and ``sigma^2`` (NumPy or PyTensor)."""
 
 
-class MarkovStructure(ResidualStructure):
+class LagStructure(ResidualStructure):
+    """A structure of the lags ``|t_j - t_k|`` (or ``|j - k|`` with ``by_order``) within a group."""
+
+    def lags(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """``(..., s, s)`` lags of the rows of each group (rows in time order)."""
+        t = feats["t"]
+        if self.by_order:
+            src = np.broadcast_to(np.arange(t.shape[-1], dtype=float), t.shape)
+        else:
+            src = t
+        return np.abs(src[..., :, None] - src[..., None, :])
+
+    def matrix(self, feats: dict[str, np.ndarray], nat: dict[str, Any], xp: Any = np) -> Any:
+        return self.lag_matrix(self.lags(feats), nat, xp)
+
+    def derivatives(self, feats: dict[str, np.ndarray], nat: dict[str, float]) -> dict[str, np.ndarray]:
+        return self.lag_derivatives(self.lags(feats), nat)
+
+    @abstractmethod
+    def lag_matrix(self, lag: Any, nat: dict[str, Any], xp: Any = np) -> Any:
+        """``(..., s, s)`` covariance from the lags (see :meth:`matrix`)."""
+
+    @abstractmethod
+    def lag_derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
+        """``d matrix / d nat[k]`` from the lags (see :meth:`derivatives`)."""
+
+
+class MarkovStructure(LagStructure):
     """A residual structure with a Markov factorisation: ``R = var_w P + kappa I`` relative to ``s^2``,
     ``P`` a stationary AR(1)-type correlation decaying by ``decay`` per unit of lag (OU, AR(1)), so the
     Kalman filter whitens a group in O(n_i)."""

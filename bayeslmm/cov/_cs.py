@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from ._base import PriorSpec, ResidualStructure
+from ._base import LagStructure, PriorSpec, Rows
 from ._lags import identity_like
 
 #: distance kept from the bounds of rho
 EDGE = 1e-8
 
 
-class CompoundSymmetry(ResidualStructure):
+class CompoundSymmetry(LagStructure):
     """Compound symmetry (module docstring)."""
 
     name = "cs"
@@ -28,13 +28,14 @@ class CompoundSymmetry(ResidualStructure):
     param_names = ("rho",)
     process_keys = ("rho",)
     confounded_with_intercept = True
+    lhs = "any"
 
     def __init__(self, nmax: int = 2) -> None:
         self.nmax = int(nmax)
 
     @classmethod
-    def bind(cls, t: np.ndarray, codes: np.ndarray, nlevels: int) -> CompoundSymmetry:
-        sizes = np.bincount(codes, minlength=nlevels)
+    def bind(cls, rows: Rows) -> CompoundSymmetry:
+        sizes = np.bincount(rows.codes, minlength=rows.nlevels)
         return cls(int(sizes.max()) if sizes.size else 1)
 
     @property
@@ -51,12 +52,12 @@ class CompoundSymmetry(ResidualStructure):
     def natural(self, psi: np.ndarray, scale2: float) -> dict[str, float]:
         return {"rho": float(psi[0]), "sigma2": scale2}
 
-    def matrix(self, lag: Any, nat: dict[str, Any], xp: Any = np) -> Any:
+    def lag_matrix(self, lag: Any, nat: dict[str, Any], xp: Any = np) -> Any:
         eye = identity_like(lag)
         rho = nat["rho"]
         return nat["sigma2"] * (rho * np.ones(np.shape(lag)) + (1.0 - rho) * eye)
 
-    def derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
+    def lag_derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
         eye = identity_like(lag)
         ones = np.ones(np.shape(lag))
         return {"rho": nat["sigma2"] * (ones - eye), "sigma2": nat["rho"] * ones + (1.0 - nat["rho"]) * eye}

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._base import MarkovStructure, PriorSpec, sd_prior
+from ._base import MarkovStructure, Rows, PriorSpec, sd_prior
 from ._lags import identity_like, power, power_derivative
 
 #: upper bound of ``decay``: a correlation of exp(-50) over the median gap is rho = 0 in effect
@@ -45,8 +45,8 @@ class OrnsteinUhlenbeck(MarkovStructure):
         self.gap = float(gap)
 
     @classmethod
-    def bind(cls, t: np.ndarray, codes: np.ndarray, nlevels: int) -> OrnsteinUhlenbeck:
-        return cls(median_gap(t, codes))
+    def bind(cls, rows: Rows) -> OrnsteinUhlenbeck:
+        return cls(median_gap(rows.t, rows.codes))
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """``decay = 0`` is ``rho = 1``, ``DECAY_MAX`` is ``rho ~ 0``; ``nu`` in [0, 1]."""
@@ -64,10 +64,10 @@ class OrnsteinUhlenbeck(MarkovStructure):
         rho, var_w, kappa = self.markov_process(psi)
         return {"process_var": scale2 * var_w, "rho": rho, "sigma2": scale2 * kappa}
 
-    def matrix(self, lag: Any, nat: dict[str, Any], xp: Any = np) -> Any:
+    def lag_matrix(self, lag: Any, nat: dict[str, Any], xp: Any = np) -> Any:
         return nat["process_var"] * power(xp, nat["rho"], lag) + nat["sigma2"] * identity_like(lag)
 
-    def derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
+    def lag_derivatives(self, lag: np.ndarray, nat: dict[str, float]) -> dict[str, np.ndarray]:
         P = np.power(nat["rho"], lag)
         return {
             "process_var": P,

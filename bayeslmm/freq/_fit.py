@@ -28,7 +28,13 @@ from ._optimize import OptimizerRecord, minimize_bobyqa
 
 
 def lmm(
-    formula: str, data: Any, *, method: str = "REML", residual: str | None = None, start: np.ndarray | None = None
+    formula: str,
+    data: Any,
+    *,
+    method: str = "REML",
+    residual: str | None = None,
+    variance: str | None = None,
+    start: np.ndarray | None = None,
 ) -> LMMFit:
     """Fit a linear mixed model by REML (default) or ML.
 
@@ -42,8 +48,16 @@ def lmm(
     method
         ``"REML"`` or ``"ML"``.
     residual
-        ``None``/``"iid"`` (independent errors), ``"ou(t | g)"`` (Ornstein-Uhlenbeck process in
-        time ``t`` within ``g`` plus a nugget) or ``"ar1(t | g)"`` (AR(1) by order of ``t``).
+        ``None``/``"iid"`` (independent errors) or a residual structure within groups: in time
+        ``"ou(t | g)"`` (Ornstein-Uhlenbeck plus a nugget), ``"ar1(t | g)"`` (AR(1) by order of
+        ``t``); by visit (a factor) ``"us(visit | id)"``, ``"cs"``, ``"csh"``, ``"ar1h"``, ``"toep"``,
+        ``"toeph"``, ``"diag"``, with ``"us(visit | arm/id)"`` for one matrix per arm; spatial
+        ``"exp(x + y | g)"``, ``"gau"``, ``"sph"`` (with a nugget; ``, nugget=false`` without; ``| 1``
+        one group). See :mod:`bayeslmm.cov`.
+    variance
+        A variance function of the residual: ``"ident(v)"`` (an sd ratio per level of ``v``),
+        ``"power(x)"`` (``|x|^delta``) or ``"exp(x)"`` (``exp(delta x)``), nlme's ``varIdent``,
+        ``varPower``, ``varExp``; with or without a residual structure.
     start
         Starting value of theta (default: the best of a few scalings of lme4's start).
 
@@ -52,7 +66,7 @@ def lmm(
     LMMFit
     """
     method = check_method(method)
-    spec = build_spec(formula, data, residual=residual)
+    spec = build_spec(formula, data, residual=residual, variance=variance)
     return fit_spec(spec, method=method, start=start)
 
 

@@ -111,13 +111,7 @@ class GroupedEngine(Engine):
         if isinstance(s, MarkovStructure):
             self._gram: ProcessGram = ProcessGram(self.layout, None, None, closed_form=closed, U=U, q=qt)
         else:
-            lag_source = self._positions() if s.by_order else res.t[rows]
-            self._gram = DenseGram(self.layout, U=U, q=qt, lag_source=lag_source)
-
-    def _positions(self) -> np.ndarray:
-        """Position of each row within its group (time order), rows in ``layout.order``."""
-        sizes = np.diff(np.r_[self.layout.starts, self.spec.n])
-        return (np.arange(self.spec.n) - np.repeat(self.layout.starts, sizes)).astype(float)
+            self._gram = DenseGram(self.layout, U=U, q=qt, feats={k: v[rows] for k, v in res.feats.items()})
 
     @property
     def Y(self) -> np.ndarray:
@@ -305,6 +299,7 @@ class GroupedEngine(Engine):
         spec, res, s = self.spec, self.residual, self.structure
         if newdata is None:
             codes_new, t_new = np.zeros(0, dtype=np.int64), np.zeros(0)
+            feats_new = {k: v[:0] for k, v in res.feats.items()}
             Z_new = np.zeros((0, sum(self.qs)))
         else:
             try:
@@ -312,10 +307,8 @@ class GroupedEngine(Engine):
             except ValueError as e:
                 raise DataError(str(e)) from None
             df = as_pandas(newdata)
-            if res.time not in df.columns:
-                raise DataError(f"new data lacks the time column {res.time!r}")
-            codes_new = codes_for(df, res.factors, res.levels)
-            t_new = df[res.time].to_numpy(dtype=float)
+            t_new, feats_new = res.new_features(df)
+            codes_new = _new_codes(df, res)
             Z_new = (
                 np.hstack(
                     [
@@ -337,6 +330,7 @@ class GroupedEngine(Engine):
         m_known = int(known.sum())
         codes = np.concatenate([res.codes, codes_new[known]])
         t_all = np.concatenate([res.t, t_new[known]])
+        feats_all = {k: np.concatenate([v, feats_new[k][known]]) for k, v in res.feats.items()}
         Z = np.vstack([self.Z, Z_new[known]]) if self.Z is not None else None
         if isinstance(s, MarkovStructure):
             observed = np.r_[np.ones(n, bool), np.zeros(m_known, bool)]
@@ -351,8 +345,12 @@ class GroupedEngine(Engine):
             rand_var = np.einsum("ns,nst,nt->n", h, cov, h)
             var_latent = fit.scale2 * var_w  # the process without its measurement error
         else:
-            proc, proc_var, rand, rand_var = _dense_conditional(s, psi_s, codes, t_all, n, resid, Z, D)
-            var_latent = float(s.matrix(np.zeros((1, 1)), s.natural(psi_s, fit.scale2))[0, 0])
+            proc, proc_var, rand, rand_var = _dense_conditional(s, psi_s, codes, t_all, feats_all, n, resid, Z, D)
+            nat_s = s.natural(psi_s, fit.scale2)
+            var_latent = np.array(
+                [float(s.matrix({k: v[None, i : i + 1] for k, v in feats_new.items()}, nat_s)[0, 0, 0])
+                 for i in range(len(t_new))]
+            )
         s2 = fit.scale2
         sel = slice(0, n) if newdata is None else slice(n, None)
         cols = {
@@ -368,7 +366,7 @@ class GroupedEngine(Engine):
         out = pd.DataFrame(
             {
                 "process": np.zeros(m),
-                "process_sd": np.full(m, np.sqrt(var_latent)),
+                "process_sd": np.broadcast_to(np.sqrt(var_latent), (m,)).copy(),
                 "random": np.zeros(m),
                 "random_sd": np.sqrt(marg),
             }
@@ -398,11 +396,11 @@ class GroupedEngine(Engine):
         else:
             df = as_pandas(newdata)
             X = fixed_matrix(spec, df)
-            unseen = codes_for(df, res.factors, res.levels) < 0
+            unseen = _new_codes(df, res) < 0
         pred = X @ fit.fixef.to_numpy()
         sd_rand = np.zeros(len(pred))
         if re_form:
-            if unseen.any() and not allow_new_levels:
+            if unseen.any() and not allow_new_levels and res.group != "(row)":
                 raise DataError(
                     f"{int(unseen.sum())} new row(s) belong to levels of {res.group!r} not in "
                     "the fit; pass allow_new_levels=True to predict them at the population level"
@@ -418,6 +416,16 @@ class GroupedEngine(Engine):
         return pd.DataFrame({"fit": pred, "se_fixed": se, "sd_random": sd_rand})
 
 
+def _new_codes(df: pd.DataFrame, res: ResidualProcess) -> np.ndarray:
+    """Group of each new row (-1: a group the fit has not seen; every row of a structure without
+    groups, ``"(row)"``, is a new group; ``| 1`` has one group)."""
+    from ._predict import codes_for
+
+    if res.factors:
+        return codes_for(df, res.factors, res.levels)
+    return np.full(len(df), -1 if res.group == "(row)" else 0, dtype=np.int64)
+
+
 def _sd(var: np.ndarray, scale2: float) -> np.ndarray:
     """Standard deviations from conditional variances: rounding below 0 is 0; a clearly negative variance
     (a new row that the structure cannot hold, e.g. compound symmetry with ``rho < -1/n_i`` in a group
@@ -430,6 +438,7 @@ def _dense_conditional(
     psi_s: np.ndarray,
     codes: np.ndarray,
     t: np.ndarray,
+    feats: dict[str, np.ndarray],
     n: int,
     resid: np.ndarray,
     Z: np.ndarray | None,
@@ -446,11 +455,7 @@ def _dense_conditional(
     for rows in np.split(order, bounds):
         if rows.size == 0:
             continue
-        if structure.by_order:
-            src = np.arange(rows.size, dtype=float)
-        else:
-            src = t[rows]
-        R = structure.matrix(np.abs(src[:, None] - src[None, :]), nat)
+        R = structure.matrix({k: v[rows] for k, v in feats.items()}, nat)
         ZDZ = Z[rows] @ D @ Z[rows].T if Z is not None else np.zeros_like(R)
         obs = rows < n
         Vfull = R + ZDZ

@@ -214,7 +214,7 @@ def vc_standard_errors(fit: LMMFit) -> pd.DataFrame:
 
 
 #: Largest group size for the per-group (padded dense) information of serial-process models.
-MAX_GROUP = 200
+MAX_GROUP = 1000
 
 
 def expected_information_grouped(fit: Any) -> tuple[np.ndarray, list[str]]:
@@ -247,12 +247,10 @@ def expected_information_grouped(fit: Any) -> tuple[np.ndarray, list[str]]:
     mask = idx >= 0
     safe = np.where(mask, idx, 0)
     mm = (mask[:, :, None] & mask[:, None, :]).astype(float)
-    src = (
-        np.broadcast_to(np.arange(nmax, dtype=float), (G, nmax))
-        if structure.by_order
-        else np.where(mask, res.t[safe], 0.0)
-    )
-    lag = np.abs(src[:, :, None] - src[:, None, :])
+    # padding rows repeat the group's first row: every feature stays valid (a visit, a covariate), and
+    # the padding is masked out below
+    first = np.where(mask, idx, idx[:, :1])
+    feats = {k: v[first] for k, v in res.feats.items()}
     # working columns (bayeslmm.linalg._basis): a large constant in a covariate costs no digits; REML's
     # projection does not depend on the basis of X, and Z_w D_w Z_w' = Z D Z' with D_w = A_z^-1 D A_z^-T
     obj = fit.objective
@@ -272,8 +270,8 @@ def expected_information_grouped(fit: Any) -> tuple[np.ndarray, list[str]]:
             dV.append(Zk @ S @ np.swapaxes(Zk, 1, 2))
             names.append(label)
     nat = structure.natural(obj.split(fit.psi)[1], s2)
-    V += structure.matrix(lag, nat) * mm
-    for key, dR in structure.derivatives(lag, nat).items():
+    V += structure.matrix(feats, nat) * mm
+    for key, dR in structure.derivatives(feats, nat).items():
         dV.append(dR * mm)
         names.append(key)
     V += np.eye(nmax) * (1 - mm)  # padding: identity, uncorrelated with the data, zero derivatives

@@ -1,5 +1,5 @@
 """The dense per-group kernel: ``log|V_rel|`` and ``Y'V_rel^{-1}Y`` for a residual structure without a
-Markov factorisation (compound symmetry, unstructured, spatial ...).
+Markov factorisation (by visit, spatial, with a variance function ...).
 
 Rows are group by group (each group in time order). Groups of one size are stacked, so each size
 class costs one batched Cholesky of its ``(G_s, s, s)`` matrices ``R_i``: the process-whitened
@@ -28,30 +28,28 @@ class DenseGram(ProcessGram):
         ``(n, q + c)`` columns ``[Z Y]`` already in ``layout.order``.
     q
         Number of random-effect columns in ``U``.
-    lag_source
-        ``(n,)`` per row of ``layout.order``: the time (lags ``|t_j - t_k|``) or the position in the
-        group (lags by order).
+    feats
+        The structure's per-row features (:mod:`bayeslmm.cov._base`), rows of ``layout.order``.
     """
 
-    def __init__(self, layout: SerialLayout, U: np.ndarray, q: int, lag_source: np.ndarray) -> None:
+    def __init__(self, layout: SerialLayout, U: np.ndarray, q: int, feats: dict[str, np.ndarray]) -> None:
         super().__init__(layout, None, None, closed_form=True, U=U, q=q)
         starts = np.asarray(layout.starts, dtype=np.int64)
         sizes = np.diff(np.r_[starts, self.n])
         self.sizes = sizes
-        self.classes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.classes: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
         for s in np.unique(sizes):
             groups = np.flatnonzero(sizes == s)
             idx = starts[groups][:, None] + np.arange(s)[None, :]  # (G_s, s) rows of U
-            src = lag_source[idx]
-            self.classes.append((groups, idx, np.abs(src[:, :, None] - src[:, None, :])))
+            self.classes.append((groups, idx, {k: v[idx] for k, v in feats.items()}))
 
     def _whiten(self, M: np.ndarray, cov: Any) -> tuple[np.ndarray, float] | None:
         """``R^{-1/2} M`` group by group (rows in ``layout.order``) and ``log|R|``; None if ``R`` is not PD."""
         W = np.empty_like(M)
         logdet = 0.0
-        for _, idx, lag in self.classes:
+        for _, idx, f in self.classes:
             try:
-                C = np.linalg.cholesky(cov(lag))
+                C = np.linalg.cholesky(cov(f))
             except np.linalg.LinAlgError:
                 return None
             W[idx] = np.linalg.solve(C, M[idx])
@@ -61,7 +59,7 @@ class DenseGram(ProcessGram):
     def evaluate(self, T: np.ndarray | None, structure: Any, psi: np.ndarray) -> GramResult:
         """The criterion's pieces at ``D_rel = T T'`` and the structure's parameters ``psi``."""
         nat = structure.natural(psi, 1.0)
-        out = self._whiten(self.U, lambda lag: structure.matrix(lag, nat))
+        out = self._whiten(self.U, lambda f: structure.matrix(f, nat))
         if out is None or not np.isfinite(out[1]):
             return GramResult(np.inf, np.full((self.c, self.c), np.nan))
         return self.woodbury(out[0], out[1], T, grouped=True)
@@ -76,8 +74,8 @@ class DenseGram(ProcessGram):
         Yo = Y[rows]
         Zo = None if Z is None else Z[rows]
 
-        def cov(lag: np.ndarray, idx: np.ndarray) -> np.ndarray:
-            V = structure.matrix(lag, nat)
+        def cov(f: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+            V = structure.matrix(f, nat)
             if Zo is not None and D_rel is not None:
                 Zi = Zo[idx]
                 V = V + Zi @ D_rel @ np.swapaxes(Zi, 1, 2)
@@ -85,9 +83,9 @@ class DenseGram(ProcessGram):
 
         W = np.empty_like(Yo)
         logdet = 0.0
-        for _, idx, lag in self.classes:
+        for _, idx, f in self.classes:
             try:
-                C = np.linalg.cholesky(cov(lag, idx))
+                C = np.linalg.cholesky(cov(f, idx))
             except np.linalg.LinAlgError:
                 return FilterResult(np.full_like(Y, np.nan), np.inf, None, None)
             W[idx] = np.linalg.solve(C, Yo[idx])
@@ -100,8 +98,8 @@ class DenseGram(ProcessGram):
         """``(n,)`` residuals ``e ~ N(0, s^2 R)``, rows in the data's order."""
         nat = structure.natural(psi, scale2)
         e = np.empty(self.n)
-        for _, idx, lag in self.classes:
-            C = np.linalg.cholesky(structure.matrix(lag, nat))
+        for _, idx, f in self.classes:
+            C = np.linalg.cholesky(structure.matrix(f, nat))
             e[idx] = (C @ rng.standard_normal((*idx.shape, 1)))[:, :, 0]
         out = np.empty(self.n)
         out[self.layout.order] = e

@@ -87,7 +87,7 @@ class FormulaUses:
                     raise DataError(_unknown_column(f, columns))
                 used.add(f)
         if residual is not None:
-            for c in (residual.time, *residual.factors):
+            for c in residual.columns:
                 if c not in columns:
                     raise DataError(_unknown_column(c, columns))
                 used.add(c)

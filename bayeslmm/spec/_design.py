@@ -9,6 +9,7 @@ the formula to the columns and the checks of the design are those of
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError, MissingValuesWarning
+from ..cov import STRUCTURES
 from ._builder import (
     FIXED_PART,
     FormulaUses,
@@ -34,7 +36,7 @@ from ._builder import (
 )
 from ._columns import as_pandas, check_no_infinities, column_problem, text_as_object
 from ._formula import parse_formula
-from ._residual import ResidualSpec, bind_residual, parse_residual
+from ._residual import ResidualSpec, bind_residual, parse_residual, parse_variance
 from ._spec import ModelSpec, ReTerm
 
 
@@ -100,11 +102,14 @@ def grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarr
     return codes.reshape(-1).astype(np.int64), labels
 
 
-def build_spec(formula: str, data: Any, residual: str | ResidualSpec | None = None) -> ModelSpec:
+def build_spec(
+    formula: str, data: Any, residual: str | ResidualSpec | None = None, variance: str | None = None
+) -> ModelSpec:
     """Parse ``formula`` against ``data`` and build the model specification.
 
-    ``residual`` is ``None``/``"iid"`` (independent errors), ``"ou(t | g)"`` or
-    ``"ar1(t | g)"`` (see :mod:`bayeslmm.spec._residual`).
+    ``residual`` is ``None``/``"iid"`` (independent errors) or a structure such as ``"ou(t | g)"``,
+    ``"us(visit | id)"``, ``"exp(x + y | 1)"``; ``variance`` a variance function ``"ident(v)"``,
+    ``"power(x)"``, ``"exp(x)"`` (see :mod:`bayeslmm.spec._residual`).
 
     Rows with missing values in any used column are dropped (as lme4's
     ``na.omit``) and counted in ``ModelSpec.n_dropped``, with a
@@ -118,7 +123,12 @@ def build_spec(formula: str, data: Any, residual: str | ResidualSpec | None = No
         With a message that says what to change.
     """
     parsed = parse_formula(formula)
-    res = residual if isinstance(residual, ResidualSpec) else parse_residual(residual)
+    if isinstance(residual, ResidualSpec):
+        res: ResidualSpec | None = residual
+        if variance is not None:
+            res = dataclasses.replace(residual, variance=parse_variance(variance))
+    else:
+        res = parse_residual(residual, variance)
     df0, duplicated = _unique_names(as_pandas(data))
     columns = [str(c) for c in df0.columns]
     check_has_rows(df0)
@@ -146,6 +156,16 @@ def build_spec(formula: str, data: Any, residual: str | ResidualSpec | None = No
             raise DataError(
                 f"column {c!r} is missing (NA) in every row: remove it from the formula or fill in its values"
             )
+    if res is not None:  # a structure's coordinates and strata are not dropped silently
+        strict = [*(res.lhs if res.kind in STRUCTURES and STRUCTURES[res.kind].lhs == "coords" else ()),
+                  *((res.strata,) if res.strata else ())]
+        for c in strict:
+            k = int(df[c].isna().sum())
+            if k:
+                raise DataError(
+                    f"column {c!r} of the residual structure {res} is missing in {k} row(s): the structure needs it "
+                    "in every row; fill it in or remove those rows before fitting"
+                )
     complete = df.notna().all(axis=1).to_numpy()
     n_dropped = int((~complete).sum())
     df = df.loc[complete]
@@ -196,6 +216,14 @@ def build_spec(formula: str, data: Any, residual: str | ResidualSpec | None = No
                 design=zspec,
             )
         )
+    residual_process = None if res is None else bind_residual(res, df, tuple(t.factors for t in re_terms))
+    if residual_process is not None:
+        k = len(residual_process.structure.param_names) + 1 + sum(t.q * (t.q + 1) // 2 for t in re_terms)
+        if k > n - X.shape[1]:
+            raise DataError(
+                f"the model has {k} covariance parameters and {X.shape[1]} fixed effects but {n} observations: "
+                f"more parameters than the data can identify; use a structure with fewer parameters than {res}"
+            )
     return ModelSpec(
         formula=parsed.text,
         response=parsed.response,
@@ -204,7 +232,7 @@ def build_spec(formula: str, data: Any, residual: str | ResidualSpec | None = No
         fixef_names=tuple(names),
         terms=tuple(re_terms),
         row_index=df.index.to_numpy(),
-        residual=None if res is None else bind_residual(res, df),
+        residual=residual_process,
         n_dropped=n_dropped,
         dropped_columns=tuple(dropped),
         fixed_design=(fx.model_spec, parsed, tuple(names)),

@@ -1,0 +1,161 @@
+"""Spatial structures: ``exp(x + y | g)``, ``gau(x + y | g)``, ``sph(x + y | g)``, in nlme's parameterisation.
+
+With the Euclidean distance ``d`` between two observations of a group (from one or more coordinate
+columns) and a correlation function ``c(d; range)``::
+
+    R_i[j, k] = sill ((1 - nugget) c(d_jk) + nugget [j = k])
+
+* ``exp``: ``c = exp(-d / range)`` (nlme's ``corExp``),
+* ``gau``: ``c = exp(-(d / range)^2)`` (``corGaus``),
+* ``sph``: ``c = 1 - 1.5 (d / range) + 0.5 (d / range)^3`` for ``d < range``, else 0 (``corSpher``),
+
+``nugget`` the nugget's share of the variance, as nlme's ``nugget = TRUE`` reports it (``sill`` is
+nlme's ``sigma^2``); ``exp(x + y | g, nugget=false)`` fixes it at 0. A single group over the whole
+field is ``| 1``. The optimiser sees ``log(range / d0)`` (``d0`` the median distance between two
+observations of a group, so neither the unit nor a shift of the coordinates changes its path) and
+``nugget``. Not Markov: the engines use the dense per-group Cholesky, ``O(n_i^3)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._base import PriorSpec, ResidualStructure, Rows
+
+#: bounds of log(range / d0)
+LOG_RANGE_MAX = 12.0
+#: largest nugget share (1 is white noise, where the range is not identified)
+NUGGET_MAX = 1.0 - 1e-6
+#: pairs of rows sampled for the typical distance of large groups
+SAMPLE_PAIRS = 200_000
+
+
+def distances(coords: np.ndarray) -> np.ndarray:
+    """``(..., s, s)`` Euclidean distances between the rows of ``(..., s, d)`` coordinates."""
+    diff = coords[..., :, None, :] - coords[..., None, :, :]
+    return np.sqrt(np.einsum("...d,...d->...", diff, diff))
+
+
+def typical_distance(coords: np.ndarray, codes: np.ndarray) -> float:
+    """Median positive distance between two observations of one group (1 if there is none)."""
+    rng = np.random.default_rng(0)
+    n = codes.size
+    if n < 2:
+        return 1.0
+    if n * n <= SAMPLE_PAIRS:
+        i, j = np.triu_indices(n, 1)
+    else:
+        i, j = rng.integers(0, n, SAMPLE_PAIRS), rng.integers(0, n, SAMPLE_PAIRS)
+    keep = codes[i] == codes[j]
+    d = np.sqrt(((coords[i[keep]] - coords[j[keep]]) ** 2).sum(axis=1))
+    d = d[d > 0]
+    return float(np.median(d)) if d.size else 1.0
+
+
+class SpatialStructure(ResidualStructure):
+    """The common part of the spatial structures (module docstring)."""
+
+    lhs = "coords"
+    options = {"nugget": True}
+    residual_key = "sill"
+
+    def __init__(self, d0: float = 1.0, nugget: bool = True) -> None:
+        self.d0 = float(d0)
+        self.nugget = bool(nugget)
+        self.param_names = ("log(range / d0)", "nugget") if self.nugget else ("log(range / d0)",)
+        self.process_keys = ("range", "nugget") if self.nugget else ("range",)
+
+    @classmethod
+    def bind(cls, rows: Rows) -> SpatialStructure:
+        nug = rows.options.get("nugget", True)
+        return cls(typical_distance(rows.feats["coords"], rows.codes), nugget=bool(nug))
+
+    def correlation(self, d: np.ndarray, range_: Any, xp: Any) -> Any:
+        """``c(d; range)``."""
+        raise NotImplementedError
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.nugget:
+            return np.array([-LOG_RANGE_MAX, 0.0]), np.array([LOG_RANGE_MAX, NUGGET_MAX])
+        return np.array([-LOG_RANGE_MAX]), np.array([LOG_RANGE_MAX])
+
+    def start_values(self) -> list[np.ndarray]:
+        ranges = (-1.0, 0.0, 1.0)
+        if self.nugget:
+            return [np.array([r, nu]) for r in ranges for nu in (0.1, 0.4)]
+        return [np.array([r]) for r in ranges]
+
+    def natural(self, psi: np.ndarray, scale2: float) -> dict[str, float]:
+        out = {"range": self.d0 * float(np.exp(psi[0])), "sigma2": scale2}
+        if self.nugget:
+            out["nugget"] = float(psi[1])
+        return out
+
+    def matrix(self, feats: dict[str, np.ndarray], nat: dict[str, Any], xp: Any = np) -> Any:
+        d = distances(np.asarray(feats["coords"], dtype=float))
+        eye = np.eye(d.shape[-1])
+        c = self.correlation(d, nat["range"], xp)
+        if self.nugget:
+            nug = nat["nugget"]
+            return nat["sigma2"] * ((1 - nug) * c * (1 - eye) + eye)
+        return nat["sigma2"] * (c * (1 - eye) + eye)
+
+    def report(self, nat: dict[str, float]) -> dict[str, Any]:
+        return {"range": nat["range"], "nugget": nat.get("nugget", 0.0), "sill": nat["sigma2"]}
+
+    def describe(self, time: str, group: str, rp: dict[str, Any], fmt: Any) -> list[str]:
+        where = "over the whole field" if group == "1" else f"within {group}"
+        return [
+            f"Spatial correlation {self.name}({time} | {group}) {where} (the Residual row is the sill):",
+            f" range {fmt(rp['range'])}, nugget {fmt(rp.get('nugget', 0.0))} (share of the sill), sill {fmt(rp['sill'])}",
+        ]
+
+    def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
+        # log-normal around the typical distance: keeps the range away from 0 and from infinity
+        out = {
+            "range": PriorSpec(
+                "LogNormal", {"mu": float(np.log(self.d0)), "sigma": 1.0}, (-1.0, 0.0), (self.d0,), "the positive numbers"
+            )
+        }
+        if self.nugget:
+            out["nugget"] = PriorSpec("Beta", {"alpha": 1.0, "beta": 2.0}, (-0.5, 1.5), (0.3,), "(0, 1)")
+        return out
+
+    def natural_from_draws(self, draws: dict[str, Any], sigma2: Any) -> dict[str, Any]:
+        out = {"range": draws["range"], "sigma2": sigma2}
+        if self.nugget:
+            out["nugget"] = draws["nugget"]
+        return out
+
+
+class Exponential(SpatialStructure):
+    """``exp``: ``exp(-d / range)`` (nlme's ``corExp``)."""
+
+    name = "exp"
+    description = "exponential spatial correlation in the distance between coordinates, with a nugget"
+
+    def correlation(self, d: np.ndarray, range_: Any, xp: Any) -> Any:
+        return xp.exp(-d / range_)
+
+
+class Gaussian(SpatialStructure):
+    """``gau``: ``exp(-(d / range)^2)`` (nlme's ``corGaus``)."""
+
+    name = "gau"
+    description = "Gaussian spatial correlation in the distance between coordinates, with a nugget"
+
+    def correlation(self, d: np.ndarray, range_: Any, xp: Any) -> Any:
+        return xp.exp(-((d / range_) ** 2))
+
+
+class Spherical(SpatialStructure):
+    """``sph``: the spherical correlation, 0 beyond the range (nlme's ``corSpher``)."""
+
+    name = "sph"
+    description = "spherical spatial correlation in the distance between coordinates, with a nugget"
+
+    def correlation(self, d: np.ndarray, range_: Any, xp: Any) -> Any:
+        u = d / range_
+        return xp.where(u < 1.0, 1.0 - 1.5 * u + 0.5 * u**3, 0.0)
