@@ -30,7 +30,7 @@ from ._errors import BayesLMMError, DataError, FormulaError, MissingValuesWarnin
 
 if TYPE_CHECKING:
     from . import datasets
-    from .freq import LMMFit, bootstrap, lm, lmm, lrt
+    from .freq import LMMFit, bootstrap, compare_structures, lm, lmm, lrt, variogram
     from .spec import ALLOWED_FUNCTIONS, ModelSpec, parse_formula
     from .spec import build_spec as model_spec
 
@@ -44,9 +44,11 @@ _LAZY = ("bayes", "compare", "suff", "datasets", "freq", "spec", "linalg")
 _NAMES = {
     "LMMFit": "freq",
     "bootstrap": "freq",
+    "compare_structures": "freq",
     "lm": "freq",
     "lmm": "freq",
     "lrt": "freq",
+    "variogram": "freq",
     "ALLOWED_FUNCTIONS": "spec",
     "ModelSpec": "spec",
     "parse_formula": "spec",
@@ -82,10 +84,12 @@ __all__ = [
     "OptionError",
     "StructureError",
     "bootstrap",
+    "compare_structures",
     "datasets",
     "lm",
     "lmm",
     "lrt",
     "model_spec",
     "parse_formula",
+    "variogram",
 ]

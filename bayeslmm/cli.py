@@ -92,12 +92,12 @@ def _fit_out_of_core(args: argparse.Namespace, source: str | list[str]) -> tuple
     from .suff import fit_out_of_core
 
     method = check_method(args.method)
-    if parse_residual(args.residual) is not None:
+    if parse_residual(args.residual, getattr(args, "variance", None)) is not None:
         raise OptionError(
-            f"--residual {args.residual!r}: a serial residual process needs the rows of each group "
-            "in order and in memory, but a Parquet directory or glob (or --scheduler) is fitted out of "
-            "core from sufficient statistics, with independent errors only; fit one CSV or Parquet "
-            "file without --scheduler, or drop --residual"
+            f"--residual {args.residual!r}, --variance {args.variance!r}: a residual structure or variance "
+            "function needs the rows of each group in order and in memory, but a Parquet directory or glob "
+            "(or --scheduler) is fitted out of core from sufficient statistics, with independent errors only; "
+            "fit one CSV or Parquet file without --scheduler, or drop --residual and --variance"
         )
     if parse_na_values(args.na_values):
         raise OptionError(
@@ -160,6 +160,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             read_data(args.data[0], parse_na_values(args.na_values)),
             method=args.method,
             residual=args.residual,
+            variance=args.variance,
         )
         info = None
     else:
@@ -195,6 +196,11 @@ def _cmd_lrt(args: argparse.Namespace) -> int:
         args.alt,
         method=args.method,
         residual=args.residual,
+        variance=args.variance,
+        null_residual=args.null_residual,
+        alt_residual=args.alt_residual,
+        null_variance=args.null_variance,
+        alt_variance=args.alt_variance,
         bootstrap=args.bootstrap,
         seed=args.seed,
         progress=not args.json and sys.stderr.isatty(),
@@ -213,7 +219,11 @@ def _cmd_limit(args: argparse.Namespace) -> int:
     except ValueError:
         raise OptionError(f"--beta-prior-vars must be comma-separated numbers, got {args.beta_prior_vars!r}") from None
     fit = lmm(
-        args.formula, read_data(args.data, parse_na_values(args.na_values)), method="REML", residual=args.residual
+        args.formula,
+        read_data(args.data, parse_na_values(args.na_values)),
+        method="REML",
+        residual=args.residual,
+        variance=args.variance,
     )
     path = reml_limit(fit, tvals)
     if args.json:
@@ -266,7 +276,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.out:
         check_file(args.out, "--out", "posterior.nc")
     priors = _sample_options(args)
-    spec = build_spec(args.formula, read_data(args.data, parse_na_values(args.na_values)), residual=args.residual)
+    spec = build_spec(
+        args.formula,
+        read_data(args.data, parse_na_values(args.na_values)),
+        residual=args.residual,
+        variance=args.variance,
+    )
     t0 = time.perf_counter()
     idata = bayes.sample(
         spec,
@@ -353,7 +368,7 @@ def _side_by_side(
     from .compare import side_by_side
     from .freq import lmm
 
-    fit = lmm(formula, data, method=method, residual=residual)
+    fit = lmm(formula, data, method=method, residual=residual, variance=getattr(args, "variance", None))
     show = not getattr(args, "json", False) and sys.stderr.isatty()
     if not getattr(args, "json", False):
         print(
@@ -508,6 +523,71 @@ def _add_na_values(sp: argparse.ArgumentParser) -> None:
     )
 
 
+#: what --residual accepts
+RESIDUAL_HELP = (
+    "residual structure within groups (default iid, independent errors): in time 'ou(t | g)' (Ornstein-"
+    "Uhlenbeck plus a nugget), 'ar1(t | g)' (AR(1) by order of t); by visit (a factor) 'us(visit | id)' "
+    "(unstructured), 'cs', 'csh', 'ar1h', 'toep', 'toeph', 'diag', and 'us(visit | arm/id)' for one matrix "
+    "per arm; spatial 'exp(x + y | g)', 'gau', 'sph' (with a nugget; 'exp(x + y | g, nugget=false)' "
+    "without; '| 1' for one group over the whole field)"
+)
+#: what --variance accepts
+VARIANCE_HELP = (
+    "variance function of the residual: 'ident(v)' (a standard deviation per level of v, nlme's varIdent), "
+    "'power(x)' (|x|^delta, varPower) or 'exp(x)' (exp(delta x), varExp); with or without --residual "
+    "(without random effects and --residual: nlme's gls)"
+)
+
+
+def _add_residual(sp: argparse.ArgumentParser, both: bool = False) -> None:
+    """``--residual`` and ``--variance`` (``both``: of the two models of a test)."""
+    whose = "both models: " if both else ""
+    sp.add_argument("--residual", default=None, metavar="STRUCTURE", help=whose + RESIDUAL_HELP)
+    sp.add_argument("--variance", default=None, metavar="FUNCTION", help=whose + VARIANCE_HELP)
+
+
+def split_structures(text: str) -> list[str]:
+    """``"us, toeph, exp(x + y | 1, nugget=false)"`` as a list: commas inside parentheses stay."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += (ch == "(") - (ch == ")")
+        cur += ch
+    out.append(cur.strip())
+    return [s for s in out if s]
+
+
+def _cmd_structures(args: argparse.Namespace) -> int:
+    from ._errors import OptionError
+    from .freq import compare_structures
+
+    names = split_structures(args.structures)
+    if not names:
+        raise OptionError("--structures must list at least one structure, e.g. 'us,toeph,ar1h,cs'")
+    visit: Any = args.visit
+    if visit and "+" in visit:  # coordinates, 'x + y'
+        visit = [c.strip() for c in visit.split("+") if c.strip()]
+    data = read_data(args.data, parse_na_values(args.na_values))
+    table = compare_structures(
+        args.formula,
+        data,
+        names,
+        visit=visit,
+        group=args.group,
+        method=args.method,
+        variance=args.variance,
+        lrt=args.lrt,
+    )
+    if args.json:
+        print(to_json({"method": args.method.upper(), "formula": args.formula, "structures": table.to_dict("records")}))
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayeslmm`` command."""
     from . import __version__
@@ -539,12 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_na_values(f)
     f.add_argument("--formula", "-f", required=True, help="lme4 formula, e.g. 'y ~ x + (1 | g)'")
     f.add_argument("--method", default="REML", help="REML (default) or ML")
-    f.add_argument(
-        "--residual",
-        default=None,
-        help="residual process: 'iid' (default), 'ou(t | g)' (Ornstein-Uhlenbeck in time t within g "
-        "plus a nugget) or 'ar1(t | g)' (AR(1) by order of t within g)",
-    )
+    _add_residual(f)
     f.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     f.add_argument(
         "--scheduler",
@@ -564,16 +639,56 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--method", default="REML", help="REML (default) or ML; REML fits whose fixed effects differ are refitted by ML"
     )
-    t.add_argument("--residual", default=None, help="residual process of both models: iid, 'ou(t | g)', 'ar1(t | g)'")
+    _add_residual(t, both=True)
+    for who in ("null", "alt"):
+        t.add_argument(
+            f"--{who}-residual",
+            default=None,
+            metavar="STRUCTURE",
+            help=f"residual structure of the {who} model only (replaces --residual for it), e.g. --null-residual "
+            "'cs(visit | id)' --alt-residual 'us(visit | id)' with one formula: a test of the covariance structure",
+        )
+        t.add_argument(
+            f"--{who}-variance",
+            default=None,
+            metavar="FUNCTION",
+            help=f"variance function of the {who} model only (replaces --variance for it)",
+        )
     t.add_argument("--bootstrap", type=int, default=0, help="parametric-bootstrap samples (default 0: none)")
     t.add_argument("--seed", type=int, default=None, help="seed of the bootstrap")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_cmd_lrt)
+    st = sub.add_parser(
+        "structures",
+        help="compare residual structures for one mean model: npar, loglik, AIC, BIC, LRTs of nested pairs",
+        description="Fit one formula with each residual structure (REML by default: the fixed effects are the "
+        "same, so the restricted likelihoods compare) and print one row per structure, in the order given.",
+        epilog="example: bayeslmm structures trial.csv -f 'y ~ arm * visit + base' --structures us,toeph,ar1h,cs "
+        "--visit visit --group id --lrt",
+    )
+    st.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
+    _add_na_values(st)
+    st.add_argument("--formula", "-f", required=True, help="lme4 formula (random-effect terms optional)")
+    st.add_argument(
+        "--structures",
+        required=True,
+        help="comma-separated structures: bare names ('us,toeph,ar1h,cs', with --visit and --group) or full "
+        "texts ('us(visit | id),cs(visit | id)'); iid for independent errors. " + RESIDUAL_HELP,
+    )
+    st.add_argument("--visit", default=None, help="left of '|' for bare names: the visit factor, a time, or 'x + y'")
+    st.add_argument("--group", default=None, help="right of '|' for bare names: the subject factor, 'arm/id', or 1")
+    st.add_argument("--variance", default=None, metavar="FUNCTION", help=VARIANCE_HELP + "; for every structure")
+    st.add_argument("--method", default="REML", help="REML (default) or ML")
+    st.add_argument(
+        "--lrt", action="store_true", help="test each structure against the one before it where that one is nested in it"
+    )
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(func=_cmd_structures)
     lm_ = sub.add_parser("limit", help="the REML limit: posterior modes as the prior variance of beta grows")
     lm_.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
     _add_na_values(lm_)
     lm_.add_argument("--formula", "-f", required=True, help="lme4 formula")
-    lm_.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
+    _add_residual(lm_)
     lm_.add_argument(
         "--beta-prior-vars",
         default="10,1e3,1e8",
@@ -585,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
     _add_na_values(sm)
     sm.add_argument("--formula", "-f", required=True, help="lme4 formula")
-    sm.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
+    _add_residual(sm)
     _add_sampling(sm, "conditional")
     sm.add_argument("--out", default=None, help="write the InferenceData to this netCDF file")
     sm.add_argument("--json", action="store_true", help="print one JSON object")
@@ -594,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("data", help="CSV or Parquet file, or a bundled dataset name")
     _add_na_values(c)
     c.add_argument("--formula", "-f", required=True, help="lme4 formula")
-    c.add_argument("--residual", default=None, help="residual process: iid, 'ou(t | g)', 'ar1(t | g)'")
+    _add_residual(c)
     c.add_argument("--method", default="REML", help="REML (default) or ML for the frequentist fit")
     _add_sampling(c, "marginal")
     c.add_argument(

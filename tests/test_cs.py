@@ -209,8 +209,8 @@ def test_errors_say_what_to_do(frame) -> None:
         bayeslmm.lmm("y ~ t + (1 | g)", frame, residual="cs(t | g)")
     with pytest.raises(bayeslmm.DataError, match="own grouping factor"):
         bayeslmm.lmm("y ~ t + (0 + t | x_grp)", frame.assign(x_grp=frame.g.str[:2]), residual="cs(t | g)")
-    with pytest.raises(bayeslmm.FormulaError, match="cs\\(time \\| group\\)"):
-        bayeslmm.lmm("y ~ t", frame, residual="csh(t | g)")
+    with pytest.raises(bayeslmm.FormulaError, match="cs\\(visit \\| group\\)"):
+        bayeslmm.lmm("y ~ t", frame, residual="cx(t | g)")
 
 
 # -- the PyMC path -------------------------------------------------------------------------------

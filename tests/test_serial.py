@@ -170,7 +170,7 @@ def test_simulation_has_the_process_covariance() -> None:
     [
         ("ou(t)", "not understood"),
         ("car(t | id)", "not understood"),
-        ("ou(t | a/b)", "one factor"),
+        ("ou(t | a/b/c)", "one factor"),
     ],
 )
 def test_bad_residual_specifications(text: str, match: str) -> None:

@@ -115,7 +115,7 @@ class ResidualStructure(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
+        if isinstance(cls.__dict__.get("name"), str):  # a structure of its own (not a wrapper's property)
             STRUCTURES[cls.name] = cls
 
     @classmethod
@@ -136,6 +136,10 @@ class ResidualStructure(ABC):
     @abstractmethod
     def start_values(self) -> list[np.ndarray]:
         """A few starting points; the engine evaluates each and starts from the best."""
+
+    def data_starts(self, rows: Rows, resid: np.ndarray) -> list[np.ndarray]:
+        """Starting points from the residuals ``resid`` of ordinary least squares (none by default)."""
+        return []
 
     @abstractmethod
     def natural(self, psi: np.ndarray, scale2: float) -> dict[str, float]:
@@ -162,6 +166,23 @@ class ResidualStructure(ABC):
             hi, lo = dict(nat), dict(nat)
             hi[k], lo[k] = v + h, v - h
             out[k] = (self.matrix(feats, hi) - self.matrix(feats, lo)) / (2 * h)
+        return out
+
+    def gradient(self, feats: dict[str, np.ndarray], G: np.ndarray, psi: np.ndarray) -> np.ndarray:
+        """``sum_i tr(G_i dR_i/dpsi_k)`` for each optimiser parameter ``psi_k`` (``R`` at scale 1).
+
+        ``G`` ``(..., s, s)`` symmetric, one per group of ``feats``. The default takes central
+        differences of :meth:`matrix` in ``psi``; a structure with a cheaper form overrides it.
+        """
+        psi = np.asarray(psi, dtype=float)
+        out = np.zeros(psi.size)
+        for k in range(psi.size):
+            h = 1e-6 * max(abs(psi[k]), 1e-1)
+            hi, lo = psi.copy(), psi.copy()
+            hi[k] += h
+            lo[k] -= h
+            dR = self.matrix(feats, self.natural(hi, 1.0)) - self.matrix(feats, self.natural(lo, 1.0))
+            out[k] = float(np.sum(G * dR)) / (2 * h)
         return out
 
     def report(self, nat: dict[str, float]) -> dict[str, Any]:

@@ -224,6 +224,26 @@ class Heteroscedastic(ResidualStructure):
         w = self.vf.weights(feats["vf"], nat, xp)
         return self.base.matrix(feats, nat, xp) * w[..., :, None] * w[..., None, :]
 
+    def gradient(self, feats: dict[str, np.ndarray], G: np.ndarray, psi: np.ndarray) -> np.ndarray:
+        """``R = W C W``: the base's gradient at ``W G W``; the variance function's by central differences
+        of ``w`` alone, ``tr(G dR) = 2 sum_jk G_jk dw_j C_jk w_k``."""
+        psi = np.asarray(psi, dtype=float)
+        nat = self.natural(psi, 1.0)
+        w = self.vf.weights(feats["vf"], nat, np)
+        ww = w[..., :, None] * w[..., None, :]
+        out = np.zeros(psi.size)
+        out[: self._k] = self.base.gradient(feats, G * ww, psi[: self._k])
+        C = self.base.matrix(feats, nat)
+        GCw = G * C * w[..., None, :]
+        for k in range(self._k, psi.size):
+            h = 1e-6 * max(abs(psi[k]), 1e-1)
+            hi, lo = psi[self._k :].copy(), psi[self._k :].copy()
+            hi[k - self._k] += h
+            lo[k - self._k] -= h
+            dw = (self.vf.weights(feats["vf"], self.vf.natural(hi), np) - self.vf.weights(feats["vf"], self.vf.natural(lo), np)) / (2 * h)
+            out[k] = 2.0 * float(np.sum(GCw * dw[..., :, None]))
+        return out
+
     def residual_params(self, psi: np.ndarray, scale2: float) -> dict[str, Any]:
         nat = self.natural(psi, scale2)
         out = self.base.residual_params(np.asarray(psi)[: self._k], scale2)
@@ -350,6 +370,25 @@ class Stratified(ResidualStructure):
                 continue
             total = total + mask * b.matrix(feats, self.stratum_natural(nat, a), xp)
         return total
+
+    def gradient(self, feats: dict[str, np.ndarray], G: np.ndarray, psi: np.ndarray) -> np.ndarray:
+        """Stratum by stratum: ``R = c_a^2 R_a(psi_a)``, so the base's gradient times ``c_a^2`` and, for the
+        log scale ratio, ``2 tr(G R)``."""
+        psi = np.asarray(psi, dtype=float)
+        st = np.asarray(feats["stratum"]).astype(np.int64)[..., 0]  # (...,) the group's stratum
+        out = np.zeros(psi.size)
+        for a, ((i, j, ratio), b) in enumerate(zip(self._slices(), self.bases)):
+            keep = st == a
+            if not keep.any():
+                continue
+            fa = {k: v[keep] for k, v in feats.items()}
+            Ga = G[keep]
+            c2 = float(np.exp(2 * psi[i])) if ratio else 1.0
+            pa = psi[i + int(ratio) : j]
+            out[i + int(ratio) : j] = c2 * b.gradient(fa, Ga, pa)
+            if ratio:
+                out[i] = 2.0 * c2 * float(np.sum(Ga * b.matrix(fa, b.natural(pa, 1.0))))
+        return out
 
     def residual_params(self, psi: np.ndarray, scale2: float) -> dict[str, Any]:
         nat = self.natural(psi, scale2)

@@ -75,6 +75,26 @@ class VisitStructure(ResidualStructure):
         v = np.asarray(feats["visit"]).astype(np.int64)
         return S[v[..., :, None], v[..., None, :]]
 
+    def visit_sum(self, feats: dict[str, np.ndarray], G: np.ndarray) -> np.ndarray:
+        """``H = sum_i E_i' G_i E_i`` ``(m, m)``: ``G`` of each group scattered onto the visits of its rows."""
+        v = np.asarray(feats["visit"]).astype(np.int64)
+        pair = v[..., :, None] * self.m + v[..., None, :]  # (..., s, s) index of (visit_j, visit_k)
+        return np.bincount(pair.ravel(), weights=np.ravel(G), minlength=self.m * self.m).reshape(self.m, self.m)
+
+    def gradient(self, feats: dict[str, np.ndarray], G: np.ndarray, psi: np.ndarray) -> np.ndarray:
+        """``tr(H dSigma/dpsi_k)`` with ``H`` the visit sum of ``G`` (central differences of the m x m ``Sigma``)."""
+        H = self.visit_sum(feats, G)
+        psi = np.asarray(psi, dtype=float)
+        out = np.zeros(psi.size)
+        for k in range(psi.size):
+            h = 1e-6 * max(abs(psi[k]), 1e-1)
+            hi, lo = psi.copy(), psi.copy()
+            hi[k] += h
+            lo[k] -= h
+            dS = self.sigma(self.natural(hi, 1.0)) - self.sigma(self.natural(lo, 1.0))
+            out[k] = float(np.sum(H * dS)) / (2 * h)
+        return out
+
     def check_rows(self, rows: Rows, what: str) -> None:
         """Every visit needs two observations for its variance; two observations of one subject at one
         visit are not a structure by visit."""
@@ -98,6 +118,32 @@ class VisitStructure(ResidualStructure):
 
     #: a variance per visit
     heterogeneous: bool = True
+
+    def empirical(self, rows: Rows, resid: np.ndarray) -> np.ndarray | None:
+        """``(m, m)`` covariance of the residuals over the visits from the pairs observed together,
+        made positive definite (None where a pair or a visit is never observed)."""
+        v = rows.feats["visit"].astype(np.int64)
+        Rm = np.zeros((rows.nlevels, self.m))
+        M = np.zeros((rows.nlevels, self.m))
+        Rm[rows.codes, v] = resid
+        M[rows.codes, v] = 1.0
+        cnt = M.T @ M
+        if np.any(cnt < 1):
+            return None
+        S = (Rm.T @ Rm) / cnt
+        w, Q = np.linalg.eigh(S)
+        if w[-1] <= 0:
+            return None
+        S = (Q * np.maximum(w, 1e-3 * w[-1])) @ Q.T
+        return S / S[0, 0]
+
+    def data_starts(self, rows: Rows, resid: np.ndarray) -> list[np.ndarray]:
+        S = self.empirical(rows, resid)
+        return [] if S is None else self.start_from(S)
+
+    def start_from(self, S: np.ndarray) -> list[np.ndarray]:
+        """Optimiser points near the relative covariance ``S`` over the visits (``S[0, 0] = 1``)."""
+        return []
 
     # -- shared pieces ------------------------------------------------------------
     def _var_keys(self) -> tuple[str, ...]:
@@ -132,16 +178,34 @@ class VisitStructure(ResidualStructure):
         }
 
     def describe(self, time: str, group: str, rp: dict[str, Any], fmt: Any) -> list[str]:
-        out = [f"Residual covariance {self.name}({time} | {group}) over the visits (the Residual row is visit {self.visits[0]!r}):"]
-        S = np.asarray(rp["cov"])
+        """The variance, sd and correlations per visit (nlme's correlation matrix and variance function,
+        SAS's R matrix); ``rp`` is :meth:`report`'s dict or the natural parameters (``residual_params()``)."""
+        if "cov" in rp:
+            S = np.asarray(rp["cov"], dtype=float)
+        else:
+            S = self.sigma({k: v for k, v in rp.items() if k != "kind"} | {"sigma2": rp[self.residual_key]})
         sd = np.sqrt(np.diag(S))
         corr = S / np.outer(sd, sd)
-        w = max(len(v) for v in self.visits) + 2
-        out.append(" " * w + "".join(f"{v:>10}" for v in self.visits) + f"{'sd':>12}")
+        var_s = [fmt(x) for x in np.diag(S)]
+        sd_s = [fmt(x, 4) for x in sd]
+        corr_s = [[f"{corr[j, k]:.3f}" for k in range(j)] for j in range(self.m)]
+        w0 = max(len("Visit"), *(len(v) for v in self.visits))
+        w1 = max(len("Variance"), *(len(x) for x in var_s))
+        w2 = max(len("Std.Dev."), *(len(x) for x in sd_s))
+        wc = [max(len(self.visits[k]), 6) for k in range(self.m - 1)]
+        out = [
+            f"Residual covariance {self.name}({time} | {group}) by visit of {time} (the Residual row above is "
+            f"visit {self.visits[0]}):",
+            f" {'Visit':<{w0}} {'Variance':>{w1}} {'Std.Dev.':>{w2}}" + ("  Correlation" if self.m > 1 else ""),
+        ]
+        if self.m > 1:
+            out.append(" " + " " * (w0 + w1 + w2 + 3) + "".join(f" {v:>{w}}" for v, w in zip(self.visits, wc)))
         for j, v in enumerate(self.visits):
-            cells = "".join(f"{fmt(corr[j, k]):>10}" if k <= j else " " * 10 for k in range(self.m))
-            out.append(f"{v:<{w}}" + cells + f"{fmt(sd[j]):>12}")
-        out.append(" (lower triangle: correlations; sd: standard deviation at each visit)")
+            cells = "".join(f" {c:>{w}}" for c, w in zip(corr_s[j], wc))
+            out.append(f" {v:<{w0}} {var_s[j]:>{w1}} {sd_s[j]:>{w2}} {cells}".rstrip())
+        keys = [k for k in getattr(self, "corr_keys", ()) if k in rp]
+        if keys:
+            out.append(" Correlation parameters: " + ", ".join(f"{k} {fmt(rp[k])}" for k in keys))
         return out
 
     def _visit_sd_priors(self, sd_scale: float) -> dict[str, PriorSpec]:
@@ -170,14 +234,17 @@ class Unstructured(VisitStructure):
 
     def _tril(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows and columns of the free entries of ``L`` (lower triangle by column, without ``L[0, 0]``)."""
-        r, c = np.tril_indices(self.m)
-        order = np.lexsort((r, c))
-        r, c = r[order], c[order]
-        return r[1:], c[1:]
+        if "_tril_rc" not in self.__dict__:
+            r, c = np.tril_indices(self.m)
+            order = np.lexsort((r, c))
+            self.__dict__["_tril_rc"] = (r[order][1:], c[order][1:])
+        return self.__dict__["_tril_rc"]
 
     def _pairs(self) -> list[tuple[int, int]]:
-        r, c = np.tril_indices(self.m, -1)
-        return list(zip(r.tolist(), c.tolist()))
+        if "_pairs_rc" not in self.__dict__:
+            r, c = np.tril_indices(self.m, -1)
+            self.__dict__["_pairs_rc"] = list(zip(r.tolist(), c.tolist()))
+        return self.__dict__["_pairs_rc"]
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         r, c = self._tril()
@@ -197,6 +264,16 @@ class Unstructured(VisitStructure):
             C = (1 - rho) * np.eye(self.m) + rho
             out.append(np.linalg.cholesky(C)[r, c])
         return out
+
+    def gradient(self, feats: dict[str, np.ndarray], G: np.ndarray, psi: np.ndarray) -> np.ndarray:
+        """Exact: ``Sigma = L L'``, so ``d tr(H Sigma) / dL = 2 H L`` (``H`` symmetric), at the free entries."""
+        H = self.visit_sum(feats, G)
+        r, c = self._tril()
+        return (2.0 * H @ self._L(np.asarray(psi, dtype=float)))[r, c]
+
+    def start_from(self, S: np.ndarray) -> list[np.ndarray]:
+        r, c = self._tril()
+        return [np.linalg.cholesky(S)[r, c]]
 
     def natural(self, psi: np.ndarray, scale2: float) -> dict[str, float]:
         L = self._L(np.asarray(psi, dtype=float))
@@ -292,6 +369,14 @@ class _CorrelationByVisit(VisitStructure):
         ratios = np.zeros(self.m - 1 if self.heterogeneous else 0)
         return [np.r_[ratios, np.clip(np.full(lo.size, r), lo, hi)] for r in (0.0, 0.3, 0.6)] if lo.size else [ratios]
 
+    def start_from(self, S: np.ndarray) -> list[np.ndarray]:
+        sd = np.sqrt(np.diag(S))
+        lo, hi = self.corr_bounds()
+        off = (S / np.outer(sd, sd))[np.tril_indices(self.m, -1)]
+        rho = float(np.mean(off)) if off.size else 0.0
+        ratios = np.log(sd[1:]) if self.heterogeneous else np.zeros(0)
+        return [np.r_[ratios, np.clip(np.full(lo.size, rho), lo, hi)]]
+
     def natural(self, psi: np.ndarray, scale2: float) -> dict[str, float]:
         psi = np.asarray(psi, dtype=float)
         k = self.m - 1 if self.heterogeneous else 0
@@ -321,6 +406,8 @@ class HeterogeneousCS(_CorrelationByVisit):
 
     name = "csh"
     description = "compound symmetry over the visits (a factor) within g, a variance per visit"
+    # s_j s_k rho + tau is not of the form s'_j s'_k rho' unless the variances are equal: a random intercept
+    # is identified through unequal variances only (weakly near equal ones), as nlme and SAS allow it
     confounded_with_intercept = False
 
     def _corr_names(self) -> tuple[str, ...]:
@@ -338,6 +425,9 @@ class HeterogeneousAR1(_CorrelationByVisit):
 
     name = "ar1h"
     description = "AR(1) in the visit index (a factor) within g, a variance per visit"
+    # the correlation decays with the lag; a random intercept adds a constant that does not: identifiable
+    # (the classic random intercept plus AR(1) errors)
+    confounded_with_intercept = False
 
     def _corr_names(self) -> tuple[str, ...]:
         return ("rho",)
@@ -352,6 +442,9 @@ class Toeplitz(_CorrelationByVisit):
     name = "toep"
     description = "Toeplitz over the visit index (a factor) within g: a correlation per lag, one variance"
     heterogeneous = False
+    # sigma2 rho_|j-k| + tau is again Toeplitz (variance sigma2 + tau, every lag's covariance + tau): a random
+    # intercept is not identifiable next to it
+    confounded_with_intercept = True
 
     def _corr_names(self) -> tuple[str, ...]:
         return tuple(f"rho(lag {k})" for k in range(1, self.m))
@@ -366,6 +459,9 @@ class HeterogeneousToeplitz(Toeplitz):
     name = "toeph"
     description = "Toeplitz over the visit index (a factor) within g: a correlation per lag, a variance per visit"
     heterogeneous = True
+    # as csh: s_j s_k rho_|j-k| + tau is toeph only with equal variances, so a random intercept is identified
+    # (weakly) through unequal variances
+    confounded_with_intercept = False
 
 
 class Diagonal(_CorrelationByVisit):
@@ -373,6 +469,8 @@ class Diagonal(_CorrelationByVisit):
 
     name = "diag"
     description = "independent errors with a variance per visit (a factor) within g"
+    # no covariance between visits: a random intercept is what correlates them (nlme's lme with varIdent)
+    confounded_with_intercept = False
 
     def corr(self, nat: dict[str, Any], xp: Any) -> list[list[Any]]:
         return [[1.0 if j == k else 0.0 for k in range(self.m)] for j in range(self.m)]

@@ -16,6 +16,8 @@ from ._objective import (
     varpar_deviance,
 )
 from ._optimize import SINGULAR_TOL, OptimizerRecord, minimize_bobyqa
+from ._structures import compare_structures, marginal_cov, residual_report, variance_report
+from ._variogram import Variogram, variogram
 
 __all__ = [
     "GLS",
@@ -29,8 +31,10 @@ __all__ = [
     "LinearFit",
     "OptimizerRecord",
     "Pieces",
+    "Variogram",
     "bootstrap",
     "check_method",
+    "compare_structures",
     "criterion_from_factor",
     "fit_model",
     "fit_spec",
@@ -39,9 +43,13 @@ __all__ = [
     "lrt",
     "lrt_formulas",
     "make_engine",
+    "marginal_cov",
     "minimize_bobyqa",
     "one_blas_thread",
     "optimize",
     "profiled_criterion",
+    "residual_report",
+    "variogram",
     "varpar_deviance",
+    "variance_report",
 ]

@@ -24,7 +24,7 @@ from .._errors import DataError
 from ..linalg import CrossProducts
 from ..spec import ModelSpec, build_spec
 from ._objective import GLS, BlockedEngine, Engine, check_method, profiled_criterion, varpar_deviance
-from ._optimize import OptimizerRecord, minimize_bobyqa
+from ._optimize import OptimizerRecord, minimize_bobyqa, minimize_gradient
 
 
 def lmm(
@@ -139,7 +139,11 @@ def optimize(engine: Engine, start: np.ndarray | None) -> OptimizerRecord:
     else:
         start_w = None
     upper = hi if np.any(np.isfinite(hi)) else None
-    rec = minimize_bobyqa(engine.working, lo, start_w, upper=upper, names=engine.names())
+    fg = engine.working_gradient
+    if fg is not None and start_w is not None:
+        rec = minimize_gradient(fg, lo, hi, start_w, names=engine.names())
+    else:
+        rec = minimize_bobyqa(engine.working, lo, start_w, upper=upper, names=engine.names())
     return replace(
         rec, x=engine.from_working(rec.x), x_start=engine.from_working(rec.x_start), n_evals=rec.n_evals + extra
     )
@@ -453,6 +457,34 @@ class LMMFit:
         natural parameters (``{"kind": "ou", "process_var", "rho", "nugget"}``, ``{"kind": "ar1", "phi",
         "sigma2"}``, ``{"kind": "cs", "rho", "sigma2"}``, ...)."""
         return self.objective.residual_params(self.psi, self.scale2)
+
+    def residual_report(self) -> dict[str, Any]:
+        """The residual structure's estimates in the parameterisation of the docs (``fit --json``'s
+        ``residual``): ``kind`` and, for ``us`` and the other structures by visit, ``levels``, ``cov``,
+        ``sd``, ``corr``; spatial ``range``, ``nugget``, ``sill``; a structure per stratum ``by`` and
+        ``strata`` (one report per level); see :func:`bayeslmm.freq._structures.residual_report`."""
+        from ._structures import residual_report
+
+        return residual_report(self)
+
+    def variance_report(self) -> dict[str, Any] | None:
+        """The variance function's estimates (``fit --json``'s ``variance``): ``ratios`` per level for
+        ``ident(v)``, ``delta`` for ``power(x)`` and ``exp(x)``; None without a variance function."""
+        from ._structures import variance_report
+
+        return variance_report(self)
+
+    def marginal_cov(self, group: str | None = None, stratum: str | None = None) -> pd.DataFrame:
+        """``V_i = Z_i D Z_i' + R_i`` of one subject, rows and columns labelled (visits, times or coordinates).
+
+        By default, for a structure by visit a subject with every visit (all visit levels in order), otherwise
+        the group with the most observations; ``group`` picks one, ``stratum`` a level of the strata of
+        ``us(visit | arm/id)``. ``attrs["group"]`` says which subject (None: a complete subject that the
+        data lack). See :func:`bayeslmm.freq._structures.marginal_cov`.
+        """
+        from ._structures import marginal_cov
+
+        return marginal_cov(self, group, stratum)
 
     # ------------------------------------ the likelihood in (psi, s)
     def varpar(self) -> np.ndarray:

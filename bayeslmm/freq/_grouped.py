@@ -15,13 +15,14 @@ any other the dense per-group Cholesky (:class:`bayeslmm.linalg._dense.DenseGram
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .._errors import DataError
-from ..cov import MarkovStructure
+from ..cov import MarkovStructure, Rows
 from ..linalg import (
     DenseGram,
     FilterResult,
@@ -134,7 +135,15 @@ class GroupedEngine(Engine):
     def start_candidates(self) -> list[np.ndarray]:
         """Random-effect factors 1 with each of the structure's starting values; the best one starts BOBYQA."""
         re0 = np.where(np.isfinite(self.spec.theta_lower()), 1.0, 0.0)
-        return [np.r_[re0, v] for v in self.structure.start_values()]
+        starts = list(self.structure.start_values())
+        if not self.spec.terms:  # no random effects: the structure's guess from least-squares residuals
+            res = self.residual
+            Xw, yw = self.Y[:, :-1], self.Y[:, -1]
+            beta = np.linalg.lstsq(Xw, yw, rcond=None)[0]
+            rows = Rows(dict(res.feats), res.codes, len(res.levels), dict(res.labels))
+            starts += self.structure.data_starts(rows, yw - Xw @ beta)
+        lo, hi = self.structure.bounds()
+        return [np.r_[re0, np.clip(v, lo, hi)] for v in starts]
 
     def split(self, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(theta, structure parameters)``."""
@@ -171,6 +180,25 @@ class GroupedEngine(Engine):
         return psi
 
     # -- evaluation ---------------------------------------------------------
+    @property
+    def working_gradient(self) -> Callable[[np.ndarray], tuple[float, np.ndarray] | None] | None:
+        """``psi_w -> (criterion, gradient)`` for a structure whitened densely (not a Markov one), with
+        ``V_i = Z_w,i T_w T_w'Z_w,i' + R_i`` per group; None for the Kalman path."""
+        if not isinstance(self._gram, DenseGram):
+            return None
+        gram: DenseGram = self._gram
+
+        def fg(psi_w: np.ndarray) -> tuple[float, np.ndarray] | None:
+            psi_w = np.asarray(psi_w, dtype=float)
+            T = self._factor(psi_w, working=True)
+            out = gram.criterion_gradient(self.structure, self.split(psi_w)[1], self.reml, T)
+            if out is None:
+                return None
+            val, dT, gs = out
+            return val, np.r_[dT[self._ti, self._tj], gs]
+
+        return fg
+
     def gram(self, psi: np.ndarray, working: bool = False) -> GramResult:
         """``log|V_rel|`` and the working cross-products ``[X_w y_w]'V_rel^{-1}[X_w y_w]`` at ``psi``."""
         psi = np.asarray(psi, dtype=float)

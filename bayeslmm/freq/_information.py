@@ -276,15 +276,17 @@ def expected_information_grouped(fit: Any) -> tuple[np.ndarray, list[str]]:
         names.append(key)
     V += np.eye(nmax) * (1 - mm)  # padding: identity, uncorrelated with the data, zero derivatives
     Vi = np.linalg.inv(V)
-    Y = [Vi @ A for A in dV]
-    k = len(Y)
-    info = np.array([[np.einsum("gab,gba->", Y[j], Y[m]) for m in range(k)] for j in range(k)])
+    Y = np.stack([Vi @ A for A in dV])  # (k, G, nmax, nmax)
+    k = Y.shape[0]
+    # sum_i tr(Y_j Y_l) for every pair at once (one matrix product, not k^2 small einsums)
+    info = Y.reshape(k, -1) @ np.swapaxes(Y, 2, 3).reshape(k, -1).T
     if fit.reml:
-        ViX = Vi @ X
+        ViX = Vi @ X  # (G, nmax, p)
         C = np.linalg.inv(np.einsum("gap,gaq->pq", X, ViX))
-        M = [np.einsum("gap,gab,gbq->pq", X, Yj, ViX) for Yj in Y]
-        for j in range(k):
-            for m in range(k):
-                N = np.einsum("gap,gab,gbc,gcq->pq", X, Y[j], Y[m], ViX)
-                info[j, m] += -2 * np.trace(C @ N) + np.trace(C @ M[j] @ C @ M[m])
+        p = C.shape[0]
+        XY = np.einsum("gap,jgab->jpgb", X, Y).reshape(k, p, -1)  # X_i'Y_j, groups side by side
+        YViX = (Y @ ViX).reshape(k, -1, p)  # Y_j V_i^-1 X_i, groups stacked
+        CM = C @ (XY @ ViX.reshape(-1, p))  # C M_j
+        trCN = np.einsum("jqb,mbq->jm", C @ XY, YViX)  # tr(C N_jl)
+        info += -2 * trCN + np.einsum("jab,mba->jm", CM, CM)
     return 0.5 * info, names

@@ -72,19 +72,139 @@ def _check_nested(null: Any, alt: Any) -> tuple[int, list[str]]:
     r0 = None if s0.residual is None else s0.residual.kind
     r1 = None if s1.residual is None else s1.residual.kind
     notes = []
-    if r0 != r1:
-        if r0 is not None:
-            raise DataError(f"the models have different residual processes ({r0} and {r1}); they are not nested")
+    if r0 is None and r1 is not None:
         notes.append(f"the alternative adds a {r1} residual process: no known boundary mixture")
+    elif r1 is None and r0 is not None:
+        raise DataError(
+            f"the null model has a residual structure ({s0.residual}) and the alternative has independent "
+            "errors; they are not nested (swap them if the alternative is the independent-errors model's extension)"
+        )
+    elif r0 is not None and _residual_text(s0) != _residual_text(s1):
+        why = _why_not_nested(null, alt)
+        if why is not None:
+            raise DataError(
+                f"the null's residual structure {_residual_text(s0)} is not nested in the alternative's "
+                f"{_residual_text(s1)}: {why}"
+            )
     if alt.npar <= null.npar:
         raise DataError(f"the alternative must have more parameters than the null ({alt.npar} vs {null.npar})")
     return s1.p - s0.p, notes
+
+
+#: structures by visit (same visit factor) that contain each structure as a special case (SAS's and
+#: mmrm's usual chain: cs < csh < us, cs < toep < toeph < us, ar1 < ar1h < toeph < us, diag < csh, ar1h)
+NESTED_IN: dict[str, frozenset[str]] = {
+    "cs": frozenset({"csh", "toep", "toeph", "us"}),
+    "csh": frozenset({"us"}),
+    "toep": frozenset({"toeph", "us"}),
+    "toeph": frozenset({"us"}),
+    "ar1h": frozenset({"toeph", "us"}),
+    "diag": frozenset({"csh", "ar1h", "toeph", "us"}),
+    "ar1": frozenset({"ar1h", "toep", "toeph", "us"}),
+}
+#: the structure with a variance per visit that a structure with one variance becomes with ``ident(visit)``
+HETEROGENEOUS = {"cs": "csh", "toep": "toeph", "ar1": "ar1h", "iid": "diag"}
+#: the kinds whose nested special cases sit inside the parameter space (a correlation 0 or equal
+#: variances or correlations): the chi-square p value of the LRT applies
+_INTERIOR = frozenset(NESTED_IN) | frozenset({"us"})
+
+
+def _residual_text(spec: Any) -> str:
+    res = spec.residual
+    if res is None:
+        return "iid"
+    v = res.variance
+    return str(res) + (f", variance {v}" if v is not None else "")
+
+
+def _consecutive(null_res: Any, alt_res: Any) -> bool:
+    """Whether, in the null's time order within each group, the alternative's visit indices step by 1
+    (then ``ar1`` by order equals ``ar1h`` with equal variances, by visit index)."""
+    codes, t = null_res.codes, null_res.t
+    order = np.lexsort((np.arange(codes.size), t, codes))
+    v = alt_res.feats["visit"][order]
+    same = codes[order][1:] == codes[order][:-1]
+    return bool(np.all(np.diff(v)[same] == 1))
+
+
+def _why_not_nested(null: Any, alt: Any) -> str | None:
+    """None where the null's residual structure is a special case of the alternative's, else why not."""
+    r0, r1 = null.spec.residual, alt.spec.residual
+    a, b = r0.spec, r1.spec
+    k0, k1 = a.kind, b.kind
+    # independent errors with a variance function ("iid") are inside a structure of any grouping
+    if k0 != "iid" and a.factors != b.factors:
+        return f"they group by different factors ({r0.group} and {r1.group})"
+    if a.strata is not None and a.strata != b.strata:
+        return f"the null has one structure per {a.strata} and the alternative does not"
+    v0, v1 = a.variance, b.variance
+    hetero = False
+    if v0 is not None and (v1 is None or str(v0) != str(v1)):
+        visit_col = b.lhs[0] if b.lhs else None
+        if v1 is None and v0.kind == "ident" and v0.column == visit_col and k0 in HETEROGENEOUS:
+            hetero = True  # e.g. cs with ident(visit) is csh
+        else:
+            return f"the null's variance function {v0} is not in the alternative ({v1 or 'none'})"
+    if k0 == "iid":
+        if not hetero or k1 in ("diag", *NESTED_IN["diag"]):
+            return None
+        return f"independent errors with {v0} are diag, which is not a special case of {k1}"
+    if k0 == k1 and not hetero:
+        if dict(a.options).get("nugget", True) and not dict(b.options).get("nugget", True):
+            return "the null has a nugget and the alternative has none"
+        if a.lhs != b.lhs and k0 != "cs":
+            return f"they use different columns left of '|' ({a.time} and {b.time})"
+        return None
+    target = HETEROGENEOUS[k0] if hetero else k0
+    if k1 != target and k1 not in NESTED_IN.get(target, frozenset()):
+        inside = sorted({target, *NESTED_IN.get(target, frozenset())} - {k0})
+        what = f"{k0} with {v0}" if hetero else k0
+        if not inside:
+            return f"{what} is not a special case of {k1} (is {k1} the null? then swap the models)"
+        return f"{what} is a special case of {', '.join(inside)} (by the same visit factor), not of {k1}"
+    if k0 == "cs":  # the left of '|' only names the syntax
+        return None
+    if k0 == "ar1":
+        if not _consecutive(r0, r1):
+            return (
+                f"ar1 correlates observations by their order and {k1} by the visit index: they agree only where "
+                "no subject skips a visit, and here some do"
+            )
+        return None
+    if a.lhs != b.lhs:
+        return f"they use different visit factors ({a.time} and {b.time})"
+    return None
+
+
+def nested_residual(null: Any, alt: Any) -> bool:
+    """Whether the null's residual structure is the alternative's or a special case of it (same rows not checked)."""
+    r0, r1 = null.spec.residual, alt.spec.residual
+    if r0 is None:
+        return True
+    if r1 is None:
+        return False
+    if _residual_text(null.spec) == _residual_text(alt.spec):
+        return True
+    return _why_not_nested(null, alt) is None
 
 
 def boundary_mixture(null: Any, alt: Any, d_fixed: int) -> tuple[list[tuple[float, int]] | None, str | None]:
     """Weights and degrees of freedom of the chi-bar-square null distribution, or a reason there is none."""
     if (null.spec.residual is None) != (alt.spec.residual is None):
         return None, "the residual process differs"
+    if null.spec.residual is not None and _residual_text(null.spec) != _residual_text(alt.spec):
+        if _groups(null.spec) != _groups(alt.spec):
+            return None, "the random effects and the residual structure differ at once"
+        a, b = null.spec.residual.spec, alt.spec.residual.spec
+        if a.kind == b.kind and dict(a.options).get("nugget", True) != dict(b.options).get("nugget", True):
+            # nugget = 0 is the edge of [0, 1): one parameter on the boundary (Self and Liang 1987)
+            return [(0.5, d_fixed), (0.5, d_fixed + 1)], None
+        if a.kind in _INTERIOR or a.kind == b.kind:
+            return None, (
+                "the null's covariance parameters are inside the alternative's parameter space (equal variances "
+                "or correlations): the chi-square p value applies"
+            )
+        return None, f"{a.kind} inside {b.kind}: no known boundary mixture"
     g0, g1 = _groups(null.spec), _groups(alt.spec)
     new_scalar = 0
     extended = []
@@ -177,8 +297,8 @@ class LRTResult:
     def __str__(self) -> str:
         lines = [
             f"Likelihood-ratio test{' (models refitted with ML)' if self.refit else ''}",
-            f"null: {self.null['formula']}",
-            f"alt:  {self.alt['formula']}",
+            f"null: {self.null['formula']}" + (f", residual {self.null['residual']}" if "residual" in self.null else ""),
+            f"alt:  {self.alt['formula']}" + (f", residual {self.alt['residual']}" if "residual" in self.alt else ""),
             "",
             self.table().to_string(float_format=lambda v: f"{v:.6g}"),
             "",
@@ -196,7 +316,10 @@ class LRTResult:
 
 
 def _summary(fit: Any) -> dict[str, Any]:
-    return {"formula": fit.spec.formula, "method": fit.method, "loglik": fit.loglik, "npar": fit.npar}
+    out = {"formula": fit.spec.formula, "method": fit.method, "loglik": fit.loglik, "npar": fit.npar}
+    if fit.spec.residual is not None:
+        out["residual"] = _residual_text(fit.spec)
+    return out
 
 
 def lrt(
@@ -224,6 +347,13 @@ def lrt(
 
     d_fixed, notes = _check_nested(null, alt)
     refit = None
+    if d_fixed and (null.reml or alt.reml) and _residual_text(null.spec) != _residual_text(alt.spec):
+        raise DataError(
+            "REML likelihoods are comparable only between models with the same fixed effects, and these differ "
+            f"in their fixed effects and in their residual structure ({_residual_text(null.spec)} and "
+            f"{_residual_text(alt.spec)}): compare residual structures with one fixed-effect formula, or fit "
+            "both models by ML (method='ML') to test both changes at once"
+        )
     if (d_fixed and (null.reml or alt.reml)) or null.method != alt.method:
         null, alt = fit_model(null.spec, "ML"), fit_model(alt.spec, "ML")
         refit = "ML"
@@ -251,17 +381,34 @@ def lrt(
 
 
 def lrt_formulas(
-    data: Any, null: str, alt: str, *, method: str = "REML", residual: str | None = None, **kwargs: Any
+    data: Any,
+    null: str,
+    alt: str,
+    *,
+    method: str = "REML",
+    residual: str | None = None,
+    variance: str | None = None,
+    null_residual: str | None = None,
+    alt_residual: str | None = None,
+    null_variance: str | None = None,
+    alt_variance: str | None = None,
+    **kwargs: Any,
 ) -> LRTResult:
     """Fit ``null`` and ``alt`` to the same rows of ``data`` and test them (the CLI's ``lrt``).
 
-    The rows are those complete for the alternative; the null is fitted to them.
+    ``residual``/``variance`` apply to both models; ``null_residual``, ``alt_residual``, ``null_variance``,
+    ``alt_variance`` replace them for one (``cs`` against ``us`` with one formula: a test of the covariance
+    structure). The rows are those complete for the alternative; the null is fitted to them.
     """
     from ..spec import as_pandas, build_spec
     from ._objective import check_method
 
     method = check_method(method)
     df = as_pandas(data)
-    s1 = build_spec(alt, df, residual=residual)
-    s0 = build_spec(null, df.loc[s1.row_index], residual=residual)
+    r0 = residual if null_residual is None else null_residual
+    r1 = residual if alt_residual is None else alt_residual
+    v0 = variance if null_variance is None else null_variance
+    v1 = variance if alt_variance is None else alt_variance
+    s1 = build_spec(alt, df, residual=r1, variance=v1)
+    s0 = build_spec(null, df.loc[s1.row_index], residual=r0, variance=v0)
     return lrt(fit_model(s0, method), fit_model(s1, method), **kwargs)

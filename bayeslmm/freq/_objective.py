@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +173,11 @@ class Engine(ABC):
     def __call__(self, psi: np.ndarray) -> float:
         pc = self.pieces(psi)
         return np.inf if pc is None else profiled_criterion(pc, self.n, self.p, self.reml)
+
+    @property
+    def working_gradient(self) -> Callable[[np.ndarray], tuple[float, np.ndarray] | None] | None:
+        """``psi_w -> (criterion, gradient)`` where the engine has an analytic gradient, else None."""
+        return None
 
     def working(self, psi_w: np.ndarray) -> float:
         """The criterion at the working ``psi``: what the optimiser sees."""

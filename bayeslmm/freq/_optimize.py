@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,8 @@ GRAD_TOL = 2e-3
 POLISH_TOL = 1e-10
 #: BOBYQA restarts (smaller first step) after a failed gradient check.
 MAX_RESTARTS = 3
+#: height of the wall the gradient path sees where the criterion is not defined
+WALL = 1e8
 
 _NLOPT_STATUS = {
     1: "success",
@@ -345,3 +348,136 @@ def minimize_bobyqa(
         restarts=restarts,
         history=np.array(hist),
     )
+
+
+def minimize_gradient(
+    fg: Callable[[np.ndarray], tuple[float, np.ndarray] | None],
+    lower: np.ndarray,
+    upper: np.ndarray,
+    start: np.ndarray,
+    *,
+    names: list[str] | None = None,
+    maxiter: int = 5000,
+) -> OptimizerRecord:
+    """Minimise with the analytic gradient (L-BFGS-B, bounded) and check the optimum as
+    :func:`minimize_bobyqa` does, with the Hessian from central differences of the gradient
+    (``2k`` gradient evaluations instead of ``O(k^2)`` criterion evaluations: what makes a
+    54-parameter unstructured covariance cheap), then one Newton step.
+
+    ``fg`` returns ``(criterion, gradient)`` or None where the criterion is not defined.
+    """
+    from scipy.optimize import minimize
+
+    t0 = time.perf_counter()
+    calls = [0]
+    hist: list[tuple[float, ...]] = []
+    best: list[Any] = [np.inf, np.asarray(start, dtype=float)]
+
+    def wrapped(x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Where the criterion is not defined (V not positive definite), a finite wall rising away from
+        the best point so far: L-BFGS-B's line search then backtracks (an infinite value stops it)."""
+        calls[0] += 1
+        out = fg(x)
+        if out is None or not np.isfinite(out[0]) or not np.all(np.isfinite(out[1])):
+            hist.append((*x, np.inf))
+            d = x - best[1]
+            return float(best[0] + WALL * (1.0 + d @ d)), 2.0 * WALL * d
+        hist.append((*x, out[0]))
+        if out[0] < best[0]:
+            best[0], best[1] = out[0], np.array(x, dtype=float)
+        return out
+
+    def fun(x: np.ndarray) -> float:
+        return wrapped(x)[0]
+
+    lower = np.asarray(lower, dtype=float)
+    upper = np.asarray(upper, dtype=float)
+    x0 = np.clip(np.asarray(start, dtype=float), lower, upper)
+    bounds = [(lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None) for lo, hi in zip(lower, upper)]
+    wrapped(x0)
+    restarts = -1
+    x = x0
+    while restarts < MAX_RESTARTS:  # L-BFGS-B restarted from where it stopped while that still helps
+        restarts += 1
+        f_before = best[0]
+        res = minimize(
+            wrapped,
+            x,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 30},
+        )
+        x = np.asarray(best[1], dtype=float)
+        if not f_before - best[0] > 1e-9:
+            break
+    fx = float(best[0])
+    messages: list[str] = []
+    ok = np.isfinite(fx)
+    status = str(res.message)
+    free = _free(x, lower, upper)
+    idx = np.flatnonzero(free)
+    singular = bool((~free).any())
+    g, H = np.zeros(0), np.zeros((0, 0))
+    polished = False
+    if idx.size:
+        g, H = _gradient_hessian(wrapped, x, idx)
+        if np.all(np.isfinite(H)) and _newton_size(g, H) > POLISH_TOL:
+            x, fx, polished = newton_polish(fun, x, fx, lower, upper, idx, g, H)
+            if polished:
+                free = _free(x, lower, upper)
+                singular = bool((~free).any())
+                idx = np.flatnonzero(free)
+                g, H = _gradient_hessian(wrapped, x, idx) if idx.size else (np.zeros(0), np.zeros((0, 0)))
+        if not np.all(np.isfinite(H)):
+            ok = False
+            messages.append("Hessian could not be evaluated at the optimum")
+        elif idx.size:
+            try:
+                np.linalg.cholesky(H)
+                sg = np.linalg.solve(H, g)
+                ok = bool(np.max(np.abs(sg)) <= GRAD_TOL)
+                if not ok:
+                    messages.append(f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})")
+            except np.linalg.LinAlgError:
+                ok = False
+                messages.append("Model is nearly unidentifiable: the Hessian is not positive definite")
+    if singular:
+        at = [names[i] if names else f"psi[{i}]" for i in np.flatnonzero(~free)]
+        messages.append(
+            f"boundary (singular) fit: {', '.join(at)} at the boundary of its range (a variance 0, a "
+            "correlation +-1, or a serial-correlation parameter at 0 or 1); consider a simpler model"
+        )
+    return OptimizerRecord(
+        optimizer="L-BFGS-B (analytic gradient)",
+        x_start=x0,
+        x=x,
+        criterion=fx,
+        n_evals=calls[0],
+        status=status,
+        converged=ok,
+        singular=singular,
+        gradient=g,
+        hessian=H,
+        messages=tuple(messages),
+        seconds=time.perf_counter() - t0,
+        polished=polished,
+        restarts=restarts,
+        history=np.array(hist),
+    )
+
+
+def _gradient_hessian(
+    fg: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray, idx: np.ndarray, h: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """The gradient at ``x`` and the Hessian by forward differences of the analytic gradient over
+    ``idx`` (``k + 1`` gradient evaluations; relative error about 1e-6, plenty for the checks and
+    the Newton step)."""
+    g_all = fg(x)[1]
+    g = g_all[idx]
+    H = np.zeros((idx.size, idx.size))
+    for a, i in enumerate(idx):
+        e = np.zeros_like(x)
+        e[i] = h * max(1.0, abs(x[i]))
+        H[:, a] = (fg(x + e)[1][idx] - g) / e[i]
+    return g, 0.5 * (H + H.T)

@@ -67,7 +67,9 @@ class Summary:
         cls = "lmerMod" if res is None else f"{res.kind} residuals"
         out = [f"Linear mixed model fit by {how} ['{cls}']", f"Formula: {f.spec.formula}"]
         if res is not None:
-            out.append(f"Residual process: {res.kind}({res.time} | {res.group})")
+            what = "independent errors" if res.kind == "iid" else str(res)
+            vf = f"; variance function {res.variance}" if res.variance is not None else ""
+            out.append(f"Residual process: {what}{vf}")
         if f.spec.n_dropped:
             out.append(f"  ({f.spec.n_dropped} observation(s) deleted due to missingness)")
         out.append("")
@@ -110,8 +112,9 @@ class Summary:
         rows.append(["Residual", "", _fmt(res.vcov), _fmt(res.sdcor, 4)] + ([""] if has_corr else []))
         header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] if has_corr else [])
         lines = _table(header, rows, ["l", "l", "r", "r"] + (["l"] if has_corr else []))
-        groups = ", ".join(f"{g}, {n}" for g, n in f.ngroups.items())
-        out = ["Random effects:", *[" " + s for s in lines], f"Number of obs: {f.nobs}, groups:  {groups}"]
+        groups = ", ".join(f"{g}, {n}" for g, n in f.ngroups.items() if g not in ("(row)", "1"))  # gls; one field
+        obs = f"Number of obs: {f.nobs}" + (f", groups:  {groups}" if groups else "")
+        out = ["Random effects:", *[" " + s for s in lines], obs]
         res = f.spec.residual
         if res is not None:
             out += ["", *res.structure.describe(res.time, res.group, f.residual_params(), _fmt)]
@@ -235,12 +238,37 @@ def fit_to_dict(fit: LMMFit) -> dict[str, Any]:
         "optimizer": fit.optimizer.as_dict(),
     }
     out["reml_criterion" if fit.reml else "deviance"] = fit.criterion
-    out["residual"] = {k: (v if isinstance(v, str) else _num(v)) for k, v in fit.residual_params().items()}
+    out["residual"] = _clean(fit.residual_report())
+    variance = fit.variance_report()
+    if variance is not None:
+        out["variance"] = _clean(variance)
+    out["marginal_cov"] = _clean(_marginal_cov(fit))
     out["df"] = _satterthwaite(fit)
     out["vc_se"], note = _vc_se(fit)
     if note:
         out["vc_se_note"] = note
     return out
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-ready: NumPy values as Python ones, NaN and infinity as None, text kept."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_clean(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    return _num(obj)
+
+
+def _marginal_cov(fit: LMMFit) -> dict[str, Any] | None:
+    from ._structures import marginal_cov_report
+
+    return marginal_cov_report(fit)
 
 
 def _satterthwaite(fit: LMMFit) -> dict[str, float | None]:

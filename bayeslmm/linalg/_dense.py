@@ -10,11 +10,31 @@ for the visits of a trial or the plots of a field, not for long series (use a Ma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._kalman import FilterResult, GramResult, ProcessGram, SerialLayout
+
+
+#: pad every group to the largest where that adds at most this factor to the sum of the n_i^2
+PAD_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class SizeBatch:
+    """Groups whitened together: ``idx`` ``(G_s, s)`` rows of ``U`` (layout order; a padding row repeats
+    the group's first row), ``mask`` the real rows, ``rows = idx[mask]``, ``pad``/``mm`` the identity on
+    padding rows and the mask of pairs (None without padding), ``feats`` the features ``(G_s, s, ...)``."""
+
+    groups: np.ndarray
+    idx: np.ndarray
+    mask: np.ndarray
+    rows: np.ndarray
+    pad: np.ndarray | None
+    mm: np.ndarray | None
+    feats: dict[str, np.ndarray]
 
 
 class DenseGram(ProcessGram):
@@ -37,22 +57,55 @@ class DenseGram(ProcessGram):
         starts = np.asarray(layout.starts, dtype=np.int64)
         sizes = np.diff(np.r_[starts, self.n])
         self.sizes = sizes
-        self.classes: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
-        for s in np.unique(sizes):
-            groups = np.flatnonzero(sizes == s)
-            idx = starts[groups][:, None] + np.arange(s)[None, :]  # (G_s, s) rows of U
-            self.classes.append((groups, idx, {k: v[idx] for k, v in feats.items()}))
+        self.classes: list[SizeBatch] = []
+        smax = int(sizes.max()) if sizes.size else 0
+        # one batch padded to the largest group where that costs little (the visits of a trial, with
+        # some missed): one LAPACK call per evaluation instead of one per group size
+        if sizes.size and sizes.size * smax**2 <= PAD_RATIO * float(np.sum(sizes.astype(float) ** 2)):
+            batches = [(np.arange(sizes.size), smax)]
+        else:
+            batches = [(np.flatnonzero(sizes == s), int(s)) for s in np.unique(sizes)]
+        for groups, s in batches:
+            pos = np.arange(s)[None, :]
+            mask = pos < sizes[groups][:, None]  # (G_s, s) real rows
+            idx = np.where(mask, starts[groups][:, None] + pos, starts[groups][:, None])  # pads repeat row 1
+            self.classes.append(
+                SizeBatch(
+                    groups=groups,
+                    idx=idx,
+                    mask=mask,
+                    rows=idx[mask],
+                    pad=None if mask.all() else np.eye(s)[None] * (~mask)[:, :, None],
+                    mm=None if mask.all() else (mask[:, :, None] & mask[:, None, :]).astype(float),
+                    feats={k: v[idx] for k, v in feats.items()},
+                )
+            )
+
+    def _gather(self, b: SizeBatch, M: np.ndarray) -> np.ndarray:
+        """``(G_s, s, k)`` rows of ``M`` (layout order) in batch ``b``, zero on padding rows."""
+        out = M[b.idx]
+        if b.pad is not None:
+            out[~b.mask] = 0.0
+        return out
+
+    @staticmethod
+    def _padded(b: SizeBatch, R: np.ndarray) -> np.ndarray:
+        """``R`` on the real rows, the identity on padding rows (uncorrelated, no data, log-determinant 0)."""
+        if b.pad is None:
+            return R
+        assert b.mm is not None
+        return R * b.mm + b.pad
 
     def _whiten(self, M: np.ndarray, cov: Any) -> tuple[np.ndarray, float] | None:
         """``R^{-1/2} M`` group by group (rows in ``layout.order``) and ``log|R|``; None if ``R`` is not PD."""
         W = np.empty_like(M)
         logdet = 0.0
-        for _, idx, f in self.classes:
+        for b in self.classes:
             try:
-                C = np.linalg.cholesky(cov(f))
+                C = np.linalg.cholesky(self._padded(b, cov(b.feats)))
             except np.linalg.LinAlgError:
                 return None
-            W[idx] = np.linalg.solve(C, M[idx])
+            W[b.rows] = np.linalg.solve(C, self._gather(b, M))[b.mask]
             logdet += 2.0 * float(np.log(np.diagonal(C, axis1=1, axis2=2)).sum())
         return W, logdet
 
@@ -64,6 +117,79 @@ class DenseGram(ProcessGram):
             return GramResult(np.inf, np.full((self.c, self.c), np.nan))
         return self.woodbury(out[0], out[1], T, grouped=True)
 
+    def criterion_gradient(
+        self, structure: Any, psi: np.ndarray, reml: bool, T: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """Minus twice the profiled (restricted) log-likelihood and its gradient in the factor ``T`` of
+        ``D_rel = T T'`` (of the random-effect columns ``Z`` of ``U``) and in the structure's parameters.
+
+        ``V_i = Z_i T T'Z_i' + R_i`` is formed densely per group. With ``r = y - X beta_hat``,
+        ``A = X'V^-1 X`` and ``s^2 = r'V^-1 r / (n - p)`` (REML; ``/ n`` ML) the derivative in ``V_i`` is
+        ``G_i = V_i^-1 - [V_i^-1 X_i A^-1 X_i'V_i^-1] - V_i^-1 r_i r_i'V_i^-1 / s^2`` (the bracket for
+        REML only; beta_hat is profiled, so it does not move); the gradient is ``sum_i tr(G_i dV_i)``:
+        ``2 K T`` in ``T`` with ``K = sum_i Z_i'G_i Z_i``, and :meth:`ResidualStructure.gradient` in the
+        structure's parameters. Each group costs ``O(n_i^3)``.
+
+        Returns ``(criterion, d/dT (q, q), d/dpsi)``, or None where ``V`` is not positive definite.
+        """
+        nat = structure.natural(psi, 1.0)
+        q = self.q
+        c = self.c
+        p = c - 1
+        parts = []
+        logdet = 0.0
+        A = np.zeros((c, c))
+        D = None if T is None or not q else T @ T.T
+        for b in self.classes:
+            V = structure.matrix(b.feats, nat)
+            Ub = self._gather(b, self.U)
+            Zb = Ub[:, :, :q]
+            if D is not None:
+                V = V + Zb @ D @ np.swapaxes(Zb, 1, 2)
+            try:
+                C = np.linalg.cholesky(self._padded(b, V))
+            except np.linalg.LinAlgError:
+                return None
+            Q = np.linalg.inv(C)  # (G_s, s, s) C^-1
+            W = Q @ Ub[:, :, q:]  # (G_s, s, c) whitened [X y]
+            Wf = W.reshape(-1, c)
+            A += Wf.T @ Wf
+            logdet += 2.0 * float(np.log(np.diagonal(C, axis1=1, axis2=2)).sum())
+            parts.append((b, Q, W, Zb))
+        if not np.isfinite(logdet):
+            return None
+        try:
+            L = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return None
+        d = np.diagonal(L)
+        r2 = float(d[p]) ** 2
+        if not r2 > 0:
+            return None
+        nmp = self.n - p if reml else self.n
+        val = logdet + nmp * (1.0 + np.log(2.0 * np.pi * r2 / nmp))
+        if reml:
+            val += 2.0 * float(np.log(d[:p]).sum())
+        beta = np.linalg.solve(A[:p, :p], A[:p, p]) if p else np.zeros(0)
+        grad = np.zeros(len(psi))
+        K = np.zeros((q, q))
+        # A^-1 = La La' with La = L11^-T (A = L11 L11'): M A^-1 M' = (M La)(M La)'
+        La = np.linalg.inv(L[:p, :p]).T if (reml and p) else None
+        for b, Q, W, Zb in parts:
+            Qt = np.swapaxes(Q, 1, 2)
+            u = Qt @ (W[:, :, p] - W[:, :, :p] @ beta)[:, :, None]  # (G_s, s, 1) V^-1 r
+            G = Qt @ Q - (nmp / r2) * (u @ np.swapaxes(u, 1, 2))
+            if La is not None:
+                B = Qt @ (W[:, :, :p] @ La)  # V^-1 X chol(A^-1): M A^-1 M' = B B'
+                G -= B @ np.swapaxes(B, 1, 2)
+            if b.mm is not None:
+                G *= b.mm
+            grad += structure.gradient(b.feats, G, psi)
+            if D is not None:
+                K += np.einsum("gsa,gst,gtb->ab", Zb, G, Zb, optimize=True)
+        dT = 2.0 * K @ T if (D is not None and T is not None) else np.zeros((q, q))
+        return float(val), dT, grad
+
     def filter(
         self, Y: np.ndarray, Z: np.ndarray | None, D_rel: np.ndarray | None, structure: Any, psi: np.ndarray
     ) -> FilterResult:
@@ -74,21 +200,21 @@ class DenseGram(ProcessGram):
         Yo = Y[rows]
         Zo = None if Z is None else Z[rows]
 
-        def cov(f: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-            V = structure.matrix(f, nat)
+        def cov(b: SizeBatch) -> np.ndarray:
+            V = structure.matrix(b.feats, nat)
             if Zo is not None and D_rel is not None:
-                Zi = Zo[idx]
+                Zi = self._gather(b, Zo)
                 V = V + Zi @ D_rel @ np.swapaxes(Zi, 1, 2)
-            return V
+            return self._padded(b, V)
 
         W = np.empty_like(Yo)
         logdet = 0.0
-        for _, idx, f in self.classes:
+        for b in self.classes:
             try:
-                C = np.linalg.cholesky(cov(f, idx))
+                C = np.linalg.cholesky(cov(b))
             except np.linalg.LinAlgError:
                 return FilterResult(np.full_like(Y, np.nan), np.inf, None, None)
-            W[idx] = np.linalg.solve(C, Yo[idx])
+            W[b.rows] = np.linalg.solve(C, self._gather(b, Yo))[b.mask]
             logdet += 2.0 * float(np.log(np.diagonal(C, axis1=1, axis2=2)).sum())
         out = np.empty_like(W)
         out[rows] = W
@@ -98,9 +224,9 @@ class DenseGram(ProcessGram):
         """``(n,)`` residuals ``e ~ N(0, s^2 R)``, rows in the data's order."""
         nat = structure.natural(psi, scale2)
         e = np.empty(self.n)
-        for _, idx, f in self.classes:
-            C = np.linalg.cholesky(structure.matrix(f, nat))
-            e[idx] = (C @ rng.standard_normal((*idx.shape, 1)))[:, :, 0]
+        for b in self.classes:
+            C = np.linalg.cholesky(self._padded(b, structure.matrix(b.feats, nat)))
+            e[b.rows] = (C @ rng.standard_normal((*b.idx.shape, 1)))[:, :, 0][b.mask]
         out = np.empty(self.n)
         out[self.layout.order] = e
         return out

@@ -136,7 +136,7 @@ def parse_residual(text: str | None, variance: str | None = None) -> ResidualSpe
     lhs = tuple(column_name(c) for c in _split_top(m.group(2), "+"))
     if not all(lhs) or (len(lhs) > 1 and cls.lhs != "coords"):
         what = "one or more coordinate columns, x + y" if cls.lhs == "coords" else "one column"
-        raise FormulaError(f"residual structure {text!r}: the left of '|' must be {what}")
+        raise FormulaError(f"residual structure {text!r} is not understood: the left of '|' must be {what}")
     opts = []
     for part in [p for p in (m.group(4) or "").split(",") if p.strip()]:
         if "=" not in part:

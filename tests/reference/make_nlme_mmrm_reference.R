@@ -11,7 +11,8 @@
 # that R sees exactly what Python sees (character columns become factors with levels sorted by code
 # point, C collation).
 #
-# Run from this folder:  Rscript make_nlme_mmrm_reference.R      (about a minute on one core)
+# Run from this folder:  Rscript make_nlme_mmrm_reference.R   (2 to 3 minutes on one core, mostly glmmTMB
+# and the exact re-maximisation of its fits)
 # R and the packages come from Debian:
 #   apt-get install r-base-core r-cran-nlme r-cran-glmmtmb r-cran-jsonlite
 #
@@ -51,11 +52,16 @@
 # Fields of a case: name, data (CSV name under tests/data, without ".csv"), factors (columns to read
 # as character, e.g. pd.read_csv(..., dtype={"Diet": str})), formula (bayeslmm syntax; "C(age)" is
 # age as a factor, levels in numeric order), formula_r (as fitted in R), structure, variance, random,
-# method, engine ("nlme" or "glmmTMB"), r_call (the exact call), control, converged, message,
-# n_iter, loglik, df, nobs, aic, fixef (bayeslmm names, e.g. arm[T.placebo]:visit[T.V2]), se,
-# se_engine, sigma, corr_params, var_params, var_ref, marginal_cov (list of rows), marginal_rows
-# (visit labels as in the data column), range, nugget (spatial), sds / corr (glmmTMB), alt_fits
-# (the other optimizer's logLik), failed_attempts, checks.
+# method, engine ("nlme" or "glmmTMB"), r_call (the exact call), control, converged, message
+# (warnings / the optimizer's message; "ok" if none), loglik, df, nobs, aic, fixef (bayeslmm names,
+# e.g. arm[T.placebo]:visit[T.V2]), se, se_engine, sigma, corr_params, var_params, var_ref,
+# marginal_cov (list of rows), marginal_rows (visit labels as in the data column), marginal_subject
+# (the complete subject it was taken from), ranef_cov / ranef_terms (lme: D = getVarCov(fit)),
+# range, nugget (spatial), alt_fits (each optimizer's logLik), failed_attempts, checks.
+# glmmTMB cases also: n_iter (nlminb iterations or optim function evaluations), max_abs_gradient,
+# pdHess, loglik_direct, sds / corr (of marginal_cov), exact (see polish below: loglik, fixef, se,
+# marginal_cov, sds, corr of the exact re-maximisation, loglik_at_glmmTMB, gain_over_glmmTMB,
+# optimizer).
 # Notes:
 #   * se = sqrt(diag((X'V^-1 X)^-1)) at the estimates (lme4's convention).  se_engine = vcov(fit); it
 #     equals se except for gls ML fits, where nlme multiplies by sqrt(n / (n - p)).
@@ -65,8 +71,8 @@
 #     marginal_cov = VarCorr of the term; the full marginal covariance adds sigma^2 I where sigma is
 #     glmmTMB's fixed tiny residual sd under dispformula = ~ 0 (about 1.2e-4, i.e. 1.5e-8 on the
 #     variance); the loglik includes it.
-#   * nlme's numIter is 0 for gls fitted with nlminb (it is not the optimizer's count); n_iter is
-#     recorded as nlme reports it (lme: numIter; glmmTMB: nlminb iterations).
+#   * no iteration count is recorded for nlme (gls's numIter is 0 with nlminb, lme's is NULL); every
+#     nlme fit is repeated with the other optimizer instead (alt_fits, checks).
 #
 # Checks (the script stop()s if one fails), for every converged case:
 #   * the log-likelihood computed directly from the stored covariance (marginal_cov submatrices per
@@ -81,12 +87,27 @@
 #   * nlme: the other optimizer (nlminb <-> optim) does not reach a higher logLik by more than 1e-6
 #     (if it does, its fit is used and the case says so);
 #   * glmmTMB us(visit | id) reaches nlme's us logLik (to 1e-3, the tiny residual variance aside).
-# glmmTMB with dispformula = ~ 0 is badly conditioned (residual sd fixed at ~1.2e-4): nlminb often
-# stops with "false convergence (8)" although the fit is at the optimum to ~1e-5 in logLik (compare
-# with nlme's us).  glmmTMB is run with its default (nlminb) and with optim BFGS; the fit with the
-# higher logLik among those with a positive definite Hessian is kept; "converged" is the kept
-# optimizer's own verdict (code 0 and pdHess), and the case is recorded with its values either way
+# glmmTMB with dispformula = ~ 0 is badly conditioned (residual sd fixed at ~1.2e-4).  ML fits are
+# fine (logLik exact to 1e-10, at the optimum).  REML fits are not: nlminb stops with "false
+# convergence (8)", optim BFGS ends with code 0 but a gradient ~0.2, and logLik(fit) itself is off by
+# up to ~4e-4 from the exact REML log-likelihood at the same parameters (loglik_direct); the exact
+# re-maximisation gains 4e-5 to 1.3e-4 over glmmTMB's estimates.  So for the REML glmmTMB cases the
+# reference values are those in "exact" (for us(visit | id) they equal nlme's to 5e-8 in logLik);
+# loglik / fixef / marginal_cov at the top level are glmmTMB's own.  glmmTMB is run with its default
+# (nlminb) and with optim BFGS; of those with a positive definite Hessian the one with the higher
+# logLik(fit) is kept; "converged" is the kept optimizer's own verdict (code 0 and pdHess)
 # (max_abs_gradient, pdHess, message and alt_fits say how it ended).
+#
+# Cases: Orthodont (distance ~ C(age) * Sex; us, cs, csh, ar1h, diag, plain gls, and lme with a
+# random intercept of Subject plus ar1, with and without ident(age)); sim_mmrm (gls us, cs, ar1h;
+# glmmTMB us, toeph, us per arm); BodyWeight (lme (1 | Rat) with power(Time), exp(Time), and
+# power(Time) + ar1(Time | Rat); gls with power(Time)); all REML and ML except the BodyWeight gls
+# (REML) and Wheat2 (yield ~ variety, exp / gau / sph with nugget by REML, started as in the nlme book
+# at c(range, nugget) = c(28, 0.2), and exp by ML).
+#   * wheat2_exp_gls_reml has NO finite REML maximum (range -> infinity, see the profile in the case):
+#     it is recorded with converged = false; wheat2_exp_gls_ml, gau and sph are interior optima.
+#   * bodyweight_ri_power_ar1_lme_*: lme with opt = "optim" fails ("NA/NaN/Inf in foreign function
+#     call"); nlminb's fit is used (failed_attempts).
 suppressMessages({library(nlme); library(glmmTMB); library(jsonlite)})
 invisible(Sys.setlocale("LC_COLLATE", "C"))
 Sys.setenv(OMP_NUM_THREADS = "1")
@@ -278,7 +299,7 @@ nlme_case <- function(spec) {
   y <- model.response(model.frame(as.formula(spec$formula_r), d))
   if (!identical(colnames(X), names(fe_r))) stop(spec$name, ": X columns differ from nlme's")
 
-  res <- list()
+  res <- list(); boundary_note <- NULL
   if (is.null(spec$spatial)) {
     # covariance of one complete subject, in visit order
     g <- d[[spec$group]]
@@ -308,6 +329,11 @@ nlme_case <- function(spec) {
     res$marginal_cov <- mat_rows(M)
     res$marginal_rows <- if (is.factor(vis)) as.character(vis) else vis
     res$marginal_subject <- comp
+    if (is_lme) {
+      Dm <- getVarCov(fit)
+      res$ranef_cov <- mat_rows(matrix(unclass(Dm), nrow(Dm)))
+      res$ranef_terms <- colnames(Dm)
+    }
     Mchk <- M
   } else {
     coords <- as.matrix(d[, spec$spatial$coords])
@@ -321,6 +347,27 @@ nlme_case <- function(spec) {
     V <- sig^2 * ((1 - nug) * cfun(D) * (D > 0) + diag(nrow(D)))
     idx <- list(all = seq_along(y)); Vs <- list(all = V)
     res$range <- r; res$nugget <- nug
+    # A range far beyond the field means there is no finite maximum: the likelihood keeps rising as
+    # range -> infinity (nugget -> 0, sigma^2 -> infinity with sigma^2 (1 - nugget) / range fixed), the
+    # limit of a linear variogram.  Then the estimates are only where nlme stopped: the case is marked
+    # not converged and the profile (nugget maximised at fixed ranges, sigma and beta profiled) is kept.
+    if (r > 100 * max(D)) {
+      boundary_note <- sprintf(paste(
+        "no finite maximum: range -> infinity (here %.4g, the field spans %.4g), nugget -> 0 and sigma -> infinity;",
+        "the log-likelihood rises to a supremum (see profile), nlme stopped on its way there; only loglik",
+        "(a lower bound of the supremum, within 1e-5 of it) is meaningful, not range / nugget / sigma"), r, max(D))
+      pf <- lapply(c(1, 10, 100, 1000, 1e4) * max(D), function(rr) {
+        fl <- function(lnug) as.numeric(logLik(gls(as.formula(spec$formula_r), data = dfit, method = spec$method,
+          correlation = do.call(switch(spec$spatial$kind, exp = corExp, gau = corGaus, sph = corSpher),
+                                list(c(rr, exp(lnug)), form = as.formula(paste("~", paste(spec$spatial$coords, collapse = " + "))),
+                                     nugget = TRUE, fixed = TRUE)))))
+        o <- optimize(fl, c(log(1e-12), log(0.99)), maximum = TRUE, tol = 1e-10)
+        list(range = rr, nugget = exp(o$maximum), loglik = o$objective)
+      })
+      res$profile <- pf
+      cat(sprintf("%-32s range %.4g > 100 x field size: no finite maximum; profile logLik at range = 1, 10, ..., 1e4 x field: %s\n",
+                  spec$name, r, paste(sprintf("%.7f", vapply(pf, `[[`, 0, "loglik")), collapse = ", ")))
+    }
     res$marginal_cov <- NULL
     res$marginal_note <- "one group: Cov = sigma^2 ((1 - nugget) c(d) + nugget [d == 0]), d Euclidean in the coordinates"
     Mchk <- V
@@ -342,11 +389,12 @@ nlme_case <- function(spec) {
 
   c(base_res, list(
     r_call = r_call, control = sub(".*control = ", "", sub("\\)$", "", r_call)),
-    r_data = sprintf("dfit: tests/data/%s.csv read with stringsAsFactors = TRUE%s, sorted by %s (LC_COLLATE=C); k = index of %s among its sorted unique values",
+    r_data = sprintf("dfit: tests/data/%s.csv read with stringsAsFactors = TRUE%s, sorted by %s (LC_COLLATE=C)%s",
                      spec$data, if (length(spec$factors)) paste0(", columns ", paste(spec$factors, collapse = ", "), " as factors") else "",
-                     if (is.null(spec$group)) "row" else paste(spec$group, "then k"), if (is.null(spec$visit)) "-" else spec$visit),
-    converged = TRUE, message = if (length(tf$fits[[j]]$warnings)) paste(tf$fits[[j]]$warnings, collapse = " | ") else "ok",
-    n_iter = if (is.null(fit$numIter)) NULL else fit$numIter,
+                     if (is.null(spec$group)) "row (as in the CSV)" else paste(spec$group, "then k"),
+                     if (is.null(spec$visit)) "" else sprintf("; k = index of %s among its sorted unique values", spec$visit)),
+    converged = is.null(boundary_note),
+    message = paste(c(if (length(tf$fits[[j]]$warnings)) tf$fits[[j]]$warnings else "ok", boundary_note), collapse = " | "),
     loglik = as.numeric(ll), df = attr(ll, "df"), nobs = nobs(fit), aic = AIC(fit),
     fixef = as.list(setNames(fe_r, fnames)), se = as.list(setNames(dr$se, fnames)),
     se_engine = as.list(setNames(se_eng, fnames)), sigma = sig,
@@ -424,19 +472,20 @@ direct_pat <- function(mats, pats, y, X, REML) {
 }
 polish <- function(mats, kind, pats, y, X, REML) {
   m <- nrow(mats[[1]]); nth <- length(mat_to_theta(mats[[1]], kind))
-  unpack <- function(th) lapply(seq_along(mats), function(a) theta_to_mat(th[(a - 1) * nth + 1:nth], kind, m))
+  unpack <- function(th) setNames(lapply(seq_along(mats), function(a) theta_to_mat(th[(a - 1) * nth + 1:nth], kind, m)), names(mats))
   f <- function(th) {
     ms <- unpack(th)
     -tryCatch(direct_pat(ms, pats, y, X, REML)$loglik, error = function(e) -Inf)
   }
-  th <- unlist(lapply(mats, mat_to_theta, kind = kind))
+  th <- unlist(lapply(mats, mat_to_theta, kind = kind), use.names = FALSE)
+  if (!is.finite(f(th))) stop("polish: the log-likelihood cannot be evaluated at the start")
   # nlminb (finite-difference gradient; backs off where V is not positive definite), then BFGS
   o <- nlminb(th, f, control = list(rel.tol = 1e-15, x.tol = 1e-12, eval.max = 20000, iter.max = 5000))
   if (f(o$par) < f(th)) th <- o$par
   o2 <- tryCatch(optim(th, f, method = "BFGS", control = list(reltol = 1e-15, maxit = 5000)), error = function(e) NULL)
   if (!is.null(o2) && o2$value < f(th)) th <- o2$par
   conv <- sprintf("nlminb: %s; optim BFGS: %s", o$message, if (is.null(o2)) "failed" else o2$convergence)
-  ms <- unpack(th); names(ms) <- names(mats)
+  ms <- unpack(th)
   list(mats = ms, fit = direct_pat(ms, pats, y, X, REML), convergence = conv)
 }
 
@@ -548,7 +597,7 @@ tmb_case <- function(spec) {
     converged = info[[j]]$converged,
     message = paste(c(if (nzchar(info[[j]]$optimizer_message)) info[[j]]$optimizer_message else "ok", info[[j]]$warnings), collapse = " | "),
     max_abs_gradient = info[[j]]$max_abs_gradient, pdHess = info[[j]]$pdHess,
-    n_iter = fit$fit$iterations,
+    n_iter = if (!is.null(fit$fit$iterations)) fit$fit$iterations else unname(fit$fit$counts[1]),
     loglik = as.numeric(ll), loglik_direct = dr$loglik, df = attr(ll, "df"), nobs = nobs(fit), aic = AIC(fit),
     fixef = as.list(setNames(fe_r, fnames)), se = as.list(setNames(dr$se, fnames)),
     se_engine = as.list(setNames(se_eng, fnames)), sigma = sig,
