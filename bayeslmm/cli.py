@@ -92,12 +92,13 @@ def _fit_out_of_core(args: argparse.Namespace, source: str | list[str]) -> tuple
     from .suff import fit_out_of_core
 
     method = check_method(args.method)
-    if parse_residual(args.residual, getattr(args, "variance", None)) is not None:
+    if parse_residual(args.residual, args.variance) is not None:
+        what = f"--residual {args.residual!r}" if args.residual else f"--variance {args.variance!r}"
         raise OptionError(
-            f"--residual {args.residual!r}, --variance {args.variance!r}: a residual structure or variance "
-            "function needs the rows of each group in order and in memory, but a Parquet directory or glob "
-            "(or --scheduler) is fitted out of core from sufficient statistics, with independent errors only; "
-            "fit one CSV or Parquet file without --scheduler, or drop --residual and --variance"
+            f"{what}: a serial residual process needs the rows of each group in order and in memory (as does any "
+            "residual structure or variance function), but a Parquet directory or glob (or --scheduler) is fitted "
+            "out of core from sufficient statistics, with independent errors only; fit one CSV or Parquet file "
+            "without --scheduler, or drop --residual and --variance"
         )
     if parse_na_values(args.na_values):
         raise OptionError(
@@ -680,7 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--variance", default=None, metavar="FUNCTION", help=VARIANCE_HELP + "; for every structure")
     st.add_argument("--method", default="REML", help="REML (default) or ML")
     st.add_argument(
-        "--lrt", action="store_true", help="test each structure against the one before it where that one is nested in it"
+        "--lrt",
+        action="store_true",
+        help="test each structure against the one before it where that one is nested in it",
     )
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.set_defaults(func=_cmd_structures)

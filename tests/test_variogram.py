@@ -299,3 +299,24 @@ def test_plot_draws_sample_and_model(bodyweight) -> None:
     np.testing.assert_allclose(ax.lines[0].get_xydata()[:, 1], vg.curve["model"])
     assert "semivariogram" in ax.get_ylabel() and "Time" in ax.get_xlabel()
     assert "pairs within Rat" in str(vg)
+
+
+def test_stratified_structure_by_visit_with_dropout() -> None:
+    """ar1h(visit | arm/id) on a trial with dropout: a matrix per arm; the model's column is the mean over
+    the pairs of visits of one subject (its arm's matrix), computed here by a self-join of the rows."""
+    df = pd.read_csv(HERE / "data" / "sim_mmrm.csv")
+    fit = bayeslmm.lmm("y ~ arm * visit", df, residual="ar1h(visit | arm/id)")
+    vg = bayeslmm.variogram(fit)
+    assert vg.lag == "|index of visit_j - index of visit_k|" and vg.group == "id"
+    s = fit.spec.residual.structure
+    nat = s.natural(fit.objective.split(fit.psi)[1], fit.scale2)
+    arms = sorted(df["arm"].unique())
+    S = {a: s.bases[k].sigma(s.stratum_natural(nat, k)) for k, a in enumerate(arms)}
+    rows = df.assign(v=df["visit"].map({v: k for k, v in enumerate(sorted(df["visit"].unique()))}))
+    pairs = rows.merge(rows, on=["id", "arm"])
+    pairs = pairs[pairs["v_x"] < pairs["v_y"]]
+    semi = [(S[a][j, j] + S[a][k, k]) / 2 - S[a][j, k] for a, j, k in zip(pairs["arm"], pairs["v_x"], pairs["v_y"])]
+    want = pd.Series(semi).groupby((pairs["v_y"] - pairs["v_x"]).to_numpy()).agg(["mean", "size"])
+    np.testing.assert_array_equal(vg.table["dist"], want.index)
+    np.testing.assert_array_equal(vg.table["n.pairs"], want["size"])
+    np.testing.assert_allclose(vg.table["model"], want["mean"], rtol=1e-10)

@@ -227,7 +227,7 @@ def build_model(
             res: dict[str, Any] = {"sigma2": sigma**2}
             if spec.residual is not None:
                 structure = spec.residual.structure
-                draws = {k: pri[k].rv(k) for k in structure.priors(s)}
+                draws = structure.pymc_variables(lambda k: pri[k].rv(k), s, lkj_eta)
                 res = structure.natural_from_draws(draws, sigma**2)
                 pm.Deterministic("process", pt.stack([res[k] for k in structure.process_keys]), dims="process_param")
             pm.Deterministic("varcorr", pt.concatenate([*vc_parts, pt.stack([sigma**2])]), dims="component")

@@ -50,6 +50,8 @@ ALLOWED = (
     "Beta",
     "TruncatedNormal",
     "Kumaraswamy",
+    "Normal",
+    "StudentT",
 )
 _LOWER = {a.lower(): a for a in ALLOWED}
 

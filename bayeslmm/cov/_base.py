@@ -27,6 +27,7 @@ observations at one time are two observations.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -214,7 +215,26 @@ class ResidualStructure(ABC):
 
     @abstractmethod
     def natural_from_draws(self, draws: dict[str, Any], sigma2: Any) -> dict[str, Any]:
-        """Natural parameters from the variables of :meth:`priors` and ``sigma^2`` (NumPy or PyTensor)."""
+        """Natural parameters from the variables of :meth:`pymc_variables` and ``sigma^2`` (NumPy or PyTensor).
+
+        Every key of ``process_keys`` and ``sigma2`` (the posterior's ``process`` holds them all).
+        """
+
+    def pymc_variables(
+        self, rv: Callable[[str], Any], sd_scale: float, lkj_eta: float, suffix: str = ""
+    ) -> dict[str, Any]:
+        """The structure's variables in the PyMC model being built (called inside its context), by the
+        keys :meth:`natural_from_draws` reads.
+
+        ``rv(key)`` makes the model variable of a key of :meth:`priors` (named ``key``, with its default
+        prior or the user's replacement). ``suffix`` ends the names of a wrapper's part (``" [arm]"``,
+        :class:`~bayeslmm.cov.Stratified`): the part's prior ``k`` is ``rv(k + suffix)``, and variables
+        made here without ``rv`` end in ``suffix`` too; the returned keys are the part's own. The
+        default: one scalar variable per key of :meth:`priors`. A structure with a prior that is not a
+        scalar distribution makes it here (``us``: an LKJ correlation of ``lkj_eta``, the
+        ``build_model`` argument); the model builder needs no edit for it.
+        """
+        return {k: rv(k + suffix) for k in self.priors(sd_scale)}
 
 
 class LagStructure(ResidualStructure):

@@ -63,7 +63,8 @@ class CompoundSymmetry(LagStructure):
         return {"rho": nat["sigma2"] * (ones - eye), "sigma2": nat["rho"] * ones + (1.0 - nat["rho"]) * eye}
 
     def describe(self, time: str, group: str, rp: dict[str, Any], fmt: Any) -> list[str]:
-        return [f"Compound symmetry within {group} (the Residual row above is the variance): rho {fmt(rp['rho'])}"]
+        var = rp.get(self.residual_key, rp.get("sigma2"))
+        return [f"Compound symmetry within {group}: rho {fmt(rp['rho'])}, variance {fmt(var)}"]
 
     def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
         lo = self.rho_lower

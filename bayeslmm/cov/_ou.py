@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._base import MarkovStructure, Rows, PriorSpec, sd_prior
+from ._base import MarkovStructure, PriorSpec, Rows, sd_prior
 from ._lags import identity_like, power, power_derivative
 
 #: upper bound of ``decay``: a correlation of exp(-50) over the median gap is rho = 0 in effect

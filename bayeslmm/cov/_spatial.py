@@ -93,8 +93,21 @@ class SpatialStructure(ResidualStructure):
             out["nugget"] = float(psi[1])
         return out
 
+    def _distances(self, coords: np.ndarray) -> np.ndarray:
+        """:func:`distances`, kept for the last few coordinate arrays seen (the engines pass the same
+        arrays at every evaluation)."""
+        cache: dict[int, tuple[np.ndarray, np.ndarray]] = self.__dict__.setdefault("_dist_cache", {})
+        hit = cache.get(id(coords))
+        if hit is not None and hit[0] is coords:
+            return hit[1]
+        d = distances(np.asarray(coords, dtype=float))
+        if len(cache) > 8:
+            cache.clear()
+        cache[id(coords)] = (coords, d)
+        return d
+
     def matrix(self, feats: dict[str, np.ndarray], nat: dict[str, Any], xp: Any = np) -> Any:
-        d = distances(np.asarray(feats["coords"], dtype=float))
+        d = self._distances(feats["coords"])
         eye = np.eye(d.shape[-1])
         c = self.correlation(d, nat["range"], xp)
         if self.nugget:
@@ -109,14 +122,19 @@ class SpatialStructure(ResidualStructure):
         where = "over the whole field" if group == "1" else f"within {group}"
         return [
             f"Spatial correlation {self.name}({time} | {group}) {where} (the Residual row is the sill):",
-            f" range {fmt(rp['range'])}, nugget {fmt(rp.get('nugget', 0.0))} (share of the sill), sill {fmt(rp['sill'])}",
+            f" range {fmt(rp['range'])}, nugget {fmt(rp.get('nugget', 0.0))} (share of the sill), "
+            f"sill {fmt(rp['sill'])}",
         ]
 
     def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
         # log-normal around the typical distance: keeps the range away from 0 and from infinity
         out = {
             "range": PriorSpec(
-                "LogNormal", {"mu": float(np.log(self.d0)), "sigma": 1.0}, (-1.0, 0.0), (self.d0,), "the positive numbers"
+                "LogNormal",
+                {"mu": float(np.log(self.d0)), "sigma": 1.0},
+                (-1.0, 0.0),
+                (self.d0,),
+                "the positive numbers",
             )
         }
         if self.nugget:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -123,12 +124,17 @@ class VarIdent(VarianceFunction):
         return xp.stack([xp.as_tensor_variable(x) for x in r])[codes]
 
     def report(self, nat: dict[str, float]) -> dict[str, Any]:
-        return {"kind": "ident", "column": self.column, "ratios": {self.levels[0]: 1.0} | {
-            lv: nat[k] for lv, k in zip(self.levels[1:], self.keys)}}
+        return {
+            "kind": "ident",
+            "column": self.column,
+            "ratios": {self.levels[0]: 1.0} | {lv: nat[k] for lv, k in zip(self.levels[1:], self.keys)},
+        }
 
     def priors(self) -> dict[str, PriorSpec]:
-        return {k: PriorSpec("LogNormal", {"mu": 0.0, "sigma": 1.0}, (-1.0, 0.0), (1.0,), "the positive numbers")
-                for k in self.keys}
+        return {
+            k: PriorSpec("LogNormal", {"mu": 0.0, "sigma": 1.0}, (-1.0, 0.0), (1.0,), "the positive numbers")
+            for k in self.keys
+        }
 
 
 class VarPower(VarianceFunction):
@@ -240,7 +246,10 @@ class Heteroscedastic(ResidualStructure):
             hi, lo = psi[self._k :].copy(), psi[self._k :].copy()
             hi[k - self._k] += h
             lo[k - self._k] -= h
-            dw = (self.vf.weights(feats["vf"], self.vf.natural(hi), np) - self.vf.weights(feats["vf"], self.vf.natural(lo), np)) / (2 * h)
+            dw = (
+                self.vf.weights(feats["vf"], self.vf.natural(hi), np)
+                - self.vf.weights(feats["vf"], self.vf.natural(lo), np)
+            ) / (2 * h)
             out[k] = 2.0 * float(np.sum(GCw * dw[..., :, None]))
         return out
 
@@ -269,6 +278,13 @@ class Heteroscedastic(ResidualStructure):
 
     def natural_from_draws(self, draws: dict[str, Any], sigma2: Any) -> dict[str, Any]:
         return self.base.natural_from_draws(draws, sigma2) | self.vf.natural_from_draws(draws)
+
+    def pymc_variables(
+        self, rv: Callable[[str], Any], sd_scale: float, lkj_eta: float, suffix: str = ""
+    ) -> dict[str, Any]:
+        """The base structure's variables, then the variance function's."""
+        out = self.base.pymc_variables(rv, sd_scale, lkj_eta, suffix)
+        return out | {k: rv(k + suffix) for k in self.vf.priors()}
 
 
 class Stratified(ResidualStructure):
@@ -301,8 +317,9 @@ class Stratified(ResidualStructure):
         st = rows.feats["stratum"].astype(np.int64)
         for a, (b, label) in enumerate(zip(self.bases, self.strata)):
             keep = st == a
-            sub = Rows({k: v[keep] for k, v in rows.feats.items()}, rows.codes[keep], rows.nlevels, rows.labels,
-                       rows.options)
+            sub = Rows(
+                {k: v[keep] for k, v in rows.feats.items()}, rows.codes[keep], rows.nlevels, rows.labels, rows.options
+            )
             b.check_rows(sub, f"{what} in {self.column} = {label!r}")
 
     def check_new_times(self) -> None:
@@ -318,12 +335,13 @@ class Stratified(ResidualStructure):
         return out
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = [], []
+        lo: list[np.ndarray] = []
+        hi: list[np.ndarray] = []
         for a, b in enumerate(self.bases):
             bl, bh = b.bounds()
             if a:
-                lo.append([-LOG_RATIO_MAX])
-                hi.append([LOG_RATIO_MAX])
+                lo.append(np.array([-LOG_RATIO_MAX]))
+                hi.append(np.array([LOG_RATIO_MAX]))
             lo.append(bl)
             hi.append(bh)
         return np.concatenate(lo), np.concatenate(hi)
@@ -397,7 +415,9 @@ class Stratified(ResidualStructure):
     def report(self, nat: dict[str, float]) -> dict[str, Any]:
         return {
             "by": self.column,
-            "strata": {label: self.bases[a].report(self.stratum_natural(nat, a)) for a, label in enumerate(self.strata)},
+            "strata": {
+                label: self.bases[a].report(self.stratum_natural(nat, a)) for a, label in enumerate(self.strata)
+            },
         }
 
     def describe(self, time: str, group: str, rp: dict[str, Any], fmt: Any) -> list[str]:
@@ -416,8 +436,22 @@ class Stratified(ResidualStructure):
             pr = b.priors(sd_scale)
             out |= {f"{k} [{label}]": v for k, v in pr.items()}
             if a:
-                out[f"sigma [{label}]"] = PriorSpec("HalfNormal", {"sigma": float(sd_scale)}, (-1.0,), (0.5,),
-                                                    "the positive numbers")
+                out[f"sigma [{label}]"] = PriorSpec(
+                    "HalfNormal", {"sigma": float(sd_scale)}, (-1.0,), (0.5,), "the positive numbers"
+                )
+        return out
+
+    def pymc_variables(
+        self, rv: Callable[[str], Any], sd_scale: float, lkj_eta: float, suffix: str = ""
+    ) -> dict[str, Any]:
+        """Each stratum's variables (keys ending in ``" [<stratum>]"``, as :meth:`priors`), then for the
+        strata after the first the sd ``sigma [<stratum>]`` of their first variance."""
+        out: dict[str, Any] = {}
+        for a, (b, label) in enumerate(zip(self.bases, self.strata)):
+            tag = f" [{label}]"
+            out |= {f"{k}{tag}": v for k, v in b.pymc_variables(rv, sd_scale, lkj_eta, tag + suffix).items()}
+            if a:
+                out[f"sigma{tag}"] = rv(f"sigma{tag}{suffix}")
         return out
 
     def natural_from_draws(self, draws: dict[str, Any], sigma2: Any) -> dict[str, Any]:

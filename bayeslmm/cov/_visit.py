@@ -28,6 +28,7 @@ a covariance, the scale ``s^2`` profiled out).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -328,10 +329,33 @@ class Unstructured(VisitStructure):
             )
 
     def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
+        """``sd(<visit>) ~ HalfNormal(sd_scale)`` for each visit after the first (``sigma`` is the first
+        visit's sd); the correlation over the visits is made by :meth:`pymc_variables` (LKJ)."""
         return self._visit_sd_priors(sd_scale)
 
+    def pymc_variables(
+        self, rv: Callable[[str], Any], sd_scale: float, lkj_eta: float, suffix: str = ""
+    ) -> dict[str, Any]:
+        """The sds of :meth:`priors` and ``corr_chol``: ``<name>_corr_chol`` (``us_corr_chol``, ``suffix``
+        appended), the Cholesky factor of the ``m x m`` correlation over the visits, ``LKJCorr(eta=lkj_eta)``."""
+        out = super().pymc_variables(rv, sd_scale, lkj_eta, suffix)
+        if self.m > 1:
+            import pymc as pm
+
+            out["corr_chol"] = pm.LKJCorr(f"{self.name}_corr_chol{suffix}", n=self.m, eta=lkj_eta)
+        return out
+
     def natural_from_draws(self, draws: dict[str, Any], sigma2: Any) -> dict[str, Any]:
-        raise NotImplementedError  # set by the PyMC path (an LKJ prior on the correlation)
+        """``cov(a,b) = sd_a sd_b (L L')[a, b]`` with ``L = draws["corr_chol"]`` and ``sd`` the first
+        visit's ``sqrt(sigma2)`` and the others' ``sd(<visit>)``."""
+        out = {"sigma2": sigma2} | self._visit_vars_from_draws(draws)
+        if self.m < 2:
+            return out
+        L = draws["corr_chol"]
+        sd = [sigma2**0.5, *(draws[f"sd({v})"] for v in self.visits[1:])]
+        for r, c in self._pairs():  # c < r: (L L')[r, c] = sum_{k <= c} L[r, k] L[c, k]
+            out[f"cov({self.visits[c]},{self.visits[r]})"] = sd[r] * sd[c] * (L[r, : c + 1] @ L[c, : c + 1])
+        return out
 
 
 class _CorrelationByVisit(VisitStructure):
@@ -392,7 +416,10 @@ class _CorrelationByVisit(VisitStructure):
         return self._scaled(nat, self.corr(nat, xp), xp)
 
     def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
-        lo = float(self.corr_bounds()[0][0]) if self.corr_keys else -1.0
+        """``sd(<visit>) ~ HalfNormal(sd_scale)`` per visit after the first (heterogeneous structures) and
+        each correlation ``Uniform`` on the range where the matrix is positive definite (``csh``:
+        ``(-1/(m - 1), 1)``; ``ar1h``: ``(-1, 1)``)."""
+        lo = float(self.corr_bounds()[0][0]) - EDGE if self.corr_keys else -1.0
         out = self._visit_sd_priors(sd_scale) if self.heterogeneous else {}
         return out | {k: _corr_prior(round(lo, 12)) for k in self.corr_keys}
 
@@ -451,6 +478,40 @@ class Toeplitz(_CorrelationByVisit):
 
     def corr(self, nat: dict[str, Any], xp: Any) -> list[list[Any]]:
         return [[1.0 if j == k else nat[f"rho(lag {abs(j - k)})"] for k in range(self.m)] for j in range(self.m)]
+
+    def _pacf_keys(self) -> tuple[str, ...]:
+        return tuple(f"pacf(lag {k})" for k in range(1, self.m))
+
+    def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
+        """``sd(<visit>) ~ HalfNormal(sd_scale)`` per visit after the first (``toeph``) and the partial
+        autocorrelations ``pacf(lag k) ~ Uniform(-1, 1)``: independent correlations ``rho(lag k)`` in
+        ``(-1, 1)`` need not make a positive definite matrix, partial autocorrelations in ``(-1, 1)``
+        always do, and every positive definite Toeplitz correlation has one set of them
+        (:func:`autocorrelations`)."""
+        out = self._visit_sd_priors(sd_scale) if self.heterogeneous else {}
+        return out | {k: _corr_prior(-1.0) for k in self._pacf_keys()}
+
+    def natural_from_draws(self, draws: dict[str, Any], sigma2: Any) -> dict[str, Any]:
+        rho = autocorrelations([draws[k] for k in self._pacf_keys()])
+        out = {"sigma2": sigma2} | dict(zip(self.corr_keys, rho))
+        return out | (self._visit_vars_from_draws(draws) if self.heterogeneous else {})
+
+
+def autocorrelations(pacf: list[Any]) -> list[Any]:
+    """``rho(lag 1..K)`` of a stationary sequence from its partial autocorrelations ``pacf(lag 1..K)``
+    (the Durbin-Levinson recursion; NumPy or PyTensor scalars). The Toeplitz matrix of ``1, rho`` is
+    positive definite if and only if every partial autocorrelation is in ``(-1, 1)``."""
+    rho: list[Any] = []
+    phi: list[Any] = []  # phi[j]: the (j + 1)-th coefficient of the AR(k) predictor, k = len(phi)
+    for p in pacf:
+        k = len(phi)
+        if k == 0:
+            r = p
+        else:
+            r = sum(phi[j] * rho[k - 1 - j] for j in range(k)) + p * (1 - sum(phi[j] * rho[j] for j in range(k)))
+        phi = [phi[j] - p * phi[k - 1 - j] for j in range(k)] + [p]
+        rho.append(r)
+    return rho
 
 
 class HeterogeneousToeplitz(Toeplitz):

@@ -474,17 +474,19 @@ class LMMFit:
 
         return variance_report(self)
 
-    def marginal_cov(self, group: str | None = None, stratum: str | None = None) -> pd.DataFrame:
+    def marginal_cov(
+        self, group: str | None = None, stratum: str | None = None, max_rows: int | None = None
+    ) -> pd.DataFrame:
         """``V_i = Z_i D Z_i' + R_i`` of one subject, rows and columns labelled (visits, times or coordinates).
 
         By default, for a structure by visit a subject with every visit (all visit levels in order), otherwise
         the group with the most observations; ``group`` picks one, ``stratum`` a level of the strata of
-        ``us(visit | arm/id)``. ``attrs["group"]`` says which subject (None: a complete subject that the
-        data lack). See :func:`bayeslmm.freq._structures.marginal_cov`.
+        ``us(visit | arm/id)``, ``max_rows`` the first rows of a large group. ``attrs["group"]`` says which
+        subject (None: a complete subject that the data lack). See :func:`bayeslmm.freq._structures.marginal_cov`.
         """
         from ._structures import marginal_cov
 
-        return marginal_cov(self, group, stratum)
+        return marginal_cov(self, group, stratum, max_rows)
 
     # ------------------------------------ the likelihood in (psi, s)
     def varpar(self) -> np.ndarray:

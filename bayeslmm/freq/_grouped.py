@@ -322,7 +322,7 @@ class GroupedEngine(Engine):
         """Conditional mean and sd of the residual process, and of the whole random part
         (see :meth:`LMMFit.process`)."""
         from ..spec import as_pandas
-        from ._predict import apply_design, codes_for
+        from ._predict import apply_design
 
         spec, res, s = self.spec, self.residual, self.structure
         if newdata is None:
@@ -376,8 +376,10 @@ class GroupedEngine(Engine):
             proc, proc_var, rand, rand_var = _dense_conditional(s, psi_s, codes, t_all, feats_all, n, resid, Z, D)
             nat_s = s.natural(psi_s, fit.scale2)
             var_latent = np.array(
-                [float(s.matrix({k: v[None, i : i + 1] for k, v in feats_new.items()}, nat_s)[0, 0, 0])
-                 for i in range(len(t_new))]
+                [
+                    float(s.matrix({k: v[None, i : i + 1] for k, v in feats_new.items()}, nat_s)[0, 0, 0])
+                    for i in range(len(t_new))
+                ]
             )
         s2 = fit.scale2
         sel = slice(0, n) if newdata is None else slice(n, None)
@@ -415,7 +417,7 @@ class GroupedEngine(Engine):
     ) -> Any:
         """``X beta_hat + E(z'b + e | y)`` (``re_form``) or ``X beta_hat``; see :meth:`LMMFit.predict`."""
         from ..spec import as_pandas
-        from ._predict import codes_for, fixed_matrix
+        from ._predict import fixed_matrix
 
         spec, res = self.spec, self.residual
         if newdata is None:

@@ -297,7 +297,8 @@ class LRTResult:
     def __str__(self) -> str:
         lines = [
             f"Likelihood-ratio test{' (models refitted with ML)' if self.refit else ''}",
-            f"null: {self.null['formula']}" + (f", residual {self.null['residual']}" if "residual" in self.null else ""),
+            f"null: {self.null['formula']}"
+            + (f", residual {self.null['residual']}" if "residual" in self.null else ""),
             f"alt:  {self.alt['formula']}" + (f", residual {self.alt['residual']}" if "residual" in self.alt else ""),
             "",
             self.table().to_string(float_format=lambda v: f"{v:.6g}"),

@@ -438,7 +438,9 @@ def minimize_gradient(
                 sg = np.linalg.solve(H, g)
                 ok = bool(np.max(np.abs(sg)) <= GRAD_TOL)
                 if not ok:
-                    messages.append(f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})")
+                    messages.append(
+                        f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})"
+                    )
             except np.linalg.LinAlgError:
                 ok = False
                 messages.append("Model is nearly unidentifiable: the Hessian is not positive definite")

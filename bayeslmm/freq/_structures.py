@@ -55,6 +55,10 @@ def variance_report(fit: LMMFit) -> dict[str, Any] | None:
 
 
 # -- the marginal covariance of one subject ----------------------------------------------------------
+#: rows of ``marginal_cov`` in ``fit --json`` (a spatial field of one group can have thousands)
+JSON_ROWS = 100
+
+
 def _parts(structure: Any) -> tuple[Any, Any, Any]:
     """``(variance function or None, Stratified or None, the (first) base structure)``."""
     from ..cov import Heteroscedastic, Stratified
@@ -85,7 +89,7 @@ def _row_labels(res: Any, base: Any, feats: dict[str, np.ndarray]) -> list[str]:
     return []
 
 
-def _one(fit: LMMFit, group: str | None, stratum: int | None) -> dict[str, Any]:
+def _one(fit: LMMFit, group: str | None, stratum: int | None, max_rows: int | None) -> dict[str, Any]:
     """``{"group", "rows", "cov", "complete"}`` for one subject (module docstring)."""
     from ..cov import VisitStructure
 
@@ -136,6 +140,8 @@ def _one(fit: LMMFit, group: str | None, stratum: int | None) -> dict[str, Any]:
         return {"group": None, "rows": list(base.visits), "cov": V, "complete": True}
     rows = np.flatnonzero(codes == g)
     rows = rows[np.lexsort((rows, res.t[rows]))]
+    total = rows.size
+    rows = rows[:max_rows]  # the first rows in time order: the matrix of a subset is the submatrix
     feats = {k: v[rows] for k, v in res.feats.items()}
     V = np.asarray(s.matrix(feats, nat), dtype=float)
     if terms:
@@ -143,8 +149,14 @@ def _one(fit: LMMFit, group: str | None, stratum: int | None) -> dict[str, Any]:
         D = _blockdiag(list(fit.cov_matrices().values()))
         V = V + Z @ D @ Z.T
     labels = _row_labels(res, base, feats) or [str(i) for i in fit.spec.row_index[rows]]
-    complete = bool(by_visit and rows.size == base.m)
-    return {"group": res.levels[g], "rows": labels, "cov": V, "complete": complete or not by_visit}
+    complete = bool(by_visit and total == base.m)
+    return {
+        "group": res.levels[g],
+        "rows": labels,
+        "cov": V,
+        "complete": complete or not by_visit,
+        "truncated": rows.size < total,
+    }
 
 
 def _blockdiag(mats: list[np.ndarray]) -> np.ndarray:
@@ -157,7 +169,7 @@ def _blockdiag(mats: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _independent(fit: LMMFit, group: str | None) -> dict[str, Any]:
+def _independent(fit: LMMFit, group: str | None, max_rows: int | None) -> dict[str, Any]:
     """``V_i = Z_i D Z_i' + sigma^2 I`` of a model with independent errors and one grouping factor."""
     spec = fit.spec
     factors = {t.factors for t in spec.terms}
@@ -177,28 +189,34 @@ def _independent(fit: LMMFit, group: str | None) -> dict[str, Any]:
             raise DataError(f"group {group!r} is not a level of {t0.group!r}")
         g = lookup[str(group)]
     rows = np.flatnonzero(t0.codes == g)
+    total = rows.size
+    rows = rows[:max_rows]
     Z = np.hstack([t.Zraw[rows] for t in spec.terms])
     D = _blockdiag(list(fit.cov_matrices().values()))
     V = Z @ D @ Z.T + fit.sigma2 * np.eye(rows.size)
-    return {"group": t0.levels[g], "rows": [str(i) for i in spec.row_index[rows]], "cov": V, "complete": True}
+    labels = [str(i) for i in spec.row_index[rows]]
+    return {"group": t0.levels[g], "rows": labels, "cov": V, "complete": True, "truncated": rows.size < total}
 
 
-def marginal_cov(fit: LMMFit, group: str | None = None, stratum: str | None = None) -> pd.DataFrame:
+def marginal_cov(
+    fit: LMMFit, group: str | None = None, stratum: str | None = None, max_rows: int | None = None
+) -> pd.DataFrame:
     """``V_i = Z_i D Z_i' + R_i``: the marginal covariance of one subject's observations, labelled.
 
     For a structure by visit (``us``, ``csh``, ...) a subject with every visit, rows and columns the visit
     levels in order (with no such subject and a covariance of the visit alone, the matrix of a complete
     subject all the same); otherwise the group with the most observations (rows labelled by their time,
     coordinates, or row index). ``group`` picks a subject; ``stratum`` a level of the strata of
-    ``us(visit | arm/id)`` (default the first). ``attrs``: ``group`` (None for a hypothetical complete
-    subject), ``complete`` (every visit present) and, for strata, ``stratum``.
+    ``us(visit | arm/id)`` (default the first); ``max_rows`` keeps the first rows of a large group (in time
+    order). ``attrs``: ``group`` (None for a hypothetical complete subject), ``complete`` (every visit
+    present), ``truncated`` (``max_rows`` cut the group) and, for strata, ``stratum``.
     """
     fit._need_rows("the marginal covariance of a subject needs the rows")
     res = fit.spec.residual
     if res is None:
         if not fit.spec.terms:
             raise DataError("the model has no random effects and no residual structure: V = sigma^2 I")
-        out = _independent(fit, group)
+        out = _independent(fit, group, max_rows)
         st = None
     else:
         _, strat, _ = _parts(res.structure)
@@ -215,13 +233,13 @@ def marginal_cov(fit: LMMFit, group: str | None = None, stratum: str | None = No
                 code = None  # the subject's own stratum
         elif stratum is not None:
             raise OptionError("stratum= is for a structure per stratum, us(visit | arm/id)")
-        out = _one(fit, group, code)
+        out = _one(fit, group, code, max_rows)
         st = None if strat is None or code is None else strat.strata[code]
         if strat is not None and group is not None:
             per = res.feats["stratum"][res.codes == list(res.levels).index(str(group))]
             st = strat.strata[int(per[0])]
     frame = pd.DataFrame(out["cov"], index=out["rows"], columns=out["rows"])
-    frame.attrs.update(group=out["group"], complete=out["complete"])
+    frame.attrs.update(group=out["group"], complete=out["complete"], truncated=out.get("truncated", False))
     if st is not None:
         frame.attrs["stratum"] = st
     return frame
@@ -237,6 +255,7 @@ def marginal_cov_report(fit: LMMFit) -> dict[str, Any] | None:
             "group": frame.attrs.get("group"),
             "rows": [str(r) for r in frame.index],
             "complete": bool(frame.attrs.get("complete", True)),
+            "truncated": bool(frame.attrs.get("truncated", False)),
             "cov": frame.to_numpy().tolist(),
         }
 
@@ -249,9 +268,9 @@ def marginal_cov_report(fit: LMMFit) -> dict[str, Any] | None:
             if strat is not None:
                 return {
                     "by": strat.column,
-                    "strata": {lab: entry(marginal_cov(fit, stratum=lab)) for lab in strat.strata},
+                    "strata": {lab: entry(marginal_cov(fit, stratum=lab, max_rows=JSON_ROWS)) for lab in strat.strata},
                 }
-        return entry(marginal_cov(fit))
+        return entry(marginal_cov(fit, max_rows=JSON_ROWS))
     except DataError:
         return None
 
@@ -266,9 +285,9 @@ def _structure_text(s: str, visit: Any, group: str | None) -> str | None:
         return text
     if visit is None or group is None:
         raise OptionError(
-            f"structure {text!r} is a bare name: give visit= (the visit factor, or the time or coordinate "
-            f"columns) and group= (the subject factor, 'arm/id' for one structure per arm, '1' for one group), "
-            f"or write it in full, e.g. '{text}(visit | id)'"
+            f"structure {text!r} is a bare name: give visit= and group= (--visit and --group on the command "
+            "line): the visit factor (or the time, or the coordinates) and the subject factor ('arm/id' for one "
+            f"structure per arm, '1' for one group); or write it in full, e.g. '{text}(visit | id)'"
         )
     lhs = " + ".join(visit) if isinstance(visit, (list, tuple)) else str(visit)
     return f"{text}({lhs} | {group})"
@@ -368,7 +387,7 @@ def compare_structures(
         vs: list[str | None] = [None] * k
         stat, dfs, pv = np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan)
         for i0, i1 in pairs:
-            if not strict and not nested_residual(fits[i0], fits[i1]):
+            if not strict and (fits[i0].npar >= fits[i1].npar or not nested_residual(fits[i0], fits[i1])):
                 continue
             r = lrt_test(fits[i0], fits[i1])
             vs[i1], stat[i1], dfs[i1], pv[i1] = names[i0], r.statistic, r.df, r.p

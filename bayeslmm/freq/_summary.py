@@ -117,7 +117,12 @@ class Summary:
         out = ["Random effects:", *[" " + s for s in lines], obs]
         res = f.spec.residual
         if res is not None:
-            out += ["", *res.structure.describe(res.time, res.group, f.residual_params(), _fmt)]
+            out.append("")
+            strat = getattr(getattr(res.structure, "base", res.structure), "strata", None)
+            if strat:  # a structure per stratum: say whose variance the Residual row is
+                column = getattr(res.structure, "column", None) or res.spec.strata  # type: ignore[union-attr]
+                out.append(f"One structure per level of {column}; the Residual row above is {column} = {strat[0]}'s.")
+            out += res.structure.describe(res.time, res.group, f.residual_params(), _fmt)
         return out
 
     def fixed_effects(self) -> list[str]:
@@ -239,9 +244,7 @@ def fit_to_dict(fit: LMMFit) -> dict[str, Any]:
     }
     out["reml_criterion" if fit.reml else "deviance"] = fit.criterion
     out["residual"] = _clean(fit.residual_report())
-    variance = fit.variance_report()
-    if variance is not None:
-        out["variance"] = _clean(variance)
+    out["variance"] = _clean(fit.variance_report())  # None without a variance function
     out["marginal_cov"] = _clean(_marginal_cov(fit))
     out["df"] = _satterthwaite(fit)
     out["vc_se"], note = _vc_se(fit)

@@ -29,9 +29,11 @@ level), so the model's semivariogram is the residual structure's alone; BLUPs sh
 sample semivariogram of a model with random effects is a little below the model's.
 
 Bins follow nlme's ``Variogram`` exactly (so its numbers are matched, see
-``tests/reference/make_variogram_reference.R``): pairs with ``dist <= max_dist``; with fewer
-distinct distances than ``nint``, one bin per distance; otherwise breaks at the type-7 quantiles of
-the pair distances (``collapse="quantiles"``), equally spaced (``"fixed"``) or ``breaks``, bins
+``tests/reference/make_variogram_reference.R``): pairs with ``dist <= max_dist``; with at most
+``nint`` distinct distances (``len(breaks) - 1`` where ``breaks`` are given), one bin per distance;
+otherwise breaks at the type-7 quantiles of the pair distances (``collapse="quantiles"``), equally
+spaced from the smallest to the largest (``"fixed"``), or ``breaks`` (extended, as nlme does, by
+the smallest distance below and, where all breaks lie below it, the second smallest above), bins
 ``(b_k, b_k+1]`` (as R's ``cut``, so pairs at the lowest break, the smallest distance for
 quantile or fixed breaks, fall out as in nlme, unless ``include_lowest``); per bin
 ``variog`` the mean (``robust``: Cressie and Hawkins' ``mean(v^(1/4))^4 / (0.457 + 0.494 / n)``),
@@ -461,6 +463,18 @@ def _order_in_groups(codes: np.ndarray, t: np.ndarray | None) -> np.ndarray:
     return pos
 
 
+def _kind_of(structure: Any) -> str:
+    """What the left of ``|`` is (``"time"``, ``"visit"``, ``"coords"``, ``"any"``), through the wrappers
+    (variance functions, strata)."""
+    while True:
+        if hasattr(structure, "bases"):
+            structure = structure.bases[0]
+        elif hasattr(structure, "base") and hasattr(structure, "vf"):
+            structure = structure.base
+        else:
+            return str(structure.lhs)
+
+
 def _lhs(res: Any) -> tuple[str, ...]:
     """The columns left of ``|`` of a residual structure."""
     return tuple(res.spec.lhs) if res.spec is not None else tuple(c.strip() for c in res.time.split("+"))
@@ -478,12 +492,12 @@ def _lags(fit: Any, lag: str | Sequence[str] | None, codes: np.ndarray, data: An
                 "lag='time' (a column of data=...), lag=['x', 'y'] (coordinates) or lag='order'"
             )
         assert res is not None
-        if structure.lhs == "coords":
+        if _kind_of(structure) == "coords":
             return np.asarray(res.feats["coords"]), f"distance in {res.time}", "coords"
         if structure.by_order:
             lag = "order"
         else:
-            kind = "visit" if structure.lhs == "visit" else "time"
+            kind = "visit" if _kind_of(structure) == "visit" else "time"
             what = (
                 f"|index of {res.time}_j - index of {res.time}_k|"
                 if kind == "visit"
@@ -497,9 +511,9 @@ def _lags(fit: Any, lag: str | Sequence[str] | None, codes: np.ndarray, data: An
     names = [lag] if isinstance(lag, str) else list(lag)
     if res is not None and res.kind != "iid" and tuple(names) == _lhs(res):
         s = res.structure
-        if s.lhs == "coords":
+        if _kind_of(s) == "coords":
             return np.asarray(res.feats["coords"]), f"distance in {res.time}", "coords"
-        if s.lhs == "visit":
+        if _kind_of(s) == "visit":
             labels = res.labels.get("visit", ())
             try:
                 values = np.array([float(v) for v in labels])

@@ -17,7 +17,6 @@ import numpy as np
 
 from ._kalman import FilterResult, GramResult, ProcessGram, SerialLayout
 
-
 #: pad every group to the largest where that adds at most this factor to the sum of the n_i^2
 PAD_RATIO = 2.0
 
@@ -88,6 +87,14 @@ class DenseGram(ProcessGram):
             out[~b.mask] = 0.0
         return out
 
+    def _batch_U(self, b: SizeBatch) -> np.ndarray:
+        """:meth:`_gather` of ``U`` (constant: kept after the first call)."""
+        cache: dict[int, np.ndarray] = self.__dict__.setdefault("_U_batches", {})
+        key = id(b)
+        if key not in cache:
+            cache[key] = self._gather(b, self.U)
+        return cache[key]
+
     @staticmethod
     def _padded(b: SizeBatch, R: np.ndarray) -> np.ndarray:
         """``R`` on the real rows, the identity on padding rows (uncorrelated, no data, log-determinant 0)."""
@@ -142,7 +149,7 @@ class DenseGram(ProcessGram):
         D = None if T is None or not q else T @ T.T
         for b in self.classes:
             V = structure.matrix(b.feats, nat)
-            Ub = self._gather(b, self.U)
+            Ub = self._batch_U(b)
             Zb = Ub[:, :, :q]
             if D is not None:
                 V = V + Zb @ D @ np.swapaxes(Zb, 1, 2)
@@ -170,17 +177,24 @@ class DenseGram(ProcessGram):
         val = logdet + nmp * (1.0 + np.log(2.0 * np.pi * r2 / nmp))
         if reml:
             val += 2.0 * float(np.log(d[:p]).sum())
-        beta = np.linalg.solve(A[:p, :p], A[:p, p]) if p else np.zeros(0)
+        try:
+            # beta from the factor; A^-1 = La La' with La = L11^-T (A = L11 L11'): M A^-1 M' = (M La)(M La)'
+            Linv = np.linalg.inv(L[:p, :p]) if p else np.zeros((0, 0))
+        except np.linalg.LinAlgError:
+            return None
+        if p and not np.all(np.isfinite(Linv)):
+            return None
+        beta = Linv.T @ (Linv @ A[:p, p]) if p else np.zeros(0)
         grad = np.zeros(len(psi))
         K = np.zeros((q, q))
-        # A^-1 = La La' with La = L11^-T (A = L11 L11'): M A^-1 M' = (M La)(M La)'
-        La = np.linalg.inv(L[:p, :p]).T if (reml and p) else None
+        La = Linv.T if (reml and p) else None
         for b, Q, W, Zb in parts:
             Qt = np.swapaxes(Q, 1, 2)
             u = Qt @ (W[:, :, p] - W[:, :, :p] @ beta)[:, :, None]  # (G_s, s, 1) V^-1 r
             G = Qt @ Q - (nmp / r2) * (u @ np.swapaxes(u, 1, 2))
             if La is not None:
-                B = Qt @ (W[:, :, :p] @ La)  # V^-1 X chol(A^-1): M A^-1 M' = B B'
+                XL = (W[:, :, :p].reshape(-1, p) @ La).reshape(W.shape[0], W.shape[1], p)  # one GEMM
+                B = Qt @ XL  # V^-1 X chol(A^-1): M A^-1 M' = B B'
                 G -= B @ np.swapaxes(B, 1, 2)
             if b.mm is not None:
                 G *= b.mm

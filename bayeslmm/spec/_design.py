@@ -102,6 +102,61 @@ def grouping_codes(df: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarr
     return codes.reshape(-1).astype(np.int64), labels
 
 
+def _residual_column_error(e: DataError, res: ResidualSpec | None, columns: list[str]) -> DataError:
+    """``e``, prefixed with the structure or variance function whose column is missing (if one is)."""
+    if res is None:
+        return e
+    for c in res.columns:
+        if c not in columns and repr(c) in str(e):
+            if res.variance is not None and c == res.variance.column:
+                return DataError(f"variance function {res.variance}: {e}")
+            return DataError(f"residual structure {res}: {e}")
+    return e
+
+
+def _check_enough_subjects(residual: Any, X: np.ndarray, what: str) -> None:
+    """An unstructured covariance of ``m`` visits needs ``m`` independent residual vectors: more subjects than
+    ``m`` plus the rank of the fixed-effect columns constant within subjects (per stratum), or its estimate
+    is singular.
+
+    Raises
+    ------
+    DataError
+        Naming the counts and what to do.
+    """
+    from ..cov import Heteroscedastic, Stratified, UnstructuredVisits
+
+    s = residual.structure
+    s = s.base if isinstance(s, Heteroscedastic) else s
+    strat = s if isinstance(s, Stratified) else None
+    bases = list(strat.bases) if strat is not None else [s]
+    labels: list[str | None] = list(strat.strata) if strat is not None else [None]
+    codes = residual.codes
+    for a, (b, label) in enumerate(zip(bases, labels)):
+        if not isinstance(b, UnstructuredVisits):
+            continue
+        keep = np.ones(codes.size, bool) if label is None else residual.feats["stratum"] == a
+        g = np.unique(codes[keep], return_inverse=True)[1].reshape(-1)
+        ng = int(g.max()) + 1 if g.size else 0
+        Xs = X[keep]
+        cnt = np.bincount(g, minlength=ng)
+        between = []
+        for j in range(Xs.shape[1]):
+            mean = np.bincount(g, weights=Xs[:, j], minlength=ng) / np.maximum(cnt, 1)
+            scale = max(float(np.max(np.abs(Xs[:, j]))) if Xs.size else 0.0, 1e-300)
+            if np.max(np.abs(Xs[:, j] - mean[g]), initial=0.0) <= 1e-10 * scale:
+                between.append(mean)
+        rank = int(np.linalg.matrix_rank(np.column_stack(between))) if between else 0
+        if ng - rank < b.m:
+            where = f" in {strat.column} = {label!r}" if strat is not None else ""
+            raise DataError(
+                f"{what}{where}: an unstructured covariance of {b.m} visits needs at least {b.m + rank} subjects "
+                f"(the {b.m} visits plus {rank} fixed effect(s) constant within subjects), but there are {ng}: its "
+                "estimate would be singular; use a structure with fewer parameters (toeph, ar1h, csh, cs) or "
+                "more subjects"
+            )
+
+
 def build_spec(
     formula: str, data: Any, residual: str | ResidualSpec | None = None, variance: str | None = None
 ) -> ModelSpec:
@@ -132,7 +187,10 @@ def build_spec(
     df0, duplicated = _unique_names(as_pandas(data))
     columns = [str(c) for c in df0.columns]
     check_has_rows(df0)
-    uses = FormulaUses.of(parsed, columns, res)  # validates every expression on the way
+    try:
+        uses = FormulaUses.of(parsed, columns, res)  # validates every expression on the way
+    except DataError as e:  # say which part of the model names a missing column of the residual structure
+        raise _residual_column_error(e, res, columns) from None
     if uses.used & duplicated:
         dup = sorted(uses.used & duplicated)
         raise DataError(
@@ -157,8 +215,10 @@ def build_spec(
                 f"column {c!r} is missing (NA) in every row: remove it from the formula or fill in its values"
             )
     if res is not None:  # a structure's coordinates and strata are not dropped silently
-        strict = [*(res.lhs if res.kind in STRUCTURES and STRUCTURES[res.kind].lhs == "coords" else ()),
-                  *((res.strata,) if res.strata else ())]
+        strict = [
+            *(res.lhs if res.kind in STRUCTURES and STRUCTURES[res.kind].lhs == "coords" else ()),
+            *((res.strata,) if res.strata else ()),
+        ]
         for c in strict:
             k = int(df[c].isna().sum())
             if k:
@@ -224,6 +284,7 @@ def build_spec(
                 f"the model has {k} covariance parameters and {X.shape[1]} fixed effects but {n} observations: "
                 f"more parameters than the data can identify; use a structure with fewer parameters than {res}"
             )
+        _check_enough_subjects(residual_process, X, str(res))
     return ModelSpec(
         formula=parsed.text,
         response=parsed.response,

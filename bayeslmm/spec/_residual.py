@@ -159,8 +159,9 @@ def parse_residual(text: str | None, variance: str | None = None) -> ResidualSpe
             )
         else:
             factors = groups[0]
-    return ResidualSpec(kind=kind, lhs=tuple(str(c) for c in lhs), factors=factors, strata=strata, options=tuple(opts),
-                        variance=vf)
+    return ResidualSpec(
+        kind=kind, lhs=tuple(str(c) for c in lhs), factors=factors, strata=strata, options=tuple(opts), variance=vf
+    )
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,8 @@ def _numeric(col: pd.Series, name: str, res: ResidualSpec, what: str) -> np.ndar
         )
     if not (types.is_numeric_dtype(col) and not types.is_bool_dtype(col)) or types.is_complex_dtype(col):
         raise DataError(
-            f"{what} column {name!r} of {res} must be numeric (got dtype {col.dtype}): convert it, e.g. with pd.to_numeric"
+            f"{what} column {name!r} of {res} must be numeric (got dtype {col.dtype}): convert it, e.g. with "
+            "pd.to_numeric"
         )
     return col.to_numpy(dtype=float)
 
@@ -289,8 +291,10 @@ def _features(
         feats["visit"] = factor(res.lhs[0], "visit", f"visit column {res.lhs[0]!r}")
         t = feats["visit"].astype(float)
     elif lhs == "coords":
-        feats["coords"] = np.column_stack([_numeric(df[c], c, res, "coordinate") for c in res.lhs]) if n else np.zeros(
-            (0, len(res.lhs))
+        feats["coords"] = (
+            np.column_stack([_numeric(df[c], c, res, "coordinate") for c in res.lhs])
+            if n
+            else np.zeros((0, len(res.lhs)))
         )
         t = np.zeros(n)
     elif res.lhs:  # "any": a number as it is, a factor by its levels
@@ -395,6 +399,8 @@ def bind_residual(res: ResidualSpec, df: pd.DataFrame, bars: tuple[tuple[str, ..
             base = Stratified(bases, labels["stratum"], res.strata)
         else:
             base = bound(np.ones(n, bool))
+    if res.variance is not None:
+        _check_variance_function(res, base)
     structure = base if res.variance is None else Heteroscedastic(base, _variance_function(res.variance, feats, labels))
     try:
         structure.check_rows(Rows(feats, codes, len(levels), labels, opts), what)
@@ -415,14 +421,56 @@ def bind_residual(res: ResidualSpec, df: pd.DataFrame, bars: tuple[tuple[str, ..
     )
 
 
+def _check_variance_function(res: ResidualSpec, base: Any) -> None:
+    """A variance per level of the visit next to a structure that has a variance per visit is twice the same
+    parameters (``us(visit | id)`` with ``ident(visit)``)."""
+    from ..cov import Stratified, VisitStructure
+
+    vf = res.variance
+    first = base.bases[0] if isinstance(base, Stratified) else base
+    if (
+        vf is not None
+        and vf.kind == "ident"
+        and isinstance(first, VisitStructure)
+        and first.heterogeneous
+        and res.lhs
+        and vf.column == res.lhs[0]
+    ):
+        raise StructureError(
+            f"{res} already has a variance per visit of {vf.column!r}: the variance function {vf} adds the same "
+            "parameters again and is not identifiable: drop the variance function (cs, toep, ar1 and iid with "
+            f"{vf} are csh, toeph, ar1h and diag)"
+        )
+
+
+def _visit_only_columns(residual: ResidualProcess, Z: np.ndarray) -> bool:
+    """Whether every column of ``Z`` is a function of the visit (the same value at a visit in every group)."""
+    v = residual.feats["visit"].astype(np.int64)
+    m = int(v.max()) + 1 if v.size else 0
+    for j in range(Z.shape[1]):
+        z = Z[:, j]
+        lo = np.full(m, np.inf)
+        hi = np.full(m, -np.inf)
+        np.minimum.at(lo, v, z)
+        np.maximum.at(hi, v, z)
+        scale = max(float(np.max(np.abs(z))) if z.size else 0.0, 1e-300)
+        if np.any(hi - lo > 1e-10 * scale):
+            return False
+    return True
+
+
 def check_terms(residual: ResidualProcess, terms: tuple[Any, ...]) -> None:
-    """Every random-effect term must be on the residual structure's grouping factor.
+    """Every random-effect term must be on the residual structure's grouping factor, and identifiable next to it.
 
     Raises
     ------
     StructureError
         Naming the term and what is supported.
     """
+    from ..cov import Heteroscedastic, Stratified, UnstructuredVisits
+
+    base = residual.structure.base if isinstance(residual.structure, Heteroscedastic) else residual.structure
+    base = base.bases[0] if isinstance(base, Stratified) else base
     for t in terms:
         if (
             t.factors == residual.factors
@@ -430,10 +478,22 @@ def check_terms(residual: ResidualProcess, terms: tuple[Any, ...]) -> None:
             and residual.structure.confounded_with_intercept
         ):
             raise StructureError(
-                f"a random intercept ({t.lhs} | {t.group}) next to {residual.kind}({residual.time} | {residual.group}) "
-                "is not identifiable: both add one covariance to every pair of observations of a group; drop the "
-                f"intercept from the term (e.g. (0 + x | {t.group})), or use a residual structure without a "
-                "constant correlation"
+                f"a random intercept ({t.lhs} | {t.group}) next to {residual} is not identifiable: "
+                f"{residual.kind} already holds any covariance common to all observations of a group, which is "
+                f"what the intercept adds; drop the intercept from the term (e.g. (0 + x | {t.group})), or use a "
+                "structure that cannot hold it (csh, ar1h, toeph, diag, ar1, ou)"
+            )
+        if (
+            t.factors == residual.factors
+            and isinstance(base, UnstructuredVisits)
+            and t.Zraw is not None
+            and _visit_only_columns(residual, t.Zraw)
+        ):
+            raise StructureError(
+                f"random-effect term ({t.lhs} | {t.group}) next to {residual}: its columns take one value per "
+                f"visit of {residual.time!r}, so Z D Z' is a covariance over the visits, which the unstructured "
+                "covariance already holds in full; it is not identifiable: drop the term, or use a structure with "
+                "fewer parameters (csh, toeph, ar1h, diag)"
             )
         if t.factors != residual.factors:
             raise StructureError(
