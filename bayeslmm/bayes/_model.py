@@ -6,9 +6,12 @@ Model (a Gaussian LMM with a Gaussian prior on beta)::
     sd_k        ~ HalfNormal(sd_scale)                    one per random-effect column of term k
     Corr_k      ~ LKJ(lkj_eta)                            terms with several columns
     b_k         ~ N(0, D_k) per level,  D_k = L_k L_k'    (L_k = diag(sd_k) chol(Corr_k))
-    sigma       ~ HalfNormal(sd_scale)                    residual sd (the nugget's for ``ou``)
+    sigma       ~ HalfNormal(sd_scale)                    residual sd (the nugget's for ``ou``, the
+                                                          first visit's for structures by visit)
     ou:  sd_process ~ HalfNormal(sd_scale), rho ~ Uniform(0, 1);   ar1: phi ~ Uniform(-1, 1)
-    y_i | b     ~ N(X_i beta + Z_i b_i, R_i)              R_i = sigma^2 I, or the serial process
+    us:  sd(<visit>) ~ HalfNormal(sd_scale) (visits after the first), us_corr_chol ~ LKJCorr(lkj_eta)
+    ...  the other structures' parameters: :mod:`._priors`
+    y_i | b     ~ N(X_i beta + Z_i b_i, R_i)              R_i = sigma^2 I, or the residual structure
 
 ``conditional`` keeps ``b_k = z_k L_k'`` with ``z_k ~ N(0, I)`` (non-centred); ``marginal``
 integrates ``b`` out and ``restricted`` integrates ``beta`` out as well (see
@@ -18,8 +21,13 @@ max(var(y), b_j^2)`` per coefficient (``b`` the least-squares coefficients: none
 tenth of a prior sd from 0), ``lkj_eta = 2`` (mildly favours small correlations); every prior can be
 replaced (:mod:`._priors`). The model has named coordinates from the specification (coefficient
 names, levels of each factor), so ArviZ output is labelled, and a ``varcorr`` deterministic with
-the variance components on the variance scale, one entry per row of ``LMMFit.varcorr()``. PyMC is
-imported only when a model is built.
+the variance components on the variance scale, one entry per row of ``LMMFit.varcorr()``, and for a
+residual structure a ``process`` deterministic with its natural parameters (the rows of
+``residual_params()`` besides the Residual one). PyMC is imported only when a model is built.
+
+A residual structure makes its own variables (:meth:`bayeslmm.cov.ResidualStructure.pymc_variables`:
+one per key of its ``priors()``, and any other, such as the LKJ correlation of ``us``) and maps them
+to its natural parameters (``natural_from_draws``), so a new structure needs no change here.
 """
 
 from __future__ import annotations
@@ -167,18 +175,22 @@ def build_model(
     per-group ``V_i`` batched over groups). With a serial process the ``conditional`` model keeps
     ``b`` explicit and integrates the process out group by group, ``y_i | b_i ~ N(X_i beta + Z_i b_i, R_i)``.
 
-    ``priors`` replaces priors by key (``sd_<term>``, ``sigma``, ``sd_process``, ``rho``, ``phi``;
+    ``priors`` replaces priors by key (``sd_<term>``, ``sigma``, and the residual structure's:
+    ``sd_process``, ``rho``, ``phi``, ``sd(<visit>)``, ``pacf(lag k)``, ``range``, ``nugget``, ...;
     values a :class:`~bayeslmm.bayes.Prior`, its text ``"HalfStudentT(nu=3, sigma=10)"`` or a
-    ``(name, params)`` pair); see :mod:`bayeslmm.bayes._priors` for the defaults.
+    ``(name, params)`` pair); see :mod:`bayeslmm.bayes._priors` for the defaults. ``lkj_eta`` is the
+    LKJ shape of every correlation matrix: the terms' with several columns and ``us``'s over the visits.
 
     Returns
     -------
     pymc.Model with ``beta`` (dims ``coef``; not in ``restricted``), ``sigma``, per term
     ``sd_<term>`` or ``chol_<term>``, ``z_<term>``/``b_<term>`` (``conditional`` only; dims
     ``<term>_level``, ``<term>_coef``), ``varcorr`` (dims ``component``, labelled
-    ``grp|var1|var2`` as ``varcorr()`` rows), for a serial process ``process`` (dims
-    ``process_param``: ``process_var, rho`` for ``ou``, ``phi`` for ``ar1``; the ``Residual``
-    component is then the nugget, or the AR(1) variance) and the likelihood term ``y``.
+    ``grp|var1|var2`` as ``varcorr()`` rows), for a residual structure ``process`` (dims
+    ``process_param``, labelled by the structure's ``process_keys``: ``process_var, rho`` for ``ou``,
+    ``phi`` for ``ar1``, the variances ``var(<visit>)`` and covariances ``cov(<a>,<b>)`` for ``us``,
+    ``range, nugget`` for the spatial ones, ...; the ``Residual`` component is then the nugget, the
+    AR(1) variance, the first visit's variance or the sill) and the likelihood term ``y``.
     """
     import pymc as pm
     import pytensor.tensor as pt

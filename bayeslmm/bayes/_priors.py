@@ -7,19 +7,39 @@ prior given on the command line cannot run code).
 
 Which parameter gets which prior (keys of the ``priors`` argument of ``build_model``):
 
-============== ============================================ ==================================
-key            parameter                                    default
-============== ============================================ ==================================
-``sd_<term>``  standard deviations of term ``<term>``        ``HalfNormal(sd_scale)``
-``sigma``      residual sd (the nugget's sd for ``ou``)      ``HalfNormal(sd_scale)``
-``sd_process`` OU process sd (``ou`` residuals)              ``HalfNormal(sd_scale)``
-``rho``        OU correlation per unit of time, in (0, 1)    ``Uniform(0, 1)``
-``phi``        AR(1) correlation, in (-1, 1)                 ``Uniform(-1, 1)``
-``rho``        ``cs`` correlation, in (-1/(n_max - 1), 1)    ``Uniform(-1/(n_max - 1), 1)``
-============== ============================================ ==================================
+================= ============================================ ==================================
+key               parameter                                    default
+================= ============================================ ==================================
+``sd_<term>``     standard deviations of term ``<term>``        ``HalfNormal(sd_scale)``
+``sigma``         residual sd (the nugget's sd for ``ou``, the  ``HalfNormal(sd_scale)``
+                  first visit's for structures by visit, the
+                  sill's sd for spatial structures)
+``sd_process``    OU process sd (``ou`` residuals)              ``HalfNormal(sd_scale)``
+``rho``           OU correlation per unit of time, in (0, 1)    ``Uniform(0, 1)``
+``phi``           AR(1) correlation, in (-1, 1)                 ``Uniform(-1, 1)``
+``rho``           ``cs`` correlation, in (-1/(n_max - 1), 1)    ``Uniform(-1/(n_max - 1), 1)``
+``sd(<visit>)``   sd at a visit after the first (``us``,        ``HalfNormal(sd_scale)``
+                  ``csh``, ``ar1h``, ``toeph``, ``diag``)
+(none)            ``us`` correlation over the ``m`` visits      ``LKJCorr(lkj_eta)`` (its Cholesky
+                                                               factor ``us_corr_chol``)
+``rho``           ``csh`` correlation, in (-1/(m - 1), 1)       ``Uniform(-1/(m - 1), 1)``
+``rho``           ``ar1h`` correlation, in (-1, 1)              ``Uniform(-1, 1)``
+``pacf(lag k)``   ``toep``/``toeph`` partial autocorrelation    ``Uniform(-1, 1)``
+                  at visit lag k (makes ``rho(lag k)``)
+``range``         spatial range (``exp``, ``gau``, ``sph``)     ``LogNormal(log d0, 1)``
+``nugget``        the nugget's share of the sill, in (0, 1)     ``Beta(1, 2)``
+``ratio(<lv>)``   ``ident(v)`` sd ratio of level ``lv``         ``LogNormal(0, 1)``
+``delta``         ``power(x)`` / ``exp(x)`` exponent            ``Normal(0, 1)`` / ``Normal(0, 1/sd(x))``
+``sigma [<a>]``   first sd of stratum ``a`` (``us(v | a/id)``)  ``HalfNormal(sd_scale)``
+``<key> [<a>]``   stratum ``a``'s parameter ``<key>``           as ``<key>``
+================= ============================================ ==================================
 
 The keys besides ``sd_<term>`` and ``sigma`` and their defaults come from the residual structure
-(:meth:`bayeslmm.cov.ResidualStructure.priors`); ``n_max`` is the largest group.
+(:meth:`bayeslmm.cov.ResidualStructure.priors`); ``n_max`` is the largest group, ``m`` the number of
+visits, ``d0`` the median distance between two observations of a group. The Toeplitz structures take
+their priors on the partial autocorrelations, which make a positive definite matrix wherever they are in
+(-1, 1) (independent correlations per lag need not); the posterior's ``process`` holds the correlations
+``rho(lag k)``.
 
 ``beta ~ N(0, beta_prior_var I)`` is fixed in form (the marginalisation integrates it out
 analytically, which needs a Gaussian); its variance is the ``beta_prior_var`` argument.
@@ -50,10 +70,11 @@ ALLOWED = (
     "Beta",
     "TruncatedNormal",
     "Kumaraswamy",
-    "Normal",
-    "StudentT",
 )
-_LOWER = {a.lower(): a for a in ALLOWED}
+#: distributions on the whole real line: for parameters that may take any real value only (``delta``
+#: of ``power(x)``/``exp(x)``); another parameter refuses them as not available
+REAL_LINE = ("Normal", "StudentT")
+_LOWER = {a.lower(): a for a in (*ALLOWED, *REAL_LINE)}
 
 
 @dataclass(frozen=True)
@@ -66,7 +87,10 @@ class Prior:
     def __post_init__(self) -> None:
         name = _LOWER.get(str(self.dist).lower())
         if name is None:
-            raise OptionError(f"prior distribution {self.dist!r} is not available: use one of {', '.join(ALLOWED)}")
+            raise OptionError(
+                f"prior distribution {self.dist!r} is not available: use one of {', '.join(ALLOWED)} "
+                f"(or, for a parameter on the real line, {', '.join(REAL_LINE)})"
+            )
         object.__setattr__(self, "dist", name)
         params = {}
         for k, v in dict(self.params).items():
@@ -94,6 +118,11 @@ class Prior:
         ``(points outside, points inside, the support in words)``."""
         import pymc as pm
 
+        if self.dist in REAL_LINE and support[0]:
+            raise OptionError(
+                f"prior distribution {self.dist!r} is not available for {key} (a parameter on {support[2]}): "
+                f"use one of {', '.join(ALLOWED)}"
+            )
         try:
             d = self.dist_()
             outside, inside, need = support

@@ -154,11 +154,14 @@ class Comparison:
 
 
 # --------------------------------------------------------------------- input checks
-def _check_fit(fit: Any) -> None:
+def _check_fit(fit: Any, terms: bool = True) -> None:
+    """Raise unless ``fit`` is a mixed-model fit; with ``terms``, one with a random-effect term (without,
+    a residual structure alone will do: an MMRM ``y ~ visit * arm`` with ``us(visit | id)``)."""
     if not (hasattr(fit, "spec") and hasattr(fit, "varcorr") and hasattr(fit, "ranef")):
         raise OptionError(f"expected a mixed-model fit from bayeslmm.lmm(...), got {type(fit).__name__}")
-    if not fit.spec.terms:
-        raise OptionError("the fit has no random-effect term; the PyMC models (and these comparisons) need one")
+    if not fit.spec.terms and (terms or fit.spec.residual is None):
+        need = "one" if terms else "one or a residual structure"
+        raise OptionError(f"the fit has no random-effect term; the PyMC models (and these comparisons) need {need}")
 
 
 def _posterior(idata: Any) -> Any:
@@ -202,7 +205,7 @@ def check_posterior(fit: Any, idata: Any) -> Any:
     """
     from ..bayes import varcorr_labels
 
-    _check_fit(fit)
+    _check_fit(fit, terms=False)
     post = _posterior(idata)
     spec = fit.spec
     hint = "sample the fit's own model: bayeslmm.bayes.sample(fit.spec, ...)"

@@ -127,7 +127,17 @@ class SpatialStructure(ResidualStructure):
         ]
 
     def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
-        # log-normal around the typical distance: keeps the range away from 0 and from infinity
+        """``range ~ LogNormal(log d0, 1)`` and ``nugget ~ Beta(1, 2)`` (the sill is ``sigma^2``).
+
+        The range is identified only between the smallest and the largest distance within a group
+        (far below, every correlation is 0; far above, every one is 1 and, without a nugget, the matrix
+        is numerically singular): the prior is centred at the typical distance ``d0`` (the median
+        distance between two observations of a group), with 95% of its mass within ``d0 / 7`` and
+        ``7 d0``, so the correlation at ``d0`` of ``exp`` is between about 0.001 and 0.87. The
+        nugget's share of the sill gets a density falling linearly from 2 at 0 to 0 at 1 (mean 1/3): a
+        field without measurement error is allowed, pure noise (where the range is not identified) is
+        not favoured.
+        """
         out = {
             "range": PriorSpec(
                 "LogNormal",

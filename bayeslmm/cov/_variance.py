@@ -89,6 +89,9 @@ class VarianceFunction:
         raise NotImplementedError
 
     def priors(self) -> dict[str, PriorSpec]:
+        """Default PyMC priors of the parameters (keys ``keys``): ``ident`` ``ratio(<level>) ~ LogNormal(0, 1)``
+        (a ratio of sds between 1/7 and 7 with 95%), ``power`` ``delta ~ Normal(0, 1)``, ``exp``
+        ``delta ~ Normal(0, 1 / sd(x))`` (``delta sd(x)``, the log sd ratio over one sd of ``x``, ~ N(0, 1))."""
         raise NotImplementedError
 
     def natural_from_draws(self, draws: dict[str, Any]) -> dict[str, Any]:
@@ -431,6 +434,8 @@ class Stratified(ResidualStructure):
         return lines
 
     def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
+        """Each stratum's priors (keys ending in ``" [<stratum>]"``) and, for each stratum after the first,
+        ``sigma [<stratum>] ~ HalfNormal(sd_scale)``, the sd of its first variance (its ``sigma``)."""
         out: dict[str, PriorSpec] = {}
         for a, (b, label) in enumerate(zip(self.bases, self.strata)):
             pr = b.priors(sd_scale)

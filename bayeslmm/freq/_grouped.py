@@ -194,10 +194,31 @@ class GroupedEngine(Engine):
             out = gram.criterion_gradient(self.structure, self.split(psi_w)[1], self.reml, T)
             if out is None:
                 return None
-            val, dT, gs = out
+            val, dT, gs = out[:3]
             return val, np.r_[dT[self._ti, self._tj], gs]
 
         return fg
+
+    @property
+    def varpar_gradient(self) -> Callable[[np.ndarray], np.ndarray | None] | None:
+        """``(psi, s) -> d deviance_varpar / d(psi, s)`` (original coordinates) for a structure whitened
+        densely, else None: what makes Satterthwaite's Hessian ``k + 1`` gradients, not ``O(k^2)`` criteria."""
+        if not isinstance(self._gram, DenseGram):
+            return None
+        gram: DenseGram = self._gram
+
+        def grad(varpar: np.ndarray) -> np.ndarray | None:
+            varpar = np.asarray(varpar, dtype=float)
+            psi, s = varpar[:-1], float(varpar[-1])
+            Tw = self._factor(psi, working=False)  # Ainv T: the factor of the working columns
+            out = gram.criterion_gradient(self.structure, self.split(psi)[1], self.reml, Tw, scale2=s * s)
+            if out is None:
+                return None
+            _, dTw, gs, ds = out  # type: ignore[misc]
+            dT = self._Ainv.T @ dTw if self.nre else dTw  # T_w = Ainv T
+            return np.r_[dT[self._ti, self._tj], gs, ds]
+
+        return grad
 
     def gram(self, psi: np.ndarray, working: bool = False) -> GramResult:
         """``log|V_rel|`` and the working cross-products ``[X_w y_w]'V_rel^{-1}[X_w y_w]`` at ``psi``."""

@@ -18,15 +18,35 @@ import numpy as np
 import pandas as pd
 
 from .._errors import OptionError
-from ._numderiv import hessian, jacobian
+from ._numderiv import hessian, jacobian, jacobian_central
 
 if TYPE_CHECKING:
     from ._fit import LMMFit
 
 
+def _analytic(fit: LMMFit) -> Any:
+    """The engine's analytic gradient of the deviance in ``(psi, s)``, where it has one."""
+    return getattr(fit.objective, "varpar_gradient", None)
+
+
 def varpar_covariance(fit: LMMFit) -> np.ndarray:
-    """``A = 2 H^{-1}``: asymptotic covariance of ``(theta, sigma)`` (pseudo-inverse if H is singular)."""
-    H = hessian(fit.deviance_varpar, fit.varpar())
+    """``A = 2 H^{-1}``: asymptotic covariance of ``(theta, sigma)`` (pseudo-inverse if H is singular).
+
+    ``H`` by numDeriv's Richardson extrapolation of the deviance (lmerTest's), or, where the engine has
+    the deviance's analytic gradient (the structures whitened densely), by central differences of that
+    gradient: ``2k`` gradients instead of ``~8 k^2`` deviances (a 10-visit ``us``: 110 against ~25,000).
+    """
+    grad = _analytic(fit)
+    if grad is not None:
+
+        def g(v: np.ndarray) -> np.ndarray:
+            out = grad(v)
+            return np.full(v.size, np.nan) if out is None else out
+
+        J = jacobian_central(g, fit.varpar())
+        H = 0.5 * (J + J.T)
+    else:
+        H = hessian(fit.deviance_varpar, fit.varpar())
     try:
         np.linalg.cholesky(H)
         return 2.0 * np.linalg.inv(H)
@@ -50,7 +70,8 @@ def satterthwaite_df(fit: LMMFit, L: Any = None) -> tuple[np.ndarray, np.ndarray
     """Estimates, variances and Satterthwaite df of contrasts (``L`` as in :func:`satterthwaite`)."""
     Lm, names = _contrasts(fit, L)
     A = varpar_covariance(fit)
-    J = jacobian(fit.vcov_varpar, fit.varpar())  # (p, p, k)
+    jac = jacobian_central if _analytic(fit) is not None else jacobian
+    J = jac(fit.vcov_varpar, fit.varpar())  # (p, p, k)
     C = fit.vcov.to_numpy()
     est = Lm @ fit.fixef.to_numpy()
     var = np.einsum("mi,ij,mj->m", Lm, C, Lm)

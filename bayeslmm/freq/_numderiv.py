@@ -80,3 +80,16 @@ def hessian(fun: Callable[[np.ndarray], float], x: np.ndarray, rel: float = 0.1)
                     )
             H[i, j] = H[j, i] = _richardson(ests)
     return H
+
+
+def jacobian_central(fun: Callable[[np.ndarray], np.ndarray], x: np.ndarray, rel: float = 1e-4) -> np.ndarray:
+    """``(m..., k)`` Jacobian by plain central differences (``2k`` calls; relative error ~``rel^2``): for
+    functions that are smooth and cheap to differentiate once more, such as an analytic gradient."""
+    x = np.asarray(x, dtype=float)
+    h = _steps(x, rel)
+    cols = []
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = h[i]
+        cols.append((np.asarray(fun(x + e), dtype=float) - np.asarray(fun(x - e), dtype=float)) / (2 * h[i]))
+    return np.stack(cols, axis=-1)

@@ -179,6 +179,11 @@ class Engine(ABC):
         """``psi_w -> (criterion, gradient)`` where the engine has an analytic gradient, else None."""
         return None
 
+    @property
+    def varpar_gradient(self) -> Callable[[np.ndarray], np.ndarray | None] | None:
+        """``(psi, s) ->`` the gradient of the deviance at ``(psi, s)`` where it is analytic, else None."""
+        return None
+
     def working(self, psi_w: np.ndarray) -> float:
         """The criterion at the working ``psi``: what the optimiser sees."""
         pc = self.pieces(psi_w, working=True)

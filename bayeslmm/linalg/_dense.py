@@ -125,8 +125,8 @@ class DenseGram(ProcessGram):
         return self.woodbury(out[0], out[1], T, grouped=True)
 
     def criterion_gradient(
-        self, structure: Any, psi: np.ndarray, reml: bool, T: np.ndarray | None = None
-    ) -> tuple[float, np.ndarray, np.ndarray] | None:
+        self, structure: Any, psi: np.ndarray, reml: bool, T: np.ndarray | None = None, scale2: float | None = None
+    ) -> tuple[float, np.ndarray, np.ndarray] | tuple[float, np.ndarray, np.ndarray, float] | None:
         """Minus twice the profiled (restricted) log-likelihood and its gradient in the factor ``T`` of
         ``D_rel = T T'`` (of the random-effect columns ``Z`` of ``U``) and in the structure's parameters.
 
@@ -137,7 +137,12 @@ class DenseGram(ProcessGram):
         ``2 K T`` in ``T`` with ``K = sum_i Z_i'G_i Z_i``, and :meth:`ResidualStructure.gradient` in the
         structure's parameters. Each group costs ``O(n_i^3)``.
 
-        Returns ``(criterion, d/dT (q, q), d/dpsi)``, or None where ``V`` is not positive definite.
+        With ``scale2`` the scale is not profiled: the deviance at ``V = scale2 V_rel`` (lmerTest's
+        ``devfun_vp``, :func:`bayeslmm.freq._objective.varpar_deviance`), ``1 / scale2`` in place of
+        ``1 / s^2`` above, and its derivative in ``s = sqrt(scale2)`` is returned as well.
+
+        Returns ``(criterion, d/dT (q, q), d/dpsi)`` (and ``d/ds`` with ``scale2``), or None where ``V``
+        is not positive definite.
         """
         nat = structure.natural(psi, 1.0)
         q = self.q
@@ -174,7 +179,12 @@ class DenseGram(ProcessGram):
         if not r2 > 0:
             return None
         nmp = self.n - p if reml else self.n
-        val = logdet + nmp * (1.0 + np.log(2.0 * np.pi * r2 / nmp))
+        if scale2 is None:
+            val = logdet + nmp * (1.0 + np.log(2.0 * np.pi * r2 / nmp))
+            weight = nmp / r2  # 1 / s^2 at the profiled s^2
+        else:
+            val = logdet + r2 / scale2 + nmp * np.log(2.0 * np.pi * scale2)
+            weight = 1.0 / scale2
         if reml:
             val += 2.0 * float(np.log(d[:p]).sum())
         try:
@@ -191,7 +201,7 @@ class DenseGram(ProcessGram):
         for b, Q, W, Zb in parts:
             Qt = np.swapaxes(Q, 1, 2)
             u = Qt @ (W[:, :, p] - W[:, :, :p] @ beta)[:, :, None]  # (G_s, s, 1) V^-1 r
-            G = Qt @ Q - (nmp / r2) * (u @ np.swapaxes(u, 1, 2))
+            G = Qt @ Q - weight * (u @ np.swapaxes(u, 1, 2))
             if La is not None:
                 XL = (W[:, :, :p].reshape(-1, p) @ La).reshape(W.shape[0], W.shape[1], p)  # one GEMM
                 B = Qt @ XL  # V^-1 X chol(A^-1): M A^-1 M' = B B'
@@ -202,6 +212,9 @@ class DenseGram(ProcessGram):
             if D is not None:
                 K += np.einsum("gsa,gst,gtb->ab", Zb, G, Zb, optimize=True)
         dT = 2.0 * K @ T if (D is not None and T is not None) else np.zeros((q, q))
+        if scale2 is not None:
+            s = np.sqrt(scale2)
+            return float(val), dT, grad, float(-2.0 * r2 / s**3 + 2.0 * nmp / s)
         return float(val), dT, grad
 
     def filter(
