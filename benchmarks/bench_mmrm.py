@@ -167,7 +167,9 @@ def git_revision() -> str:
     return (rev.stdout.strip() or "?") + (f" + {len(dirty)} uncommitted file(s) in bayeslmm/" if dirty else "")
 
 
-def report(args: argparse.Namespace, data: pd.DataFrame, py: dict[str, Any], r: dict[str, Any], loads: list[float]) -> str:
+def report(
+    args: argparse.Namespace, data: pd.DataFrame, py: dict[str, Any], r: dict[str, Any], loads: list[float]
+) -> str:
     n_cells = args.subjects * args.visits
     vers = r.get("versions", {})
     out = [
@@ -195,7 +197,7 @@ def report(args: argparse.Namespace, data: pd.DataFrame, py: dict[str, Any], r: 
             f"{b:.2f}",
             f"{py['loglik']:.4f}",
             str(py["converged"]).lower(),
-            "1",
+            "(reference)",
             str(py["evals"]),
         ]
     ]
@@ -225,11 +227,15 @@ def report(args: argparse.Namespace, data: pd.DataFrame, py: dict[str, Any], r: 
             notes.append(f"{tool}: {res['message'][:300]}")
         if ll is not None:
             notes.append(f"{tool} log-lik minus bayeslmm's: {ll - py['loglik']:+.2e}")
+
+    def secs(xs: list[float]) -> str:
+        return ", ".join(f"{x:.2f}" for x in xs)
+
     out += table(["tool", "seconds", "REML log-lik", "converged", "bayeslmm speed-up", "evals/iter"], rows)
     out += [
         "",
-        f"bayeslmm: lmm() {', '.join(f'{s:.2f}' for s in py['seconds'])} s (engine "
-        f"{', '.join(f'{s:.2f}' for s in py['fit_seconds'])} s; CPU {', '.join(f'{s:.2f}' for s in py['cpu_seconds'])} s)",
+        f"bayeslmm: lmm() {secs(py['seconds'])} s (engine {secs(py['fit_seconds'])} s; "
+        f"CPU {secs(py['cpu_seconds'])} s)",
         *notes,
         "speed-up = the tool's seconds / bayeslmm's; R tools: one run each, the fitting call alone; evals/iter: "
         "bayeslmm's objective evaluations, glmmTMB's nlminb iterations",

@@ -5,7 +5,8 @@
   points of the model; the posterior's ``process`` holds the natural parameters of the model's
   variables (``us``: ``sd_a sd_b (L L')[a, b]`` from the LKJ factor; ``toep``: the autocorrelations of
   the partial autocorrelations); the ``restricted`` potential is the REML engine's
-  :func:`~bayeslmm.bayes.log_marginal` at the same parameters.
+  :func:`~bayeslmm.bayes.log_marginal` at the same parameters; the gradient through the indexing
+  ``Sigma[v_j, v_k]`` and the LKJ factor is that of finite differences.
 * REML as a limit: the maximiser of the ``restricted`` potential (a flat prior, no Jacobian) tends to
   the REML estimate of every natural parameter as ``beta_prior_var`` grows.
 * ``compare`` has a row for every parameter of the REML fit (prior draws in place of a posterior; a
@@ -271,7 +272,7 @@ def test_restricted_potential_is_the_engines_log_marginal(fits, case) -> None:
     assert pt["potential"] == pytest.approx(log_marginal(fit, vp, tau), rel=1e-10)
 
 
-@pytest.mark.parametrize("case", ["strata"])
+@pytest.mark.parametrize("case", ["us"])
 def test_gradient_through_the_visit_indexing_is_exact(frames, case) -> None:
     """``Sigma[v_j, v_k]`` (advanced indexing) and the LKJ factor have the gradient of finite differences."""
     import pytensor
@@ -375,6 +376,21 @@ def test_toeplitz_partial_autocorrelations_give_positive_definite_matrices() -> 
         np.testing.assert_allclose(_pacf(rho), pacf, rtol=1e-8, atol=1e-10)
 
 
+def test_natural_parameters_from_numpy_draws(frames) -> None:
+    """``natural_from_draws`` takes NumPy as PyTensor: ``us`` from sds and an LKJ factor, ``toep`` from
+    partial autocorrelations."""
+    us = _spec(frames, "us").residual.structure
+    C = np.array([[1.0, 0.5, 0.3, 0.2], [0.5, 1.0, 0.4, 0.1], [0.3, 0.4, 1.0, 0.6], [0.2, 0.1, 0.6, 1.0]])
+    sd = np.array([2.0, 1.5, 3.0, 0.5])
+    draws = {f"sd({v})": s for v, s in zip(us.visits[1:], sd[1:])} | {"corr_chol": np.linalg.cholesky(C)}
+    np.testing.assert_allclose(us.sigma(us.natural_from_draws(draws, 4.0)), np.outer(sd, sd) * C, rtol=1e-12)
+    toep = _spec(frames, "toeph").residual.structure
+    pacf = [0.6, -0.3, 0.2]
+    nat = toep.natural_from_draws({f"pacf(lag {k})": p for k, p in enumerate(pacf, 1)} | draws, 4.0)
+    np.testing.assert_allclose(_pacf(np.array([nat[f"rho(lag {k})"] for k in (1, 2, 3)])), pacf, rtol=1e-12)
+    assert nat["var(12)"] == pytest.approx(9.0)
+
+
 def test_default_priors_and_lkj_eta(frames) -> None:
     spec = _spec(frames, "us")
     m = build_model(spec, param="restricted", lkj_eta=3.5)
@@ -397,6 +413,8 @@ def test_default_priors_and_lkj_eta(frames) -> None:
     with pytest.raises(bayeslmm.OptionError, match="must put its mass on"):
         build_model(_spec(frames, "exp"), priors={"nugget": "HalfNormal(sigma=1)"})
     build_model(_spec(frames, "power+intercept"), priors={"delta": "Normal(mu=0, sigma=2)"})
+    with pytest.raises(bayeslmm.OptionError, match="not available for sd"):
+        build_model(spec, priors={"sd(10)": "Normal(mu=0, sigma=2)"})
 
 
 @pytest.mark.parametrize("case", ["us", "csh", "toeph", "exp", "ident", "strata"])

@@ -100,8 +100,8 @@ class SizeClass:
     """Groups of one (padded) size ``s`` of :class:`DenseGroupStructure`: rows, masks, features and data.
 
     ``idx`` ``(G_s, s)`` rows (``n`` for a padding row), ``m`` its 0/1 mask, ``mm`` the mask of pairs,
-    ``pad`` the identity on padding rows, ``feats`` the structure's features ``(G_s, s, ...)``, ``X``/``y``/``Z`` the rows, ``n`` the
-    real sizes.
+    ``pad`` the identity on padding rows, ``feats`` the structure's features ``(G_s, s, ...)``,
+    ``X``/``y``/``Z`` the rows, ``n`` the real sizes.
     """
 
     groups: np.ndarray

@@ -324,8 +324,12 @@ def compare(fit: Any, idata: Any, *, interval: str = "wald", level: float = 0.95
 
     Rows: the fixed effects; per random-effect term its variances, covariances and
     correlations (``corr = cov / sqrt(var1 var2)``, for the posterior computed draw by draw
-    from ``varcorr``); the residual variance; for serial-process fits the process parameters
-    (``kind`` "process", e.g. ``process_var`` and ``rho`` for ``ou``, ``phi`` for ``ar1``).
+    from ``varcorr``); the residual variance (the ``Residual`` row: the nugget of ``ou``, the first
+    visit's variance of a structure by visit, the sill of a spatial one); for a residual structure each
+    of its other parameters, as ``fit.residual_params()`` (``kind`` "process", e.g. ``process_var`` and
+    ``rho`` for ``ou``, ``phi`` for ``ar1``, ``var(<visit>)`` and ``cov(<a>,<b>)`` for ``us``, ``range``
+    and ``nugget`` for ``exp``, ``ratio(<level>)`` of a variance function, ``... [<stratum>]`` of
+    strata). A fit with a residual structure and no random-effect term (an MMRM) is compared too.
 
     Columns: ``kind`` (fixef, variance, covariance, correlation, process), ``name`` (the
     coefficient, or the ``grp|var1|var2`` label of the posterior's ``varcorr`` component),

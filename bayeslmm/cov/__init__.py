@@ -24,7 +24,16 @@ from ._cs import CompoundSymmetry
 from ._ou import OrnsteinUhlenbeck
 from ._spatial import Exponential, Gaussian, SpatialStructure, Spherical
 from ._terms import Unstructured
-from ._variance import Heteroscedastic, Independent, Stratified, VarExp, VarianceFunction, VarIdent, VarPower
+from ._variance import (
+    VARIANCE_FUNCTIONS,
+    Heteroscedastic,
+    Independent,
+    Stratified,
+    VarExp,
+    VarianceFunction,
+    VarIdent,
+    VarPower,
+)
 from ._visit import Diagonal, HeterogeneousAR1, HeterogeneousCS, HeterogeneousToeplitz, Toeplitz, VisitStructure
 from ._visit import Unstructured as UnstructuredVisits
 
@@ -51,6 +60,7 @@ __all__ = [
     "VarianceFunction",
     "VisitStructure",
     "STRUCTURES",
+    "VARIANCE_FUNCTIONS",
     "CompoundSymmetry",
     "MarkovStructure",
     "OrnsteinUhlenbeck",

@@ -95,7 +95,7 @@ class ResidualStructure(ABC):
     #: what the left of ``|`` names: ``"time"`` (a numeric column), ``"visit"`` (a factor whose
     #: levels index the matrix), ``"coords"`` (one or more numeric columns, Euclidean distance) or
     #: ``"any"`` (a column for the syntax only)
-    lhs: ClassVar[str] = "time"
+    lhs: str = "time"
     #: options the formula may give, ``name(t | g, key=value)``, with their defaults
     options: ClassVar[dict[str, Any]] = {}
     #: parameters as the optimiser sees them, after the random-effect factors (an instance may set

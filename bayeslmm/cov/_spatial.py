@@ -18,6 +18,7 @@ observations of a group, so neither the unit nor a shift of the coordinates chan
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -72,9 +73,9 @@ class SpatialStructure(ResidualStructure):
         nug = rows.options.get("nugget", True)
         return cls(typical_distance(rows.feats["coords"], rows.codes), nugget=bool(nug))
 
+    @abstractmethod
     def correlation(self, d: np.ndarray, range_: Any, xp: Any) -> Any:
         """``c(d; range)``."""
-        raise NotImplementedError
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         if self.nugget:

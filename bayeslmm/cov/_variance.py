@@ -16,8 +16,9 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -61,15 +62,32 @@ class Independent(ResidualStructure):
         return {"sigma2": sigma2}
 
 
-class VarianceFunction:
+#: the variance functions by name (filled by the subclasses)
+VARIANCE_FUNCTIONS: dict[str, type[VarianceFunction]] = {}
+
+
+class VarianceFunction(ABC):
     """A variance function ``w(row; params)`` (module docstring)."""
 
-    kind: str = ""
+    kind: ClassVar[str] = ""
+    #: reads the levels of a factor (``ident``), not the values of a numeric covariate
+    per_level: ClassVar[bool] = False
     param_names: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            VARIANCE_FUNCTIONS[cls.kind] = cls
+
     def __init__(self, column: str) -> None:
         self.column = column
+
+    @classmethod
+    def bind(cls, column: str, values: np.ndarray, levels: tuple[str, ...]) -> VarianceFunction:
+        """The function of ``column`` for these rows (``values`` its codes or values, ``levels`` the
+        labels of a factor); ``ValueError`` saying what to do where the rows do not allow it."""
+        return cls(column)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         k = len(self.param_names)
@@ -78,21 +96,27 @@ class VarianceFunction:
     def start(self) -> np.ndarray:
         return np.zeros(len(self.param_names))
 
+    @abstractmethod
     def natural(self, psi: np.ndarray) -> dict[str, float]:
-        raise NotImplementedError
+        """The natural parameters (``keys``) at the optimiser's ``psi``."""
 
+    @abstractmethod
     def weights(self, v: np.ndarray, nat: dict[str, Any], xp: Any) -> Any:
         """``(..., s)`` multipliers of the standard deviation of each row (``v`` the variance covariate)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def report(self, nat: dict[str, float]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The estimates for ``fit --json``'s ``variance``."""
 
+    def describe(self, rep: dict[str, Any], fmt: Any) -> str:
+        """The summary's line from :meth:`report`'s ``rep``."""
+        return f"Variance function {self}: delta {fmt(rep['delta'])}"
+
+    @abstractmethod
     def priors(self) -> dict[str, PriorSpec]:
         """Default PyMC priors of the parameters (keys ``keys``): ``ident`` ``ratio(<level>) ~ LogNormal(0, 1)``
         (a ratio of sds between 1/7 and 7 with 95%), ``power`` ``delta ~ Normal(0, 1)``, ``exp``
         ``delta ~ Normal(0, 1 / sd(x))`` (``delta sd(x)``, the log sd ratio over one sd of ``x``, ~ N(0, 1))."""
-        raise NotImplementedError
 
     def natural_from_draws(self, draws: dict[str, Any]) -> dict[str, Any]:
         return {k: draws[k] for k in self.keys}
@@ -105,6 +129,15 @@ class VarIdent(VarianceFunction):
     """``ident(v)``: a standard deviation ratio per level of ``v`` (nlme's ``varIdent``), the first 1."""
 
     kind = "ident"
+    per_level = True
+
+    @classmethod
+    def bind(cls, column: str, values: np.ndarray, levels: tuple[str, ...]) -> VarIdent:
+        return cls(column, levels)
+
+    def describe(self, rep: dict[str, Any], fmt: Any) -> str:
+        vals = ", ".join(f"{k} {fmt(v)}" for k, v in rep["ratios"].items())
+        return f"Variance function ident({self.column}): sd ratios {vals}"
 
     def __init__(self, column: str, levels: tuple[str, ...]) -> None:
         super().__init__(column)
@@ -144,6 +177,17 @@ class VarPower(VarianceFunction):
     """``power(x)``: ``w = |x|^delta`` (nlme's ``varPower(form = ~ x)``)."""
 
     kind = "power"
+
+    @classmethod
+    def bind(cls, column: str, values: np.ndarray, levels: tuple[str, ...]) -> VarPower:
+        zero = int(np.sum(values == 0))
+        if zero:
+            raise ValueError(
+                f"variance function power({column}): {zero} row(s) have {column} = 0, where |{column}|^delta is 0 "
+                f"or infinite: use exp({column}) or shift the covariate"
+            )
+        return cls(column)
+
     param_names = ("delta",)
     keys = ("delta",)
 
@@ -167,6 +211,11 @@ class VarExp(VarianceFunction):
     """``exp(x)``: ``w = exp(delta x)`` (nlme's ``varExp(form = ~ x)``). The optimiser sees ``delta sd(x)``."""
 
     kind = "exp"
+
+    @classmethod
+    def bind(cls, column: str, values: np.ndarray, levels: tuple[str, ...]) -> VarExp:
+        return cls(column, float(np.std(values)))
+
     param_names = ("delta * sd(x)",)
     keys = ("delta",)
 
@@ -198,6 +247,7 @@ class Heteroscedastic(ResidualStructure):
         self.param_names = tuple(base.param_names) + vf.param_names
         self.process_keys = tuple(base.process_keys) + vf.keys
         self.residual_key = base.residual_key
+        self.lhs = base.lhs
         self.by_order = base.by_order
         self.continuous_time = base.continuous_time
         self.confounded_with_intercept = base.confounded_with_intercept
@@ -270,11 +320,7 @@ class Heteroscedastic(ResidualStructure):
 
     def describe(self, time: str, group: str, rp: dict[str, Any], fmt: Any) -> list[str]:
         lines = self.base.describe(time, group, rp, fmt)
-        rep = self.vf.report(rp)
-        if self.vf.kind == "ident":
-            vals = ", ".join(f"{k} {fmt(v)}" for k, v in rep["ratios"].items())
-            return [*lines, f"Variance function ident({self.vf.column}): sd ratios {vals}"]
-        return [*lines, f"Variance function {self.vf}: delta {fmt(rep['delta'])}"]
+        return [*lines, self.vf.describe(self.vf.report(rp), fmt)]
 
     def priors(self, sd_scale: float) -> dict[str, PriorSpec]:
         return self.base.priors(sd_scale) | self.vf.priors()
@@ -304,6 +350,7 @@ class Stratified(ResidualStructure):
             keys += [f"sigma2 [{a}]", *(f"{k} [{a}]" for k in b.process_keys)]
         self.param_names, self.process_keys = tuple(names), tuple(keys)
         self.residual_key = b0.residual_key
+        self.lhs = b0.lhs
         self.by_order = b0.by_order
         self.continuous_time = b0.continuous_time
         self.confounded_with_intercept = b0.confounded_with_intercept

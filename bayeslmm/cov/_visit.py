@@ -28,6 +28,7 @@ a covariance, the scale ``s^2`` profiled out).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -62,14 +63,14 @@ class VisitStructure(ResidualStructure):
     def bind(cls, rows: Rows) -> VisitStructure:
         return cls(rows.labels["visit"])
 
+    @abstractmethod
     def _names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(optimiser parameter names, natural process keys)."""
-        raise NotImplementedError
 
     # -- the matrix -------------------------------------------------------------
+    @abstractmethod
     def sigma(self, nat: dict[str, Any], xp: Any = np) -> Any:
         """``(m, m)`` covariance over all visits at the natural parameters."""
-        raise NotImplementedError
 
     def matrix(self, feats: dict[str, np.ndarray], nat: dict[str, Any], xp: Any = np) -> Any:
         S = self.sigma(nat, xp)
@@ -374,8 +375,9 @@ class _CorrelationByVisit(VisitStructure):
             return self._ratio_names() + ck, self._var_keys() + ck
         return ck, ck
 
+    @abstractmethod
     def corr(self, nat: dict[str, Any], xp: Any) -> list[list[Any]]:
-        raise NotImplementedError
+        """``C[j][k]``, the correlation between visits ``j`` and ``k`` (entries NumPy floats or PyTensor scalars)."""
 
     def corr_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         k = len(self.corr_keys)

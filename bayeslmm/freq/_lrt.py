@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError
+from ..cov import VARIANCE_FUNCTIONS
 
 
 def fit_model(spec: Any, method: str, start: Any = None) -> Any:
@@ -141,7 +142,7 @@ def _why_not_nested(null: Any, alt: Any) -> str | None:
     hetero = False
     if v0 is not None and (v1 is None or str(v0) != str(v1)):
         visit_col = b.lhs[0] if b.lhs else None
-        if v1 is None and v0.kind == "ident" and v0.column == visit_col and k0 in HETEROGENEOUS:
+        if v1 is None and VARIANCE_FUNCTIONS[v0.kind].per_level and v0.column == visit_col and k0 in HETEROGENEOUS:
             hetero = True  # e.g. cs with ident(visit) is csh
         else:
             return f"the null's variance function {v0} is not in the alternative ({v1 or 'none'})"

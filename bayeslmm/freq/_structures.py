@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError, OptionError
+from ..cov import VARIANCE_FUNCTIONS
 
 if TYPE_CHECKING:
     from ._fit import LMMFit
@@ -82,7 +83,7 @@ def _row_labels(res: Any, base: Any, feats: dict[str, np.ndarray]) -> list[str]:
         return [res.labels["visit"][int(v)] for v in feats["visit"]]
     if "coords" in feats:
         return ["(" + ", ".join(_fmt_num(c) for c in row) + ")" for row in np.atleast_2d(feats["coords"])]
-    if res.kind != "iid" and res.spec is not None and res.spec.lhs:
+    if not res.independent and res.spec is not None and res.spec.lhs:
         if lhs == "any" and "visit" in res.labels:
             return [res.labels["visit"][int(v)] for v in feats["t"]]
         return [_fmt_num(float(v)) for v in feats["t"]]
@@ -122,7 +123,10 @@ def _one(fit: LMMFit, group: str | None, stratum: int | None, max_rows: int | No
     elif (
         by_visit
         and not terms
-        and (vf is None or (vf.kind == "ident" and res.spec is not None and vf.column == res.spec.lhs[0]))
+        and (
+            vf is None
+            or (VARIANCE_FUNCTIONS[vf.kind].per_level and res.spec is not None and vf.column == res.spec.lhs[0])
+        )
     ):
         g = None  # no subject has every visit, but the covariance depends on the visit alone
     else:

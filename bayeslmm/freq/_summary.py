@@ -67,7 +67,7 @@ class Summary:
         cls = "lmerMod" if res is None else f"{res.kind} residuals"
         out = [f"Linear mixed model fit by {how} ['{cls}']", f"Formula: {f.spec.formula}"]
         if res is not None:
-            what = "independent errors" if res.kind == "iid" else str(res)
+            what = "independent errors" if res.independent else str(res)
             vf = f"; variance function {res.variance}" if res.variance is not None else ""
             out.append(f"Residual process: {what}{vf}")
         if f.spec.n_dropped:

@@ -424,7 +424,7 @@ def _groups(fit: Any, group: str | None, data: Any) -> tuple[np.ndarray, str]:
     """The group of each row for the pairs, and its name."""
     spec, res = fit.spec, fit.spec.residual
     if group is None:
-        if res is not None and res.kind != "iid":
+        if res is not None and not res.independent:
             return np.asarray(res.codes), res.group
         groups = {t.group for t in spec.terms}
         if len(groups) != 1:
@@ -437,7 +437,7 @@ def _groups(fit: Any, group: str | None, data: Any) -> tuple[np.ndarray, str]:
         return np.asarray(t.codes), t.group
     if group == "1":
         return np.zeros(spec.n, dtype=np.int64), "1"
-    if res is not None and group == res.group and res.kind != "iid":
+    if res is not None and group == res.group and not res.independent:
         return np.asarray(res.codes), res.group
     for t in spec.terms:
         if t.group == group:
@@ -464,15 +464,9 @@ def _order_in_groups(codes: np.ndarray, t: np.ndarray | None) -> np.ndarray:
 
 
 def _kind_of(structure: Any) -> str:
-    """What the left of ``|`` is (``"time"``, ``"visit"``, ``"coords"``, ``"any"``), through the wrappers
-    (variance functions, strata)."""
-    while True:
-        if hasattr(structure, "bases"):
-            structure = structure.bases[0]
-        elif hasattr(structure, "base") and hasattr(structure, "vf"):
-            structure = structure.base
-        else:
-            return str(structure.lhs)
+    """What the left of ``|`` is (``"time"``, ``"visit"``, ``"coords"``, ``"any"``; wrappers, variance
+    functions and strata, carry their base's)."""
+    return str(structure.lhs)
 
 
 def _lhs(res: Any) -> tuple[str, ...]:
@@ -481,10 +475,10 @@ def _lhs(res: Any) -> tuple[str, ...]:
 
 
 def _lags(fit: Any, lag: str | Sequence[str] | None, codes: np.ndarray, data: Any) -> tuple[np.ndarray, str, str]:
-    """The coordinates of each row the distance is taken in, the words for it, and its kind
+    """The coordinates of each row the distance is taken in, the words for it, and its scale
     (``"time"``, ``"order"``, ``"coords"``, ``"visit"``, ``"columns"``)."""
     res = fit.spec.residual
-    structure = None if res is None or res.kind == "iid" else res.structure
+    structure = None if res is None or res.independent else res.structure
     if lag is None:
         if structure is None:
             raise OptionError(
@@ -497,19 +491,19 @@ def _lags(fit: Any, lag: str | Sequence[str] | None, codes: np.ndarray, data: An
         if structure.by_order:
             lag = "order"
         else:
-            kind = "visit" if _kind_of(structure) == "visit" else "time"
+            scale = "visit" if _kind_of(structure) == "visit" else "time"
             what = (
                 f"|index of {res.time}_j - index of {res.time}_k|"
-                if kind == "visit"
+                if scale == "visit"
                 else f"|{res.time}_j - {res.time}_k|"
             )
-            return np.asarray(res.t, dtype=float), what, kind
+            return np.asarray(res.t, dtype=float), what, scale
     if isinstance(lag, str) and lag == "order":
-        t = np.asarray(res.t) if res is not None and res.kind != "iid" else None
+        t = np.asarray(res.t) if res is not None and not res.independent else None
         by = f" (in the order of {res.time})" if t is not None and res is not None else ""
         return _order_in_groups(codes, t), f"lag in position{by}", "order"
     names = [lag] if isinstance(lag, str) else list(lag)
-    if res is not None and res.kind != "iid" and tuple(names) == _lhs(res):
+    if res is not None and not res.independent and tuple(names) == _lhs(res):
         s = res.structure
         if _kind_of(s) == "coords":
             return np.asarray(res.feats["coords"]), f"distance in {res.time}", "coords"
@@ -546,19 +540,19 @@ def _residuals(fit: Any, resid_type: str, mc: _ModelCov) -> np.ndarray:
     return r / np.sqrt(mc.diag) if resid_type == "pearson" else r
 
 
-def _curve_structure(fit: Any, kind: str) -> tuple[Any, dict[str, Any]] | None:
+def _curve_structure(fit: Any, scale: str) -> tuple[Any, dict[str, Any]] | None:
     """The structure and natural parameters if the model's semivariogram is a function of this lag."""
     from ..cov import LagStructure, SpatialStructure
 
     res = fit.spec.residual
     if res is None:
-        return (None, {"sigma2": float(fit.sigma2)}) if kind == "columns" else None
+        return (None, {"sigma2": float(fit.sigma2)}) if scale == "columns" else None
     s = res.structure
     nat = s.natural(fit.objective.split(fit.psi)[1], fit.scale2)
-    if isinstance(s, SpatialStructure) and kind == "coords":
+    if isinstance(s, SpatialStructure) and scale == "coords":
         return s, nat
     if isinstance(s, LagStructure) and s.lhs != "visit":
-        if (s.by_order and kind == "order") or (not s.by_order and kind == "time"):
+        if (s.by_order and scale == "order") or (not s.by_order and scale == "time"):
             return s, nat
     return None
 
@@ -627,7 +621,7 @@ def variogram(
     _check_options(collapse, nint, max_dist)
     fit.spec.require_rows("the variogram needs the rows")
     codes, gname = _groups(fit, group, data)
-    x, what, kind = _lags(fit, lag, codes, data)
+    x, what, scale = _lags(fit, lag, codes, data)
     mc = _ModelCov(fit)
     r = _residuals(fit, resid_type, mc)
     table = sample_variogram(
@@ -643,7 +637,7 @@ def variogram(
         model=lambda i, j: mc.semivariogram(i, j, resid_type),
     )
     curve = None
-    cs = _curve_structure(fit, kind)
+    cs = _curve_structure(fit, scale)
     if cs is not None and len(table):
         i, j = within_pairs(codes)
         d = pair_distances(x, i, j)

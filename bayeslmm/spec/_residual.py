@@ -16,12 +16,10 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError, FormulaError, StructureError
-from ..cov import STRUCTURES, ResidualStructure, Rows
+from ..cov import STRUCTURES, VARIANCE_FUNCTIONS, ResidualStructure, Rows
 
 _RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*\(\s*(.+?)\s*\|\s*([^,]+?)\s*(?:,\s*(.*?))?\s*\)\s*$")
 _VF = re.compile(r"^\s*([A-Za-z]+)\s*\(\s*(`[^`]+`|[^()`]+?)\s*\)\s*$")
-#: variance functions by name
-VARIANCES = ("ident", "power", "exp")
 
 
 def _known() -> str:
@@ -56,7 +54,7 @@ def parse_variance(text: str | None) -> VarianceSpec | None:
 
     m = _VF.match(str(text))
     col = column_name(m.group(2)) if m else None
-    if not m or col is None or m.group(1).lower() not in VARIANCES:
+    if not m or col is None or m.group(1).lower() not in VARIANCE_FUNCTIONS:
         raise FormulaError(
             f"variance function {text!r} is not understood: write 'ident(factor)' (a standard deviation per "
             "level, nlme's varIdent), 'power(x)' (|x|^delta, varPower) or 'exp(x)' (exp(delta x), varExp)"
@@ -91,6 +89,11 @@ class ResidualSpec:
         return ":".join(self.factors) if self.factors else "1"
 
     @property
+    def independent(self) -> bool:
+        """Independent errors (with a variance function): no structure of its own."""
+        return self.kind not in STRUCTURES
+
+    @property
     def columns(self) -> tuple[str, ...]:
         """Every data column the structure reads."""
         out = (*self.lhs, *self.factors, *((self.strata,) if self.strata else ()))
@@ -99,7 +102,7 @@ class ResidualSpec:
     def __str__(self) -> str:
         grp = f"{self.strata}/{self.group}" if self.strata else self.group
         opts = "".join(f", {k}={str(v).lower()}" for k, v in self.options)
-        return f"{self.kind}({self.time} | {grp}{opts})" if self.kind != "iid" else "iid"
+        return "iid" if self.independent else f"{self.kind}({self.time} | {grp}{opts})"
 
 
 def _option(key: str, value: str, text: str, allowed: dict[str, Any]) -> tuple[str, Any]:
@@ -130,7 +133,7 @@ def parse_residual(text: str | None, variance: str | None = None) -> ResidualSpe
 
     m = _RE.match(str(text))
     kind = m.group(1).lower() if m else ""
-    if not m or kind not in STRUCTURES or kind == "iid":
+    if not m or kind not in STRUCTURES:
         raise FormulaError(f"residual structure {text!r} is not understood: write one of {_known()}, or 'iid'")
     cls = STRUCTURES[kind]
     lhs = tuple(column_name(c) for c in _split_top(m.group(2), "+"))
@@ -220,6 +223,11 @@ class ResidualProcess:
         """The variance function, if any."""
         return None if self.spec is None else self.spec.variance
 
+    @property
+    def independent(self) -> bool:
+        """Independent errors with a variance function (no structure of its own)."""
+        return self.spec is not None and self.spec.independent
+
     def __str__(self) -> str:
         return str(self.spec) if self.spec is not None else f"{self.kind}({self.time} | {self.group})"
 
@@ -236,7 +244,7 @@ class ResidualProcess:
         for c in rs.columns:
             if c not in df.columns:
                 raise DataError(f"new data lacks the column {c!r} of the residual structure {self}")
-        t, feats, _ = _features(rs, df, self.structure.lhs if rs.kind != "iid" else "any", self.labels)
+        t, feats, _ = _features(rs, df, self.structure.lhs, self.labels)
         return t, feats
 
 
@@ -310,7 +318,7 @@ def _features(
         feats["stratum"] = factor(res.strata, "stratum", f"column {res.strata!r}")
     if res.variance is not None:
         vf = res.variance
-        if vf.kind == "ident":
+        if VARIANCE_FUNCTIONS[vf.kind].per_level:
             feats["vf"] = factor(vf.column, "vf", f"column {vf.column!r}").astype(float)
         else:
             feats["vf"] = _numeric(df[vf.column], vf.column, res, f"variance covariate of {vf}")
@@ -318,18 +326,10 @@ def _features(
 
 
 def _variance_function(vf: VarianceSpec, feats: dict[str, np.ndarray], labels: dict[str, tuple[str, ...]]) -> Any:
-    from ..cov import VarExp, VarIdent, VarPower
-
-    if vf.kind == "ident":
-        return VarIdent(vf.column, labels["vf"])
-    if vf.kind == "power":
-        if np.any(feats["vf"] == 0):
-            raise DataError(
-                f"variance function {vf}: {int((feats['vf'] == 0).sum())} row(s) have {vf.column} = 0, where "
-                f"|{vf.column}|^delta is 0 or infinite: use exp({vf.column}) or shift the covariate"
-            )
-        return VarPower(vf.column)
-    return VarExp(vf.column, float(np.std(feats["vf"])))
+    try:
+        return VARIANCE_FUNCTIONS[vf.kind].bind(vf.column, feats["vf"], labels.get("vf", ()))
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def _iid_grouping(df: pd.DataFrame, bars: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], str]:
@@ -360,7 +360,7 @@ def bind_residual(res: ResidualSpec, df: pd.DataFrame, bars: tuple[tuple[str, ..
     from ._design import grouping_codes
 
     n = len(df)
-    if res.kind == "iid":
+    if res.independent:
         factors, group = _iid_grouping(df, bars)
         lhs_kind = "any"
     else:
@@ -385,7 +385,7 @@ def bind_residual(res: ResidualSpec, df: pd.DataFrame, bars: tuple[tuple[str, ..
                 f"{what}: {res.strata!r} must be constant within each level of {group!r} (one structure per "
                 f"{res.strata}), but {group} = {bad!r} has more than one {res.strata}"
             )
-    if res.kind == "iid":
+    if res.independent:
         base: Any = Independent()
     else:
         cls = STRUCTURES[res.kind]
@@ -430,7 +430,7 @@ def _check_variance_function(res: ResidualSpec, base: Any) -> None:
     first = base.bases[0] if isinstance(base, Stratified) else base
     if (
         vf is not None
-        and vf.kind == "ident"
+        and VARIANCE_FUNCTIONS[vf.kind].per_level
         and isinstance(first, VisitStructure)
         and first.heterogeneous
         and res.lhs
