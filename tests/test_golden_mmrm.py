@@ -52,9 +52,6 @@ KEYS = {"orthodont": ("Subject", "age"), "sim_mmrm": ("id", "visit"), "bodyweigh
 STRUCTURES = {"us", "cs", "csh", "ar1h", "toeph", "exp", "gau", "sph"}
 VARIANCES = {"power", "exp", "ident"}
 
-#: cases whose fit takes far longer than the rest (the Wheat2 REML fits that drift to an infinite range)
-SLOW = {"wheat2_exp_gls_reml", "wheat2_sph_gls_reml"}
-
 #: references at a local maximum below ours: nlme's Wheat2 spherical REML fit (range 27.46, nugget 0.209,
 #: logLik -533.9315) is a local maximum; like exp, the REML likelihood rises to about -533.4185 as the range
 #: goes to infinity (a linear variogram), and our optimiser goes there from its default start (logLik
@@ -76,7 +73,7 @@ def _params(test: str, select: Any = None) -> list[Any]:
     for name, case in sorted(CASES.items()):
         if select is not None and not select(case):
             continue
-        marks = [pytest.mark.slow] if name in SLOW else []
+        marks = []
         if (test, name) in KNOWN:
             marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[(test, name)]))
         out.append(pytest.param(name, marks=marks, id=name))
@@ -356,7 +353,6 @@ def test_spatial_loglik_at_the_reference_estimates(fits: Fits, case: str) -> Non
     assert -0.5 * fit.deviance_varpar(varpar) == pytest.approx(c["loglik"], abs=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(LOCAL_MAXIMUM))
 def test_local_maximum_of_the_reference_is_ours_from_its_start(fits: Fits, case: str) -> None:
     """Started at nlme's estimate, our optimiser stays at nlme's local maximum: same log-likelihood and range."""
