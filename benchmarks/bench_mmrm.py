@@ -38,19 +38,23 @@ Usage::
     .venv/bin/python benchmarks/bench_mmrm.py --subjects 200       # a quick run
     options: --visits 10 --missing 0.15 --seed 1 --reps 3 --skip-glmmtmb --rscript PATH --json FILE
 
-Measured on 2026-12-08 on this machine: 2 cores shared with other jobs (load average 0.5 to 2 during
-the runs, so the machine was partly busy; R's runs are single and noisy: nlme took 44 s and 58 s in two
-runs at 200 subjects). bayeslmm git 374ce18/dc2e8df, Python 3.12, numpy 2.5; R 4.2.2, nlme 3.1.162,
-glmmTMB 1.1.5, TMB 1.9.2; one BLAS/OpenMP thread everywhere::
+Measured on 2026-12-08 on this machine: 2 cores (load average 0.7 to 1.0 during the 1,000-subject run,
+so the machine was lightly busy; R's runs are single and noisy: nlme took 44 s and 58 s in two runs at
+200 subjects). bayeslmm git d9f6170 (L-BFGS-B stopped when stalled, Newton steps with the one Hessian
+of the convergence check), Python 3.12, numpy 2.5; R 4.2.2, nlme 3.1.162, glmmTMB 1.1.5, TMB 1.9.2; one
+BLAS/OpenMP thread everywhere::
 
-    1000 subjects x 10 visits, 8443 rows (15.6% missing), 55 covariance parameters (load 1.6 -> 2.0)
+    1000 subjects x 10 visits, 8443 rows (15.6% missing), 55 covariance parameters (load 0.7 -> 1.0)
     tool                   | seconds | REML log-lik | converged | bayeslmm speed-up | evals/iter
     -----------------------+---------+--------------+-----------+-------------------+-----------
-    bayeslmm (median of 3) |    1.70 |  -19623.4514 |      true |       (reference) |        178
-    nlme                   |  406.87 |  -19623.4514 |      true |            239.0x |          -
-    glmmTMB                |   20.86 |  -19623.4583 |     false |             12.3x |        160
+    bayeslmm (median of 3) |    0.99 |  -19623.4514 |      true |       (reference) |        111
+    nlme                   |  310.11 |  -19623.4514 |      true |            312.1x |          -
+    glmmTMB                |   15.53 |  -19623.4583 |     false |             15.6x |        160
 
-    200 subjects x 10 visits, 1677 rows (16.1% missing) (load 0.5 -> 2.1)
+    (bayeslmm's three fits 1.20, 0.99, 0.89 s; at git 374ce18, before the stall test, 1.70 s and 178
+    evaluations.)
+
+    200 subjects x 10 visits, 1677 rows (16.1% missing) (load 0.5 -> 2.1; git 374ce18)
     tool                   | seconds | REML log-lik | converged | bayeslmm speed-up | evals/iter
     -----------------------+---------+--------------+-----------+-------------------+-----------
     bayeslmm (median of 3) |    0.44 |   -3900.7141 |      true |       (reference) |        189
