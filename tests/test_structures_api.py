@@ -126,7 +126,7 @@ def test_spatial_report_and_the_largest_group(field: pd.DataFrame, kriged) -> No
 def test_summary_prints_variances_sds_and_correlations_per_visit(fits) -> None:
     s = str(fits["us"].summary())
     rep = fits["us"].residual_report()
-    assert "Residual covariance us(age | Subject) by visit of age" in s and "Correlation" in s
+    assert "Residual covariance us(age | Subject) over the levels of age" in s and "Correlation" in s
     line = next(x for x in s.splitlines() if x.startswith(" 14 "))
     cells = line.split()
     assert float(cells[1]) == pytest.approx(rep["cov"][3][3], rel=1e-4)

@@ -196,7 +196,7 @@ class VisitStructure(ResidualStructure):
         w2 = max(len("Std.Dev."), *(len(x) for x in sd_s))
         wc = [max(len(self.visits[k]), 6) for k in range(self.m - 1)]
         out = [
-            f"Residual covariance {self.name}({time} | {group}) by visit of {time} (the Residual row above is "
+            f"Residual covariance {self.name}({time} | {group}) over the levels of {time} (the Residual row above is "
             f"visit {self.visits[0]}):",
             f" {'Visit':<{w0}} {'Variance':>{w1}} {'Std.Dev.':>{w2}}" + ("  Correlation" if self.m > 1 else ""),
         ]
