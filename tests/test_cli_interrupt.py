@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,15 +58,27 @@ def interrupt(
     timeout: float = 300,
     env: dict[str, str] | None = None,
 ) -> Interrupted:
-    """Run ``bayeslmm ARGS``; once ``ready(process, stderr so far)``, wait ``delay`` s and send SIGINT."""
-    p = subprocess.Popen(
-        [*_cmd(), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
+    """Run ``bayeslmm ARGS``; once ``ready(process, stderr so far)``, wait ``delay`` s and send SIGINT.
+
+    The command runs as a terminal's foreground command does, with SIGINT at its default: where the
+    tests themselves run as a background job (``pytest ... &`` in a script), the shell has set SIGINT
+    to "ignore", which a child inherits, and Ctrl-C would rightly do nothing.
+    """
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        p = subprocess.Popen(
+            [*_cmd(), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     out: list[str] = []
     err: list[str] = []
     readers = [
@@ -220,7 +232,7 @@ def test_ctrl_c_during_an_out_of_core_fit(parquet_dir: Path, scheduler: str) -> 
 
 # ---------------------------------------------------------------------------------- Python API
 @pytest.fixture
-def interrupt_at_step(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], dict]:
+def interrupt_at_step(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], dict]]:
     """SIGINT to this process at the n-th NUTS step (PyMC's own sampler), as Ctrl-C would."""
     from pymc.step_methods.hmc.nuts import NUTS
 
@@ -240,7 +252,16 @@ def interrupt_at_step(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], dict]:
         state.update(steps=0, at=n, sent=None)
         return state
 
-    return arm
+    # tests run as a background job (``pytest ... &`` in a script) start with SIGINT ignored: give this
+    # process a terminal's default handling for the test, as a Python session in a terminal has
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield arm
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.mark.slow
