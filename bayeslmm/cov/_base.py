@@ -81,6 +81,19 @@ def sd_prior(scale: float) -> PriorSpec:
     return PriorSpec("HalfNormal", {"sigma": float(scale)}, *SD_SUPPORT)
 
 
+def central_contraction(fun: Any, G: np.ndarray, psi: np.ndarray) -> np.ndarray:
+    """``sum(G * d fun / d psi_k)`` for each ``k`` by central differences (step ``1e-6 max(|psi_k|, 0.1)``)."""
+    psi = np.asarray(psi, dtype=float)
+    out = np.zeros(psi.size)
+    for k in range(psi.size):
+        h = 1e-6 * max(abs(psi[k]), 1e-1)
+        hi, lo = psi.copy(), psi.copy()
+        hi[k] += h
+        lo[k] -= h
+        out[k] = float(np.sum(G * (fun(hi) - fun(lo)))) / (2 * h)
+    return out
+
+
 class ResidualStructure(ABC):
     """A covariance structure of the residual within each level of a grouping factor.
 
@@ -175,16 +188,7 @@ class ResidualStructure(ABC):
         ``G`` ``(..., s, s)`` symmetric, one per group of ``feats``. The default takes central
         differences of :meth:`matrix` in ``psi``; a structure with a cheaper form overrides it.
         """
-        psi = np.asarray(psi, dtype=float)
-        out = np.zeros(psi.size)
-        for k in range(psi.size):
-            h = 1e-6 * max(abs(psi[k]), 1e-1)
-            hi, lo = psi.copy(), psi.copy()
-            hi[k] += h
-            lo[k] -= h
-            dR = self.matrix(feats, self.natural(hi, 1.0)) - self.matrix(feats, self.natural(lo, 1.0))
-            out[k] = float(np.sum(G * dR)) / (2 * h)
-        return out
+        return central_contraction(lambda p: self.matrix(feats, self.natural(p, 1.0)), G, psi)
 
     def report(self, nat: dict[str, float]) -> dict[str, Any]:
         """The structure's estimates for ``fit --json`` (``residual``), in the parameterisation of the

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import PriorSpec, ResidualStructure, Rows, sd_prior
+from ._base import PriorSpec, ResidualStructure, Rows, central_contraction, sd_prior
 
 #: bounds of the log sd ratios (a ratio of e^20 is a visit without variance in effect)
 LOG_RATIO_MAX = 20.0
@@ -86,16 +86,7 @@ class VisitStructure(ResidualStructure):
     def gradient(self, feats: dict[str, np.ndarray], G: np.ndarray, psi: np.ndarray) -> np.ndarray:
         """``tr(H dSigma/dpsi_k)`` with ``H`` the visit sum of ``G`` (central differences of the m x m ``Sigma``)."""
         H = self.visit_sum(feats, G)
-        psi = np.asarray(psi, dtype=float)
-        out = np.zeros(psi.size)
-        for k in range(psi.size):
-            h = 1e-6 * max(abs(psi[k]), 1e-1)
-            hi, lo = psi.copy(), psi.copy()
-            hi[k] += h
-            lo[k] -= h
-            dS = self.sigma(self.natural(hi, 1.0)) - self.sigma(self.natural(lo, 1.0))
-            out[k] = float(np.sum(H * dS)) / (2 * h)
-        return out
+        return central_contraction(lambda p: self.sigma(self.natural(p, 1.0)), H, psi)
 
     def check_rows(self, rows: Rows, what: str) -> None:
         """Every visit needs two observations for its variance; two observations of one subject at one

@@ -165,6 +165,30 @@ def derivatives(
     return g, H
 
 
+def check_optimum(g: np.ndarray, H: np.ndarray) -> str | None:
+    """lme4's ``checkConv`` on the free coordinates: None, or what failed (the Hessian not finite or not
+    positive definite, or ``max |H^{-1} g|`` above :data:`GRAD_TOL`)."""
+    if not np.all(np.isfinite(H)):
+        return "Hessian could not be evaluated at the optimum"
+    if not g.size:
+        return None
+    try:
+        np.linalg.cholesky(H)
+    except np.linalg.LinAlgError:
+        return "Model is nearly unidentifiable: the Hessian is not positive definite"
+    size = float(np.max(np.abs(np.linalg.solve(H, g))))
+    return None if size <= GRAD_TOL else f"Model failed to converge with max|grad| = {size:.3g} (tol = {GRAD_TOL})"
+
+
+def boundary_message(free: np.ndarray, names: list[str] | None, symbol: str) -> str:
+    """The message of a boundary (singular) fit, naming the coordinates not free."""
+    at = [names[i] if names else f"{symbol}[{i}]" for i in np.flatnonzero(~free)]
+    return (
+        f"boundary (singular) fit: {', '.join(at)} at the boundary of its range (a variance 0, a "
+        "correlation +-1, or a serial-correlation parameter at 0 or 1); consider a simpler model"
+    )
+
+
 def _newton_size(g: np.ndarray, H: np.ndarray) -> float:
     """``max |H^{-1} g|``: how far one Newton step would move (inf if H is singular)."""
     try:
@@ -306,23 +330,11 @@ def minimize_bobyqa(
                     singular = bool((~free).any())
                     idx = np.flatnonzero(free)
                     g, H = derivatives(counted, x, idx, f0=fx) if idx.size else (np.zeros(0), np.zeros((0, 0)))
-            if not np.all(np.isfinite(H)):
-                messages.append("Hessian could not be evaluated at the optimum")
+            problem = check_optimum(g, H)
+            if problem is not None:
                 ok = False
-            elif idx.size:
-                try:
-                    np.linalg.cholesky(H)
-                    sg = np.linalg.solve(H, g)
-                    if np.max(np.abs(sg)) > GRAD_TOL:
-                        ok = False
-                        check_failed = True
-                        messages.append(
-                            f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})"
-                        )
-                except np.linalg.LinAlgError:
-                    ok = False
-                    check_failed = True
-                    messages.append("Model is nearly unidentifiable: the Hessian is not positive definite")
+                check_failed = bool(np.all(np.isfinite(H)))
+                messages.append(problem)
         # BOBYQA can stall in a narrow curved valley; a restart with a smaller first step gets out
         if ok or not check_failed or code <= 0 or restarts >= MAX_RESTARTS or fx > f_prev - ftol_abs:
             break
@@ -331,11 +343,7 @@ def minimize_bobyqa(
         x_start = x
         step = 0.1 * initial_step(x, lower, upper)
     if singular:
-        at = [names[i] if names else f"theta[{i}]" for i in np.flatnonzero(~free)]
-        messages.append(
-            f"boundary (singular) fit: {', '.join(at)} at the boundary of its range (a variance 0, a "
-            "correlation +-1, or a serial-correlation parameter at 0 or 1); consider a simpler model"
-        )
+        messages.append(boundary_message(free, names, "theta"))
     return OptimizerRecord(
         optimizer="NLopt BOBYQA",
         x_start=x0,
@@ -457,27 +465,12 @@ def minimize_gradient(
                     break
             else:
                 g = wrapped(x)[1][idx]
-        if not np.all(np.isfinite(H)):
-            ok = False
-            messages.append("Hessian could not be evaluated at the optimum")
-        elif idx.size:
-            try:
-                np.linalg.cholesky(H)
-                sg = np.linalg.solve(H, g)
-                ok = bool(np.max(np.abs(sg)) <= GRAD_TOL)
-                if not ok:
-                    messages.append(
-                        f"Model failed to converge with max|grad| = {np.max(np.abs(sg)):.3g} (tol = {GRAD_TOL})"
-                    )
-            except np.linalg.LinAlgError:
-                ok = False
-                messages.append("Model is nearly unidentifiable: the Hessian is not positive definite")
+        problem = check_optimum(g, H)
+        ok = problem is None
+        if problem is not None:
+            messages.append(problem)
     if singular:
-        at = [names[i] if names else f"psi[{i}]" for i in np.flatnonzero(~free)]
-        messages.append(
-            f"boundary (singular) fit: {', '.join(at)} at the boundary of its range (a variance 0, a "
-            "correlation +-1, or a serial-correlation parameter at 0 or 1); consider a simpler model"
-        )
+        messages.append(boundary_message(free, names, "psi"))
     return OptimizerRecord(
         optimizer="L-BFGS-B (analytic gradient)",
         x_start=x0,

@@ -24,6 +24,7 @@ import pandas as pd
 
 from .._errors import DataError, OptionError
 from ..cov import VARIANCE_FUNCTIONS
+from ._grouped import _blockdiag
 
 if TYPE_CHECKING:
     from ._fit import LMMFit
@@ -161,16 +162,6 @@ def _one(fit: LMMFit, group: str | None, stratum: int | None, max_rows: int | No
         "complete": complete or not by_visit,
         "truncated": rows.size < total,
     }
-
-
-def _blockdiag(mats: list[np.ndarray]) -> np.ndarray:
-    q = sum(m.shape[0] for m in mats)
-    out = np.zeros((q, q))
-    i = 0
-    for m in mats:
-        out[i : i + m.shape[0], i : i + m.shape[0]] = m
-        i += m.shape[0]
-    return out
 
 
 def _independent(fit: LMMFit, group: str | None, max_rows: int | None) -> dict[str, Any]:
